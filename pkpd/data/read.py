@@ -1,0 +1,682 @@
+"""Read NONMEM-style or ADaM-style files into a validated Cohort.
+
+Every rule adds located findings to one Report; a Cohort is built only when the
+report has no errors. Rules, in the order they run:
+
+  missing-column, non-numeric, missing-value, unknown-evid, time-unit, dose-amount,
+  dose-unit, dose-weight, unknown-analyte, unknown-unit, inconsistent-unit, cens-value,
+  blq-flag, censored-no-lloq, negative-value, below-lloq-unflagged (warning),
+  duplicate-conflict, duplicate (warning), no-dose, covariate-conflict, covariate-value,
+  unknown-product (warning), unsorted-time (note), ignored-dv (note), unit-converted (note)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from .. import analytes as catalogue
+from ..units import UnitError, conversion_factor
+from .cohort import Cohort, DOSE_COLUMNS, EVENT_COLUMNS, OBSERVATION_COLUMNS, SUBJECT_COLUMNS
+from .mapping import FORMATS, ColumnMapping, detect_format
+from .report import DataError, Report
+from .table import read_raw_table
+
+PRODUCTS = ("CD19", "CD19/BCMA", "CD19/CD20")
+_TIME_UNITS = {"d": 1.0, "day": 1.0, "days": 1.0, "h": 1 / 24, "hr": 1 / 24, "hrs": 1 / 24,
+               "hour": 1 / 24, "hours": 1 / 24, "w": 7.0, "wk": 7.0, "week": 7.0, "weeks": 7.0,
+               "min": 1 / 1440, "minutes": 1 / 1440}
+_TRUE = {"Y", "YES", "1", "TRUE", "T"}
+_FALSE = {"N", "NO", "0", "FALSE", "F"}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The report of a check, and the cohort when the report has no errors."""
+
+    report: Report
+    cohort: Cohort | None
+    format: str | None
+
+
+def check_file(path: str | Path, format: str | None = None, mapping: Mapping[str, str] | None = None,
+               *, units: Mapping[str, str] | None = None,
+               analyte_codes: Mapping[int, str] | None = None, time_unit: str = "d",
+               dose_unit: str = "cells") -> CheckResult:
+    """Read and validate `path`; never raises for bad data (see `CheckResult.report`).
+
+    format:        'nonmem', 'adam' or None to detect from the header.
+    mapping:       role -> column name, for columns named otherwise (see pkpd.data.ROLES).
+    units:         analyte -> unit, for files without a unit column or with analytes outside
+                   the catalogue.
+    analyte_codes: DVID/CMT code -> analyte name, when codes differ from pkpd's own.
+    time_unit:     unit of TIME/AFRLT when the file has no time-unit column ('d' or 'h').
+    dose_unit:     'cells' or 'cells/kg' when the file has no dose-unit column.
+    """
+    report = Report(file=str(path))
+    raw = read_raw_table(path, report)
+    if raw is None:
+        return CheckResult(report, None, format)
+    fmt = (format or detect_format(raw.frame.columns) or "").lower()
+    if fmt not in FORMATS:
+        if format:
+            report.add("error", "format", f"unknown format {format!r}.", "use 'nonmem' or 'adam'.")
+        else:
+            report.add("error", "format", "could not tell the format from the header "
+                       f"({', '.join(map(str, raw.frame.columns[:-1][:12]))}).",
+                       "a NONMEM-style file needs ID, TIME, DV, AMT; an ADaM file needs USUBJID, "
+                       "AFRLT, PARAMCD, AVAL; or pass the format and a column mapping.", line=1)
+        return CheckResult(report, None, None)
+    try:
+        columns = FORMATS[fmt].with_overrides(mapping)
+    except ValueError as exc:
+        report.add("error", "mapping", str(exc), "fix the column mapping.")
+        return CheckResult(report, None, fmt)
+    builder = _Builder(raw.frame, columns, report, units=dict(units or {}),
+                       analyte_codes=dict(analyte_codes or {}), time_unit=time_unit,
+                       dose_unit=dose_unit, source=str(path))
+    cohort = builder.build()
+    return CheckResult(report, cohort if report.ok else None, fmt)
+
+
+def read_cohort(path: str | Path, format: str | None = None,
+                mapping: Mapping[str, str] | None = None, **options) -> Cohort:
+    """Read a NONMEM-style or ADaM-style file into a Cohort; raise DataError listing every
+    problem when the file has errors. Options as for `check_file`."""
+    result = check_file(path, format, mapping, **options)
+    if result.cohort is None:
+        raise DataError(result.report)
+    return result.cohort
+
+
+class _Builder:
+    """One pass over a raw table: interpret roles, add findings, assemble the Cohort."""
+
+    def __init__(self, frame: pd.DataFrame, columns: ColumnMapping, report: Report, *, units,
+                 analyte_codes, time_unit, dose_unit, source):
+        self.f = frame
+        self.columns = columns
+        self.col = columns.resolve([c for c in frame.columns if c != "_line"])
+        self.report = report
+        self.units = units
+        self.codes = {int(k): v for k, v in analyte_codes.items()}
+        self.time_unit = time_unit
+        self.dose_unit = dose_unit
+        self.source = source
+        self.line = frame["_line"].to_numpy()
+        self.subject = None  # set in build
+
+    # --- small helpers ----------------------------------------------------------------------
+    def add(self, severity, rule, message, fix="", rows=None, column=None):
+        """Add one finding per row index in `rows` (or a single file-level finding)."""
+        if rows is None:
+            self.report.add(severity, rule, message, fix, column=column)
+            return
+        for i in np.atleast_1d(rows):
+            subj = None if self.subject is None else self.subject[i]
+            msg = message(i) if callable(message) else message
+            self.report.add(severity, rule, msg, fix, line=self.line[i], column=column, subject=subj)
+
+    def text(self, role) -> pd.Series | None:
+        name = self.col.get(role)
+        return None if name is None else self.f[name].astype(str)
+
+    def number(self, role, required: np.ndarray | None = None, what: str = "",
+               fix: str = "") -> pd.Series | None:
+        """Numeric column for `role`; non-numbers are errors, blanks are errors where `required`."""
+        name = self.col.get(role)
+        if name is None:
+            return None
+        raw = self.f[name]
+        values = pd.to_numeric(raw.where(raw != ""), errors="coerce").astype(float)
+        bad = np.flatnonzero(((raw != "") & values.isna()).to_numpy())
+        self.add("error", "non-numeric", lambda i: f"{raw.iloc[i]!r} is not a number"
+                 f"{' (' + what + ')' if what else ''}.", fix or "write a plain number such as "
+                 "12.5 (decimal point, no units or symbols in the cell).", bad, name)
+        if required is not None:
+            missing = np.flatnonzero(required & (raw == "").to_numpy())
+            self.add("error", "missing-value", f"{what or name} is missing.",
+                     fix or f"fill in {name} on this row.", missing, name)
+        return values
+
+    # --- the pass ---------------------------------------------------------------------------
+    def build(self) -> Cohort | None:
+        if not self._required_columns():
+            return None
+        n = len(self.f)
+        subject = self.text("subject_label") if "subject_label" in self.col else None
+        ids = self.text("subject")
+        if subject is not None:
+            subject = subject.where(subject != "", ids)
+        else:
+            subject = ids
+        missing_id = np.flatnonzero((subject == "").to_numpy())
+        self.add("error", "missing-value", "the subject identifier is missing.",
+                 "give every row its subject's ID.", missing_id, self.col["subject"])
+        self.subject = subject.to_numpy()
+
+        time = self._times()
+        evid, mdv = self._evid_mdv(n)
+        is_obs = (evid == 0)
+        is_dose = np.isin(evid, (1, 4))
+        is_event = np.isin(evid, (2, 3))
+
+        doses = self._doses(is_dose, time)
+        observations = self._observations(is_obs, mdv, time)
+        subjects = self._subjects(is_event, doses)
+        events = self._events(is_event, time)
+        if doses is not None and observations is not None:
+            self._subjects_without_dose(observations, doses)
+        if not self.report.ok or subjects is None or doses is None or observations is None:
+            return None
+        doses = self._absolute_cells(doses, subjects)
+        if doses is None:
+            return None
+        if "dose_level" not in self.col:
+            first = doses.sort_values(["subject", "time"]).groupby("subject").first()
+            labels = {s: format_dose(r.amount, r.unit) for s, r in first.iterrows()}
+            subjects["dose_level"] = pd.Series([labels.get(s, pd.NA) for s in subjects.index],
+                                               index=subjects.index, dtype=object)
+        lines = {"observations": observations.pop("_line"), "doses": doses.pop("_line")}
+        return Cohort(subjects=subjects, doses=doses, observations=observations, events=events,
+                      analytes=self.analytes, source=self.source, lines=lines)
+
+    def _required_columns(self) -> bool:
+        ok = True
+        for role in self.columns.required:
+            if role not in self.col:
+                names = " or ".join(self.columns.candidates[role])
+                self.report.add("error", "missing-column", f"required column {names} "
+                                f"({catalogue_role(role)}) is missing.",
+                                f"add the column, or map yours to the role '{role}' "
+                                f"(--map {role}=YOURCOLUMN).", line=1, column=names)
+                ok = False
+        for group in self.columns.one_of:
+            if not any(role in self.col for role in group):
+                names = " or ".join(n for r in group for n in self.columns.candidates.get(r, ()))
+                self.report.add("error", "missing-column", f"one of the columns {names} is "
+                                "needed and none is present.", "add one of them, or map your "
+                                f"column to one of the roles {', '.join(group)}.", line=1,
+                                column=names)
+                ok = False
+        return ok
+
+    def _times(self) -> np.ndarray:
+        everywhere = np.ones(len(self.f), bool)
+        time = self.number("time", everywhere, "time", "write the time since the first CAR-T "
+                           "infusion as a number (negative for pre-infusion samples).")
+        factor = np.full(len(self.f), np.nan)
+        if "time_unit" in self.col:
+            units = self.text("time_unit").str.strip().str.lower()
+            units = units.where(units != "", self.time_unit.lower())
+            factor = units.map(_TIME_UNITS).to_numpy(float)
+            bad = np.flatnonzero(np.isnan(factor))
+            self.add("error", "time-unit", lambda i: f"unknown time unit {units.iloc[i]!r}.",
+                     "use DAYS or HOURS.", bad, self.col["time_unit"])
+        elif self.time_unit.lower() in _TIME_UNITS:
+            factor[:] = _TIME_UNITS[self.time_unit.lower()]
+        else:
+            self.add("error", "time-unit", f"unknown time unit {self.time_unit!r}.",
+                     "pass time_unit='d' or 'h'.")
+        self.time_factor = factor
+        nominal = self.number("nominal_time", None, "nominal time")
+        if nominal is None:
+            nominal = time
+        self.nominal = (nominal.fillna(time) * factor).to_numpy()
+        return (time * factor).to_numpy()
+
+    def _evid_mdv(self, n):
+        amt = self.number("amt", None, "dose amount")
+        if "evid" in self.col:
+            evid = self.number("evid", np.ones(n, bool), "EVID",
+                               "use 0 (observation), 1 (dose), 2 (other), 3 (reset) or 4 (reset and dose).")
+            unknown = np.flatnonzero(evid.notna() & ~evid.isin([0, 1, 2, 3, 4]))
+            self.add("error", "unknown-evid", lambda i: f"EVID {evid.iloc[i]:g} is not a NONMEM event "
+                     "type.", "use 0 (observation), 1 (dose), 2 (other), 3 (reset) or 4 (reset and "
+                     "dose).", unknown, self.col["evid"])
+            evid = evid.fillna(-1).to_numpy(int)
+        else:
+            # NONMEM's own rule without EVID: a row with AMT > 0 is a dose.
+            evid = np.where((amt.fillna(0) > 0).to_numpy() if amt is not None else False, 1, 0)
+        self.amt = amt
+        mdv = self.number("mdv", None, "MDV", "use 0 or 1.")
+        if mdv is not None:
+            bad = np.flatnonzero(mdv.notna() & ~mdv.isin([0, 1]))
+            self.add("error", "non-numeric", lambda i: f"MDV must be 0 or 1, not {mdv.iloc[i]:g}.",
+                     "use 0 or 1.", bad, self.col["mdv"])
+            mdv = (mdv.fillna(0) == 1).to_numpy()
+        else:
+            mdv = np.zeros(n, bool)
+        return evid, mdv
+
+    # --- doses ------------------------------------------------------------------------------
+    def _doses(self, is_dose, time) -> pd.DataFrame | None:
+        units = self._dose_units()
+        if is_dose.any():
+            amt_col = self.col.get("amt") or self.col.get("dose_per_subject")
+            if self.amt is None:  # ADaM dose rows may carry the dose in DOSEA only
+                self.amt = self.number("dose_per_subject", None, "dose (DOSEA)")
+            bad = np.flatnonzero(is_dose & ~(self.amt > 0).to_numpy())
+            self.add("error", "dose-amount", lambda i: "the dose amount is "
+                     + ("missing" if np.isnan(self.amt.iloc[i]) else f"{self.amt.iloc[i]:g}, not positive")
+                     + ".", "give the infused CAR+ cell count (e.g. 3e8) or cells/kg (e.g. 1e6 with "
+                     "AMTU=cells/kg) on dose rows.", bad, amt_col)
+            rows = np.flatnonzero(is_dose)
+            return pd.DataFrame({"subject": self.subject[rows], "time": time[rows],
+                                 "nominal_time": self.nominal[rows],
+                                 "amount": self.amt.to_numpy()[rows], "unit": units[rows],
+                                 "evid": self._evid_values(rows), "_line": self.line[rows]})
+        if "dose_per_subject" in self.col:
+            return self._doses_from_dosea(units)
+        self.add("error", "no-dose", "the file has no dose rows (EVID 1 with AMT) and no per-subject "
+                 "dose column (DOSEA).", "add one dose row per infusion, or a DOSEA column.")
+        return None
+
+    def _evid_values(self, rows):
+        if "evid" in self.col:
+            return self.number("evid").to_numpy()[rows].astype(int)
+        return np.ones(len(rows), int)
+
+    def _dose_units(self) -> np.ndarray:
+        n = len(self.f)
+        if "dose_unit" not in self.col:
+            unit = _dose_unit(self.dose_unit)
+            if unit is None:
+                self.add("error", "dose-unit", f"unknown dose unit {self.dose_unit!r}.",
+                         "use 'cells' or 'cells/kg'.")
+            return np.full(n, unit or "cells", dtype=object)
+        text = self.text("dose_unit")
+        units = np.array([_dose_unit(t) if t else _dose_unit(self.dose_unit) for t in text], object)
+        rows_with_amount = (self.amt.fillna(0) > 0).to_numpy() if self.amt is not None else np.ones(n, bool)
+        bad = np.flatnonzero(pd.isna(units) & (text != "").to_numpy() & rows_with_amount)
+        self.add("error", "dose-unit", lambda i: f"unknown dose unit {text.iloc[i]!r}.",
+                 "use 'cells' (CAR+ cells) or 'cells/kg'.", bad, self.col["dose_unit"])
+        return units
+
+    def _doses_from_dosea(self, units) -> pd.DataFrame | None:
+        col = self.col["dose_per_subject"]
+        amount = self.number("dose_per_subject", None, "dose (DOSEA)")
+        rows = []
+        for subj, idx in pd.Series(range(len(self.f))).groupby(self.subject):
+            values = amount.iloc[idx.to_numpy()].dropna().unique()
+            i = int(idx.iloc[0])
+            if len(values) != 1 or not values[0] > 0:
+                self.add("error", "dose-amount", "DOSEA must hold one positive dose per subject "
+                         f"(found {', '.join(f'{v:g}' for v in values) or 'none'}).",
+                         "write the subject's infused CAR+ cells on every row.", [i], col)
+                continue
+            rows.append({"subject": subj, "time": 0.0, "nominal_time": 0.0, "amount": float(values[0]),
+                         "unit": units[i], "evid": 1, "_line": self.line[i]})
+        return pd.DataFrame(rows, columns=[*DOSE_COLUMNS[:5], "evid", "_line"])
+
+    def _absolute_cells(self, doses: pd.DataFrame, subjects: pd.DataFrame) -> pd.DataFrame | None:
+        doses = doses.copy()
+        weight = doses["subject"].map(subjects["weight"]).astype(float)
+        per_kg = (doses["unit"] == "cells/kg").to_numpy()
+        no_weight = per_kg & weight.isna().to_numpy()
+        for i in np.flatnonzero(no_weight):
+            self.report.add("error", "dose-weight", "the dose is in cells/kg but the subject has no "
+                            "body weight.", "add the weight column (WT, or WTBL in ADaM) in kg.",
+                            line=doses["_line"].iloc[i], column=self.col.get("weight", "WT"),
+                            subject=doses["subject"].iloc[i])
+        if no_weight.any():
+            return None
+        doses["cells"] = np.where(per_kg, doses["amount"] * weight, doses["amount"])
+        return doses[[*DOSE_COLUMNS, "_line"]].sort_values(["subject", "time"], kind="stable") \
+            .reset_index(drop=True)
+
+    # --- observations -----------------------------------------------------------------------
+    def _observations(self, is_obs, mdv, time) -> pd.DataFrame | None:
+        rows = np.flatnonzero(is_obs)
+        self.analytes: dict[str, catalogue.Analyte] = {}
+        if len(rows) == 0:
+            self.add("error", "no-observations", "the file has no observation rows (EVID 0).",
+                     "add the measured values, one row per sample and analyte.")
+            return None
+        names = self._analyte_names(rows)
+        factors = self._unit_factors(rows, names)
+        dv = self.number("dv")
+        cens = self._censoring(rows)
+        lloq = self.number("lloq", None, "LLOQ")
+        limit = self.number("limit", None, "LIMIT")
+        value = dv.to_numpy()[rows].copy()
+        lloq_v = lloq.to_numpy()[rows].copy() if lloq is not None else np.full(len(rows), np.nan)
+        limit_v = limit.to_numpy()[rows].copy() if limit is not None else np.full(len(rows), np.nan)
+        is_mdv = mdv[rows]
+        censored = cens
+        dv_col = self.col["dv"]
+
+        # CENS=1 in NONMEM: DV holds the LLOQ; a BLQ flag style gives the LLOQ in its own column.
+        left = censored == 1
+        lloq_v = np.where(left & np.isnan(lloq_v), value, lloq_v)
+        no_lloq = left & np.isnan(lloq_v) & ~is_mdv
+        self.add("error", "censored-no-lloq", "the record is flagged below the LLOQ but no LLOQ is "
+                 "given.", f"put the LLOQ in {self.col.get('lloq') or 'an LLOQ column'}"
+                 f"{' (or in ' + dv_col + ' with CENS=1)' if self.columns.format == 'nonmem' else ''}.",
+                 rows[no_lloq], self.col.get("lloq") or dv_col)
+        ignored = left & ~np.isnan(value) & ~np.isnan(lloq_v) & ~np.isclose(value, lloq_v) & ~is_mdv
+        self.add("note", "ignored-dv", lambda i: f"the value {dv.iloc[i]:g} on a below-LLOQ record is "
+                 "not used: the record is censored at the LLOQ (M3), never imputed.",
+                 "", rows[ignored], dv_col)
+        value = np.where(left, lloq_v, value)
+        right = censored == -1
+        missing = np.isnan(value) & ~is_mdv
+        self.add("error", "missing-value", f"the observed value ({dv_col}) is missing.",
+                 "fill it in; flag a below-LLOQ sample (CENS=1, or BLQ with the LLOQ), or set MDV=1 "
+                 "to exclude the record.", rows[missing & ~left], dv_col)
+        negative = (value < 0) | (lloq_v < 0)
+        self.add("error", "negative-value", lambda i: f"negative value {dv.iloc[i]:g}; concentrations, "
+                 "counts and limits cannot be negative.", "give values on their natural (linear) scale, "
+                 "not log-transformed.", rows[negative], dv_col)
+        below = ~left & ~right & ~is_mdv & (value < lloq_v)
+        self.add("warning", "below-lloq-unflagged", lambda i: f"the value {dv.iloc[i]:g} is below its "
+                 f"LLOQ {lloq.iloc[i]:g} but is not flagged as censored.",
+                 "flag it (CENS=1 or BLQ=Y) so that it is handled as below the LLOQ (M3), or correct "
+                 "the LLOQ.", rows[below], dv_col)
+
+        obs = pd.DataFrame({
+            "subject": self.subject[rows], "time": time[rows], "nominal_time": self.nominal[rows],
+            "analyte": names, "value": value * factors, "lloq": lloq_v * factors,
+            "censored": censored.astype(int), "limit": limit_v * factors, "mdv": is_mdv,
+            "_line": self.line[rows]})
+        obs = self._duplicates(obs)
+        if self.report.ok:
+            order = obs.sort_values(["subject", "time", "analyte"], kind="stable")
+            if not order.index.equals(obs.index) and not _sorted_by_subject_time(obs):
+                self.report.add("note", "unsorted-time", "records are not in time order within "
+                                "subjects; pkpd sorts them.", "")
+            obs = order.reset_index(drop=True)
+        return obs[[*OBSERVATION_COLUMNS, "_line"]]
+
+    def _analyte_names(self, rows) -> np.ndarray:
+        names = np.empty(len(rows), dtype=object)
+        source_role = next(r for r in ("analyte", "analyte_label", "dvid", "cmt") if r in self.col)
+        column = self.col[source_role]
+        values = self.f[column].to_numpy()[rows]
+        labels = self.text("analyte_label")
+        for k, (i, v) in enumerate(zip(rows, values)):
+            names[k] = self._analyte_name(v, source_role, None if labels is None else labels.iloc[i])
+        bad = np.flatnonzero(pd.isna(names))
+        self.add("error", "unknown-analyte", lambda i: f"analyte {self.f[column].iloc[i]!r} is not "
+                 "known and has no declared unit." if self.f[column].iloc[i] != "" else
+                 "the analyte is missing.",
+                 "use a known analyte (pkpd.analytes.CATALOGUE: transgene, il6, bcells, igg, ...), "
+                 "give its unit in a UNIT/AVALU column, or declare it with units={NAME: UNIT}"
+                 + (" / analyte_codes={CODE: NAME} for numeric codes." if source_role in ("dvid", "cmt")
+                    else "."), rows[bad], column)
+        return names
+
+    def _analyte_name(self, value, role, label) -> str | None:
+        value = str(value).strip()
+        if value == "":
+            return None
+        is_code = role in ("dvid", "cmt") and re.fullmatch(r"\d+(\.0+)?", value)
+        if is_code:
+            code = int(float(value))
+            if code in self.codes:
+                value = self.codes[code]
+            elif role == "dvid" and catalogue.lookup_dvid(code):
+                return self._register(catalogue.lookup_dvid(code))
+            else:
+                return None
+        known = catalogue.lookup(value)
+        if known is not None:
+            return self._register(known)
+        if value in self.analytes:
+            return value
+        declared = self.units.get(value)
+        if declared is None and "unit" in self.col:
+            declared = "*"  # unit comes per row; checked in _unit_factors
+        if declared is None:
+            return None
+        return value
+
+    def _register(self, analyte) -> str:
+        self.analytes.setdefault(analyte.name, analyte)
+        return analyte.name
+
+    def _unit_factors(self, rows, names) -> np.ndarray:
+        """Factor taking each row's value to its analyte's canonical unit."""
+        factors = np.ones(len(rows))
+        unit_col = self.col.get("unit")
+        units = self.text("unit")
+        seen: dict[str, set] = {}
+        for k, i in enumerate(rows):
+            name = names[k]
+            if name is None or pd.isna(name):
+                continue
+            unit = units.iloc[i].strip() if units is not None else ""
+            if not unit:
+                unit = self.units.get(name) or (self.analytes[name].unit if name in self.analytes else "")
+            if not unit:
+                self.add("error", "unknown-unit", f"analyte {name!r} has no unit.",
+                         "give the unit in a UNIT/AVALU column or declare it with units={NAME: UNIT}.",
+                         [i], unit_col)
+                continue
+            if name not in self.analytes:
+                try:
+                    self.analytes[name] = catalogue.custom(name, self.units.get(name, unit))
+                except UnitError:
+                    self.add("error", "unknown-unit", f"unknown unit {unit!r} for analyte {name!r}.",
+                             "write a unit pint understands, such as mg/L, pg/mL, cells/uL, IU/mL.",
+                             [i], unit_col)
+                    continue
+            target = self.analytes[name]
+            try:
+                factors[k] = conversion_factor(unit, target.unit)
+            except UnitError as exc:
+                rule = "inconsistent-unit" if "cannot convert" in str(exc) else "unknown-unit"
+                self.add("error", rule, f"unit {unit!r} of {name} cannot be converted to its canonical "
+                         f"unit {target.unit}" + (" (different dimension)." if rule ==
+                                                   "inconsistent-unit" else " (unknown unit)."),
+                         f"report {name} in {target.unit} or a unit convertible to it.", [i], unit_col)
+                continue
+            seen.setdefault(name, set()).add(unit)
+        for name, used in seen.items():
+            converted = sorted(u for u in used if conversion_factor(u, self.analytes[name].unit) != 1.0)
+            if converted:
+                self.report.add("note", "unit-converted", f"{name} values in {', '.join(converted)} "
+                                f"were converted to {self.analytes[name].unit}.", "",
+                                column=unit_col)
+        return factors
+
+    def _censoring(self, rows) -> np.ndarray:
+        out = np.zeros(len(rows), int)
+        if "cens" in self.col:
+            cens = self.number("cens", None, "CENS", "use 0, 1 (below LLOQ) or -1 (above ULOQ).")
+            values = cens.to_numpy()[rows]
+            bad = ~np.isnan(values) & ~np.isin(values, (-1, 0, 1))
+            self.add("error", "cens-value", lambda i: f"CENS {cens.iloc[i]:g} is not 0, 1 or -1.",
+                     "use 0 (quantified), 1 (below the LLOQ) or -1 (above the upper limit).",
+                     rows[bad], self.col["cens"])
+            out = np.where(np.isin(values, (-1, 1)), values, 0).astype(int)
+        if "blq" in self.col:
+            flags = self.text("blq").str.strip().str.upper().to_numpy()[rows]
+            truthy = np.isin(flags, list(_TRUE))
+            bad = ~truthy & ~np.isin(flags, list(_FALSE)) & (flags != "")
+            self.add("error", "blq-flag", lambda i: f"BLQ flag {self.f[self.col['blq']].iloc[i]!r} is "
+                     "not Y/N or 1/0.", "write Y or 1 for below the LLOQ, N, 0 or blank otherwise.",
+                     rows[bad], self.col["blq"])
+            out = np.where(truthy, 1, out)
+        return out
+
+    def _duplicates(self, obs: pd.DataFrame) -> pd.DataFrame:
+        live = obs[~obs["mdv"]]
+        keys = ["subject", "time", "analyte"]
+        dup = live[live.duplicated(keys, keep=False)]
+        drop = []
+        for _, group in dup.groupby(keys, sort=False):
+            first = group.iloc[0]
+            same = ((group["value"].sub(first["value"]).abs() <= 1e-12 * abs(first["value"]))
+                    & (group["censored"] == first["censored"])).all()
+            lines = ", ".join(str(x) for x in group["_line"])
+            for _, row in group.iloc[1:].iterrows():
+                if same:
+                    self.report.add("warning", "duplicate", f"identical {row['analyte']} record at "
+                                    f"time {row['time']:g} (lines {lines}); kept once.",
+                                    "delete the repeated row.", line=row["_line"],
+                                    column=self.col["dv"], subject=row["subject"])
+                    drop.append(row.name)
+                else:
+                    self.report.add("error", "duplicate-conflict", f"conflicting {row['analyte']} "
+                                    f"records at time {row['time']:g} (lines {lines}) with different "
+                                    "values.", "keep one record per subject, time and analyte (use "
+                                    "MDV=1 to exclude a repeat).", line=row["_line"],
+                                    column=self.col["dv"], subject=row["subject"])
+        return obs.drop(index=drop)
+
+    def _subjects_without_dose(self, obs, doses):
+        dosed = set(doses["subject"])
+        for subj, group in obs.groupby("subject", sort=False):
+            if subj not in dosed:
+                self.report.add("error", "no-dose", "the subject has observations but no dose.",
+                                "add the CAR-T infusion (EVID=1 with AMT) for this subject, or remove "
+                                "its rows.", line=group["_line"].min(), column=self.col.get("amt")
+                                or self.col.get("dose_per_subject"), subject=subj)
+
+    # --- subjects and events ----------------------------------------------------------------
+    def _subjects(self, is_event, doses) -> pd.DataFrame | None:
+        ordinary = ~is_event
+        subjects = list(dict.fromkeys(self.subject[self.subject != ""]))
+        table = pd.DataFrame(index=pd.Index(subjects, name="subject", dtype=object))
+        for role in SUBJECT_COLUMNS:
+            if role not in self.col:
+                table[role] = pd.Series(pd.NA, index=table.index, dtype=_dtype(role))
+                continue
+            table[role] = self._covariate(role, self.col[role], ordinary, table.index)
+        for column in self._extra_columns():
+            table[column] = self._covariate(None, column, ordinary, table.index)
+        return table
+
+    def _covariate(self, role, column, rows_mask, index) -> pd.Series:
+        raw = self.f[column].astype(str)
+        parsed = self._parse_covariate(role, column, raw)
+        frame = pd.DataFrame({"subject": self.subject, "value": parsed, "raw": raw,
+                              "line": self.line})[rows_mask & (raw != "").to_numpy()]
+        values = {}
+        for subj, group in frame.groupby("subject", sort=False):
+            distinct = group["value"].dropna().unique()
+            if len(distinct) > 1:
+                numeric = role in ("weight", "age") or pd.api.types.is_float_dtype(parsed)
+                if numeric:
+                    self.report.add("note" if role else "warning", "covariate-varies",
+                                    f"{column} changes within the subject on ordinary rows; its "
+                                    "first value is used as the baseline.", "put time-varying "
+                                    "covariates on EVID=2 rows.", line=group["line"].iloc[0],
+                                    column=column, subject=subj)
+                else:
+                    self.report.add("error", "covariate-conflict", f"{column} takes several values "
+                                    f"({', '.join(map(str, distinct[:4]))}) for one subject.",
+                                    f"give each subject a single {column}.",
+                                    line=group["line"].iloc[1], column=column, subject=subj)
+            values[subj] = distinct[0] if len(distinct) else pd.NA
+        return pd.Series([values.get(s, pd.NA) for s in index], index=index,
+                         dtype=_dtype(role) if role else parsed.dtype)
+
+    def _parse_covariate(self, role, column, raw: pd.Series) -> pd.Series:
+        if role in ("weight", "age"):
+            out = self.number(role, None, role)
+            bad = np.flatnonzero((out <= 0).to_numpy())
+            self.add("error", "covariate-value", lambda i: f"{role} {out.iloc[i]:g} is not positive.",
+                     f"give {role} in {'kg' if role == 'weight' else 'years'}.", bad, column)
+            return out
+        if role == "lymphodepletion":
+            upper = raw.str.strip().str.upper()
+            out = pd.Series(pd.NA, index=raw.index, dtype="boolean")
+            out[upper.isin(_TRUE | {"FLU/CY", "FLUCY"})] = True
+            out[upper.isin(_FALSE)] = False
+            bad = np.flatnonzero((out.isna() & (raw != "")).to_numpy())
+            self.add("error", "covariate-value", lambda i: f"lymphodepletion {raw.iloc[i]!r} is not "
+                     "yes or no.", "write Y/N (or 1/0).", bad, column)
+            return out
+        if role == "product":
+            out = raw.map(_product)
+            unknown = np.flatnonzero(~out.isin(PRODUCTS) & (raw != "").to_numpy())
+            first = {}
+            for i in unknown:
+                first.setdefault(raw.iloc[i], i)
+            self.add("warning", "unknown-product", lambda i: f"product {raw.iloc[i]!r} is not one of "
+                     f"{', '.join(PRODUCTS)}; kept as written.", "check the spelling if it is one of "
+                     "those targets.", sorted(first.values()), column)
+            return out.where(raw != "", pd.NA)
+        if role == "sex":
+            upper = raw.str.strip().str.upper()
+            return upper.replace({"MALE": "M", "FEMALE": "F"}).where(raw != "", pd.NA)
+        if role is None:  # an extra column: numeric when every filled cell is a number
+            numbers = pd.to_numeric(raw.where(raw != ""), errors="coerce")
+            if (numbers.notna() | (raw == "")).all():
+                return numbers.astype(float)
+        return raw.where(raw != "", pd.NA)
+
+    def _extra_columns(self) -> list[str]:
+        known = {n.upper() for names in self.columns.candidates.values() for n in names}
+        known |= {"_LINE", "ID", "PARAM", "DVID", "CMT", "ANALYTE", "BLQFL", "BLQFN", "DOSEA",
+                  "PARAMN"}
+        return [c for c in self.f.columns if c.upper() not in known]
+
+    def _events(self, is_event, time) -> pd.DataFrame:
+        rows = np.flatnonzero(is_event)
+        out = pd.DataFrame({"subject": self.subject[rows], "time": time[rows],
+                            "nominal_time": self.nominal[rows], "evid": self._evid_all()[rows]})
+        for role in ("weight", "age"):
+            if role in self.col:
+                out[role] = self.number(role).to_numpy()[rows]
+        for column in self._extra_columns():
+            raw = self.f[column].astype(str)
+            parsed = self._parse_covariate(None, column, raw)
+            out[column] = parsed.to_numpy()[rows]
+        return out.sort_values(["subject", "time"], kind="stable").reset_index(drop=True)
+
+    def _evid_all(self):
+        if "evid" in self.col:
+            return self.number("evid").fillna(-1).to_numpy(int)
+        return np.zeros(len(self.f), int)
+
+
+def _dtype(role):
+    return {"weight": float, "age": float, "lymphodepletion": "boolean"}.get(role, object)
+
+
+def _sorted_by_subject_time(obs: pd.DataFrame) -> bool:
+    return all(g["time"].is_monotonic_increasing for _, g in obs.groupby("subject", sort=False))
+
+
+def _dose_unit(text: str) -> str | None:
+    key = re.sub(r"[\s_]", "", str(text).lower()).replace("car+", "").replace("viable", "")
+    key = key.replace("cars", "").replace("tcells", "cells")
+    if key in ("cells", "cell", ""):
+        return "cells"
+    if key in ("cells/kg", "cell/kg", "/kg", "cellsperkg"):
+        return "cells/kg"
+    return None
+
+
+def _product(text: str):
+    key = re.sub(r"[\s\-_+,]|CAR-?T?", "/", str(text).upper()).strip("/")
+    targets = {t for t in key.split("/") if t}
+    if targets == {"CD19"}:
+        return "CD19"
+    if targets == {"CD19", "BCMA"}:
+        return "CD19/BCMA"
+    if targets == {"CD19", "CD20"}:
+        return "CD19/CD20"
+    return str(text).strip()
+
+
+def format_dose(amount: float, unit: str) -> str:
+    """Dose-level label as trials print it: '3.0e8 cells', '1.0e6 cells/kg'."""
+    if amount is None or not np.isfinite(amount):
+        return "unknown"
+    mantissa, exponent = f"{amount:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)} {unit}"
+
+
+def catalogue_role(role: str) -> str:
+    from .mapping import ROLES
+
+    return ROLES.get(role, role)
