@@ -69,11 +69,13 @@ def parse_unit(text: str) -> pint.Quantity:
     return parsed
 
 
+@lru_cache(maxsize=1024)
 def conversion_factor(source: str, target: str) -> float:
     """Multiply a value in `source` units by this factor to express it in `target` units."""
     src, dst = parse_unit(source), parse_unit(target)
     try:
-        return float(src.to(dst).magnitude / dst.magnitude)
+        factor = float(src.to(dst).magnitude / dst.magnitude)
+        return float(f"{factor:.12g}")  # unit factors are exact decimals: drop float noise
     except pint.errors.DimensionalityError as exc:
         raise UnitError(f"cannot convert {source!r} to {target!r}: "
                         f"{src.dimensionality} is not {dst.dimensionality}") from exc

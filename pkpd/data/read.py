@@ -194,7 +194,8 @@ class _Builder:
                 self.report.add("error", "missing-column", f"required column {names} "
                                 f"({catalogue_role(role)}) is missing.",
                                 f"add the column, or map yours to the role '{role}' "
-                                f"(--map {role}=YOURCOLUMN).", line=1, column=names)
+                                f"(--map {role}=YOURCOLUMN).", line=1,
+                                column=self.columns.candidates[role][0])
                 ok = False
         for group in self.columns.one_of:
             if not any(role in self.col for role in group):
@@ -242,7 +243,7 @@ class _Builder:
             evid = evid.fillna(-1).to_numpy(int)
         else:
             # NONMEM's own rule without EVID: a row with AMT > 0 is a dose.
-            evid = np.where((amt.fillna(0) > 0).to_numpy() if amt is not None else False, 1, 0)
+            evid = np.zeros(n, int) if amt is None else np.where((amt.fillna(0) > 0).to_numpy(), 1, 0)
         self.amt = amt
         mdv = self.number("mdv", None, "MDV", "use 0 or 1.")
         if mdv is not None:
@@ -365,7 +366,7 @@ class _Builder:
                  "", rows[ignored], dv_col)
         value = np.where(left, lloq_v, value)
         right = censored == -1
-        missing = np.isnan(value) & ~is_mdv
+        missing = np.isnan(value) & ~is_mdv & (self.f[dv_col].to_numpy()[rows] == "")  # not "non-numeric"
         self.add("error", "missing-value", f"the observed value ({dv_col}) is missing.",
                  "fill it in; flag a below-LLOQ sample (CENS=1, or BLQ with the LLOQ), or set MDV=1 "
                  "to exclude the record.", rows[missing & ~left], dv_col)
@@ -444,19 +445,19 @@ class _Builder:
         """Factor taking each row's value to its analyte's canonical unit."""
         factors = np.ones(len(rows))
         unit_col = self.col.get("unit")
-        units = self.text("unit")
-        seen: dict[str, set] = {}
-        for k, i in enumerate(rows):
-            name = names[k]
-            if name is None or pd.isna(name):
-                continue
-            unit = units.iloc[i].strip() if units is not None else ""
+        written = (self.text("unit").str.strip().to_numpy()[rows] if unit_col
+                   else np.full(len(rows), "", dtype=object))
+        pairs = pd.DataFrame({"name": names, "unit": written})
+        used: dict[str, set] = {}
+        # one unit check per distinct (analyte, unit) pair; findings for each of its rows
+        for (name, unit), group in pairs[pairs["name"].notna()].groupby(["name", "unit"], sort=False):
+            where = group.index.to_numpy()
             if not unit:
                 unit = self.units.get(name) or (self.analytes[name].unit if name in self.analytes else "")
             if not unit:
                 self.add("error", "unknown-unit", f"analyte {name!r} has no unit.",
                          "give the unit in a UNIT/AVALU column or declare it with units={NAME: UNIT}.",
-                         [i], unit_col)
+                         rows[where], unit_col)
                 continue
             if name not in self.analytes:
                 try:
@@ -464,25 +465,24 @@ class _Builder:
                 except UnitError:
                     self.add("error", "unknown-unit", f"unknown unit {unit!r} for analyte {name!r}.",
                              "write a unit pint understands, such as mg/L, pg/mL, cells/uL, IU/mL.",
-                             [i], unit_col)
+                             rows[where], unit_col)
                     continue
             target = self.analytes[name]
             try:
-                factors[k] = conversion_factor(unit, target.unit)
+                factors[where] = conversion_factor(unit, target.unit)
             except UnitError as exc:
                 rule = "inconsistent-unit" if "cannot convert" in str(exc) else "unknown-unit"
                 self.add("error", rule, f"unit {unit!r} of {name} cannot be converted to its canonical "
                          f"unit {target.unit}" + (" (different dimension)." if rule ==
                                                    "inconsistent-unit" else " (unknown unit)."),
-                         f"report {name} in {target.unit} or a unit convertible to it.", [i], unit_col)
+                         f"report {name} in {target.unit} or a unit convertible to it.", rows[where],
+                         unit_col)
                 continue
-            seen.setdefault(name, set()).add(unit)
-        for name, used in seen.items():
-            converted = sorted(u for u in used if conversion_factor(u, self.analytes[name].unit) != 1.0)
-            if converted:
-                self.report.add("note", "unit-converted", f"{name} values in {', '.join(converted)} "
-                                f"were converted to {self.analytes[name].unit}.", "",
-                                column=unit_col)
+            if factors[where[0]] != 1.0:
+                used.setdefault(name, set()).add(unit)
+        for name, converted in used.items():
+            self.report.add("note", "unit-converted", f"{name} values in {', '.join(sorted(converted))} "
+                            f"were converted to {self.analytes[name].unit}.", "", column=unit_col)
         return factors
 
     def _censoring(self, rows) -> np.ndarray:
@@ -546,7 +546,7 @@ class _Builder:
         table = pd.DataFrame(index=pd.Index(subjects, name="subject", dtype=object))
         for role in SUBJECT_COLUMNS:
             if role not in self.col:
-                table[role] = pd.Series(pd.NA, index=table.index, dtype=_dtype(role))
+                table[role] = _typed([pd.NA] * len(table), table.index, _dtype(role))
                 continue
             table[role] = self._covariate(role, self.col[role], ordinary, table.index)
         for column in self._extra_columns():
@@ -558,25 +558,27 @@ class _Builder:
         parsed = self._parse_covariate(role, column, raw)
         frame = pd.DataFrame({"subject": self.subject, "value": parsed, "raw": raw,
                               "line": self.line})[rows_mask & (raw != "").to_numpy()]
-        values = {}
-        for subj, group in frame.groupby("subject", sort=False):
-            distinct = group["value"].dropna().unique()
-            if len(distinct) > 1:
-                numeric = role in ("weight", "age") or pd.api.types.is_float_dtype(parsed)
-                if numeric:
-                    self.report.add("note" if role else "warning", "covariate-varies",
-                                    f"{column} changes within the subject on ordinary rows; its "
-                                    "first value is used as the baseline.", "put time-varying "
-                                    "covariates on EVID=2 rows.", line=group["line"].iloc[0],
-                                    column=column, subject=subj)
-                else:
-                    self.report.add("error", "covariate-conflict", f"{column} takes several values "
-                                    f"({', '.join(map(str, distinct[:4]))}) for one subject.",
-                                    f"give each subject a single {column}.",
-                                    line=group["line"].iloc[1], column=column, subject=subj)
-            values[subj] = distinct[0] if len(distinct) else pd.NA
-        return pd.Series([values.get(s, pd.NA) for s in index], index=index,
-                         dtype=_dtype(role) if role else parsed.dtype)
+        frame = frame[frame["value"].notna()]
+        values = frame.groupby("subject", sort=False)["value"].first().to_dict()
+        varying = frame.groupby("subject", sort=False)["value"].nunique()
+        for subj in varying.index[varying > 1]:
+            group = frame[frame["subject"] == subj]
+            distinct = group["value"].unique()
+            numeric = role in ("weight", "age") or pd.api.types.is_float_dtype(parsed)
+            if numeric:
+                self.report.add("note" if role else "warning", "covariate-varies",
+                                f"{column} changes within the subject on ordinary rows; its "
+                                "first value is used as the baseline.", "put time-varying "
+                                "covariates on EVID=2 rows.", line=group["line"].iloc[0],
+                                column=column, subject=subj)
+            else:
+                self.report.add("error", "covariate-conflict", f"{column} takes several values "
+                                f"({', '.join(map(str, distinct[:4]))}) for one subject.",
+                                f"give each subject a single {column}.",
+                                line=group.loc[group["value"] != distinct[0], "line"].iloc[0],
+                                column=column, subject=subj)
+        return _typed([values.get(s, pd.NA) for s in index], index,
+                      _dtype(role) if role else parsed.dtype)
 
     def _parse_covariate(self, role, column, raw: pd.Series) -> pd.Series:
         if role in ("weight", "age"):
@@ -586,7 +588,7 @@ class _Builder:
                      f"give {role} in {'kg' if role == 'weight' else 'years'}.", bad, column)
             return out
         if role == "lymphodepletion":
-            upper = raw.str.strip().str.upper()
+            upper = raw.str.strip().str.upper().str.replace(r"^([01])\.0*$", r"\1", regex=True)
             out = pd.Series(pd.NA, index=raw.index, dtype="boolean")
             out[upper.isin(_TRUE | {"FLU/CY", "FLUCY"})] = True
             out[upper.isin(_FALSE)] = False
@@ -623,13 +625,17 @@ class _Builder:
         rows = np.flatnonzero(is_event)
         out = pd.DataFrame({"subject": self.subject[rows], "time": time[rows],
                             "nominal_time": self.nominal[rows], "evid": self._evid_all()[rows]})
+        # time-varying covariates: those with a value on at least one EVID 2/3 row
         for role in ("weight", "age"):
             if role in self.col:
-                out[role] = self.number(role).to_numpy()[rows]
+                values = self.number(role).to_numpy()[rows]
+                if not np.isnan(values).all():
+                    out[role] = values
         for column in self._extra_columns():
             raw = self.f[column].astype(str)
-            parsed = self._parse_covariate(None, column, raw)
-            out[column] = parsed.to_numpy()[rows]
+            values = self._parse_covariate(None, column, raw).to_numpy()[rows]
+            if not pd.isna(values).all():
+                out[column] = values
         return out.sort_values(["subject", "time"], kind="stable").reset_index(drop=True)
 
     def _evid_all(self):
@@ -640,6 +646,13 @@ class _Builder:
 
 def _dtype(role):
     return {"weight": float, "age": float, "lymphodepletion": "boolean"}.get(role, object)
+
+
+def _typed(values: list, index, dtype) -> pd.Series:
+    """Series of `dtype` where pd.NA becomes NaN for float columns."""
+    if dtype is float or pd.api.types.is_float_dtype(dtype):
+        return pd.Series([np.nan if v is pd.NA else v for v in values], index=index, dtype=float)
+    return pd.Series(values, index=index, dtype=dtype)
 
 
 def _sorted_by_subject_time(obs: pd.DataFrame) -> bool:

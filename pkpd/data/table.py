@@ -7,7 +7,6 @@ delimiter, ragged rows) become findings rather than tracebacks.
 from __future__ import annotations
 
 import csv
-import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,12 +99,12 @@ def read_raw_table(path: str | Path, report: Report) -> RawTable | None:
                    "between columns, with the column names on the first line.", line=header_index + 1)
         return None
 
-    def split(line: str) -> list[str]:
+    def split_all(texts: list[str]) -> list[list[str]]:
         if delimiter == " ":
-            return line.split()
-        return next(csv.reader(io.StringIO(line), delimiter=delimiter))
+            return [t.split() for t in texts]
+        return list(csv.reader(texts, delimiter=delimiter))
 
-    columns = [c.strip() for c in split(header)]
+    columns = [c.strip() for c in split_all([header])[0]]
     dupes = sorted({c for c in columns if columns.count(c) > 1})
     if dupes or "" in columns:
         report.add("error", "header", f"the header has {'duplicate' if dupes else 'empty'} column "
@@ -113,10 +112,10 @@ def read_raw_table(path: str | Path, report: Report) -> RawTable | None:
                    "give every column a unique, non-empty name.", line=header_index + 1)
         return None
     rows, line_numbers = [], []
-    for i in range(header_index + 1, len(lines)):
-        if not lines[i].strip() or lines[i].lstrip().startswith("#"):
-            continue
-        cells = [c.strip() for c in split(lines[i])]
+    body = [i for i in range(header_index + 1, len(lines))
+            if lines[i].strip() and not lines[i].lstrip().startswith("#")]
+    for i, cells in zip(body, split_all([lines[i] for i in body])):
+        cells = [c.strip() for c in cells]
         if len(cells) != len(columns):
             report.add("error", "ragged-row", f"this row has {len(cells)} fields but the header "
                        f"has {len(columns)}.", "make every row have one value per column (quote "
@@ -130,6 +129,6 @@ def read_raw_table(path: str | Path, report: Report) -> RawTable | None:
                        "add one row per dose, observation or event below the header.")
         return None
     frame = pd.DataFrame(rows, columns=columns, dtype=object)
-    frame = frame.map(lambda v: "" if v in MISSING else v)
+    frame = frame.where(~frame.isin(MISSING), "")
     frame["_line"] = line_numbers
     return RawTable(frame=frame, encoding=encoding, delimiter=delimiter)

@@ -1,0 +1,232 @@
+"""The `pkpd` command line: a thin mirror of the library (typer + rich)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .data import check_file, read_cohort, write_cohort
+from .data.report import DataError, Report
+from .nca import nca as run_nca
+from .nca import summarize
+
+app = typer.Typer(help="cart-pkpd: CAR-T cell PK/PD modelling.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Check and convert CAR-T datasets (NONMEM style or CDISC ADaM).",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(width=None if Console().is_terminal else 160)
+err_console = Console(stderr=True)
+
+FormatOpt = Annotated[Optional[str], typer.Option("--format", "-f", help="Input format: nonmem or adam (default: detected from the header).")]
+MapOpt = Annotated[Optional[list[str]], typer.Option("--map", help="Column for a role, ROLE=COLUMN (repeatable), e.g. --map subject=PATID.")]
+UnitOpt = Annotated[Optional[list[str]], typer.Option("--unit", help="Unit of an analyte, ANALYTE=UNIT (repeatable), e.g. --unit CRP=mg/L.")]
+TimeUnitOpt = Annotated[str, typer.Option("--time-unit", help="Unit of the time columns when the file has none: d or h.")]
+DoseUnitOpt = Annotated[str, typer.Option("--dose-unit", help="Unit of AMT when the file has none: cells or cells/kg.")]
+
+
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise typer.BadParameter(f"{item!r} is not of the form {what}", param_hint="--map/--unit")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _options(format, maps, units, time_unit, dose_unit) -> dict:
+    return dict(format=format, mapping=_pairs(maps, "ROLE=COLUMN"), units=_pairs(units, "ANALYTE=UNIT"),
+                time_unit=time_unit, dose_unit=dose_unit)
+
+
+def print_report(report: Report, max_per_rule: int = 20) -> None:
+    style = {"error": "bold red", "warning": "yellow", "note": "cyan"}
+    order = {"error": 0, "warning": 1, "note": 2}
+    counts: dict[str, int] = {}
+    for f in sorted(report.findings, key=lambda f: (order[f.severity], f.line or 0)):
+        counts[f.rule] = counts.get(f.rule, 0) + 1
+        if counts[f.rule] > max_per_rule:
+            continue
+        console.print(f"[{style[f.severity]}]{f.severity.upper():7}[/] {f.location()}: {f.message}"
+                      + (f" [dim]Fix: {f.fix}[/]" if f.fix else ""), highlight=False, soft_wrap=True)
+    for rule, n in counts.items():
+        if n > max_per_rule:
+            console.print(f"        ... and {n - max_per_rule} more '{rule}' finding(s)")
+    console.print(("[green]OK[/] " if report.ok else "[bold red]FAILED[/] ") + report.summary(),
+                  highlight=False)
+
+
+def _read(file: Path, options: dict):
+    try:
+        return read_cohort(file, **options)
+    except DataError as exc:
+        print_report(exc.report)
+        raise typer.Exit(1)
+
+
+@data_app.command("check")
+def data_check(file: Annotated[Path, typer.Argument(help="NONMEM-style or ADaM CSV file.")],
+               format: FormatOpt = None, map: MapOpt = None, unit: UnitOpt = None,
+               time_unit: TimeUnitOpt = "d", dose_unit: DoseUnitOpt = "cells",
+               max_per_rule: Annotated[int, typer.Option(help="Findings shown per rule.")] = 20) -> None:
+    """Validate a dataset and print every problem with its line, column and a fix.
+
+    Exit status 1 when there are errors, 0 otherwise (warnings and notes allowed)."""
+    result = check_file(file, **_options(format, map, unit, time_unit, dose_unit))
+    print_report(result.report, max_per_rule)
+    if result.cohort is not None:
+        c = result.cohort
+        console.print(f"{result.format} file: {len(c.subjects)} subjects, {len(c.doses)} doses, "
+                      f"{len(c.observations)} observations of {len(c.analytes)} analytes")
+        _print_frame(c.summary(), "Analytes")
+    raise typer.Exit(0 if result.report.ok else 1)
+
+
+@data_app.command("convert")
+def data_convert(file: Annotated[Path, typer.Argument(help="Input CSV file.")],
+                 to: Annotated[str, typer.Option("--to", help="Output format: nonmem or adam.")],
+                 out: Annotated[Path, typer.Option("-o", "--out", help="Output CSV file.")],
+                 format: FormatOpt = None, map: MapOpt = None, unit: UnitOpt = None,
+                 time_unit: TimeUnitOpt = "d", dose_unit: DoseUnitOpt = "cells") -> None:
+    """Convert between NONMEM style and ADaM style (nothing is written if the input has errors)."""
+    if to not in ("nonmem", "adam"):
+        raise typer.BadParameter(f"{to!r}: use nonmem or adam", param_hint="--to")
+    cohort = _read(file, _options(format, map, unit, time_unit, dose_unit))
+    write_cohort(cohort, out, to)
+    console.print(f"wrote {out} ({to}, {len(cohort.subjects)} subjects)")
+
+
+@app.command("nca")
+def nca_command(file: Annotated[Path, typer.Argument(help="NONMEM-style or ADaM CSV file.")],
+                out: Annotated[Path, typer.Option("-o", "--out", help="Per-subject NCA table (CSV); the summary goes beside it as *_summary.csv.")],
+                format: FormatOpt = None, map: MapOpt = None, unit: UnitOpt = None,
+                time_unit: TimeUnitOpt = "d", dose_unit: DoseUnitOpt = "cells",
+                aplasia_threshold: Annotated[float, typer.Option(help="B-cell aplasia threshold (cells/uL).")] = 5.0,
+                by: Annotated[str, typer.Option(help="Comma-separated grouping columns for the summary.")] = "product,dose_level",
+                all_metrics: Annotated[bool, typer.Option("--all", help="Print every metric, not only the headline ones.")] = False) -> None:
+    """Non-compartmental analysis per subject and analyte, and a summary by dose group."""
+    cohort = _read(file, _options(format, map, unit, time_unit, dose_unit))
+    table, summary = _write_nca(cohort, out, aplasia_threshold, by.split(","))
+    _print_summary(summary, all_metrics)
+    console.print(f"wrote {out} ({len(table)} rows) and {_summary_path(out)}")
+
+
+def _summary_path(out: Path) -> Path:
+    return out.with_name(out.stem + "_summary.csv")
+
+
+def _write_nca(cohort, out: Path, threshold: float, by) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from ._files import atomic_path
+
+    table = run_nca(cohort, aplasia_threshold=threshold)
+    summary = summarize(table, by=by)
+    for frame, path in ((table, out), (summary, _summary_path(out))):
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False)
+    return table, summary
+
+
+# Headline columns of the printed summary: (analyte, metric, statistic, label)
+HEADLINE = [("transgene", "cmax", "geo", "transgene Cmax"), ("transgene", "tmax", "median", "Tmax, d"),
+            ("transgene", "auc_0_28", "geo", "AUC0-28d"), ("transgene", "half_life", "median", "t1/2 terminal, d"),
+            ("il6", "cmax", "geo", "IL-6 Cmax"), ("bcells", "aplasia_duration", "median", "aplasia, d"),
+            ("igg", "nadir_fold_change", "geo", "IgG nadir/baseline")]
+
+
+def _print_summary(summary: pd.DataFrame, all_metrics: bool) -> None:
+    """Label-style table: one row per dose group; geometric mean (CV%) or median (range)."""
+    if summary.empty:
+        console.print("no NCA metrics could be computed")
+        return
+    group_cols = [c for c in summary.columns if c not in ("analyte", "metric", "unit", "n", "geo_mean",
+                                                          "geo_cv_percent", "median", "min", "max")]
+    wanted = HEADLINE if not all_metrics else [
+        (a, m, "geo" if not m.startswith(("t", "aplasia")) else "median", f"{a} {m}")
+        for a, m in summary[["analyte", "metric"]].drop_duplicates().itertuples(index=False)]
+    wanted = [w for w in wanted if ((summary["analyte"] == w[0]) & (summary["metric"] == w[1])).any()]
+    table = Table(title="NCA summary by dose group: geometric mean (CV%) or median [range]")
+    for col in [*group_cols, "n"]:
+        table.add_column(col)
+    for analyte, metric, _, label in wanted:
+        unit = summary.loc[(summary["analyte"] == analyte) & (summary["metric"] == metric), "unit"].iloc[0]
+        table.add_column(label if unit in ("d", "ratio") or label.endswith(", d") else f"{label}, {unit}",
+                         justify="right")
+    for keys, group in summary.groupby(group_cols, sort=True, dropna=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        cells = []
+        for analyte, metric, stat, _ in wanted:
+            row = group[(group["analyte"] == analyte) & (group["metric"] == metric)]
+            cells.append(_stat_cell(row.iloc[0], stat) if len(row) else "-")
+        n = group.loc[group["analyte"] == group["analyte"].iloc[0], "n"].max()
+        table.add_row(*[str(k) for k in keys], str(n), *cells)
+    console.print(table)
+
+
+def _stat_cell(row, stat: str) -> str:
+    if stat == "geo" and not pd.isna(row["geo_mean"]):
+        return f"{_g(row['geo_mean'], 3)} ({_g(row['geo_cv_percent'], 1)}%)"
+    return f"{_g(row['median'], 3)} [{_g(row['min'], 3)}-{_g(row['max'], 3)}]"
+
+
+def _g(x, digits=4) -> str:
+    if pd.isna(x):
+        return "-"
+    return f"{x:.1f}" if digits == 1 else f"{x:.{digits}g}"
+
+
+def _print_frame(frame: pd.DataFrame, title: str) -> None:
+    table = Table(title=title)
+    for col in frame.columns:
+        table.add_column(str(col))
+    for _, row in frame.iterrows():
+        table.add_row(*[str(v) for v in row])
+    console.print(table)
+
+
+@app.command("demo")
+def demo(out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("demo-out")) -> None:
+    """The main job on the example SLE cohort: check the data, write the exposure (NCA) table."""
+    from ._files import write_text
+    from .resources import example_data
+
+    out.mkdir(parents=True, exist_ok=True)
+    source = example_data("nonmem")
+    console.rule("[bold]1. Check the example cohort")
+    result = check_file(source)
+    print_report(result.report)
+    write_text(out / "check_report.txt", result.report.format(max_per_rule=10_000) + "\n")
+    if result.cohort is None:
+        raise typer.Exit(1)
+    cohort = result.cohort
+    _print_frame(cohort.summary(), f"{len(cohort.subjects)} subjects, {len(cohort.observations)} observations")
+    console.rule("[bold]2. Non-compartmental analysis")
+    table, summary = _write_nca(cohort, out / "nca.csv", 5.0, ["product", "dose_level"])
+    _print_summary(summary, all_metrics=False)
+    console.print(f"\n[green]done[/]: {out / 'check_report.txt'}, {out / 'nca.csv'}, {out / 'nca_summary.csv'}")
+
+
+def _version(value: bool):
+    if value:
+        console.print(f"cart-pkpd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """cart-pkpd: CAR-T cell PK/PD modelling."""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

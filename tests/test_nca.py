@@ -1,0 +1,138 @@
+"""NCA against curves whose AUC, half-life and Tmax are known in closed form."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pkpd.data import read_cohort
+from pkpd.nca import (aplasia_metrics, auc_to, exposure_metrics, geometric_stats, nadir_metrics, nca,
+                      summarize)
+
+
+def stein(t, cmax=24000.0, tmax=9.3, foldx=3900.0, alpha=0.16, fb=0.0079, beta=0.0032):
+    """Stein et al., CPT:PSP 2019;8:285, Table 1 typical multiphasic transgene curve."""
+    t = np.asarray(t, float)
+    rise = cmax / foldx * np.exp(np.log(foldx) / tmax * t)
+    tau = np.clip(t - tmax, 0, None)
+    return np.where(t < tmax, rise, cmax * ((1 - fb) * np.exp(-alpha * tau) + fb * np.exp(-beta * tau)))
+
+
+def test_log_down_trapezoid_is_exact_for_an_exponential_decline():
+    k, c0 = 0.16, 24000.0
+    t = np.array([0, 1, 3, 7, 14, 21, 28, 35, 60, 90.0])
+    c = c0 * np.exp(-k * t)
+    out = exposure_metrics(t, c, np.zeros_like(t))
+    assert out["auc_0_28"] == pytest.approx(c0 / k * (1 - math.exp(-k * 28)), rel=1e-12)
+    assert out["auc_0_90"] == pytest.approx(c0 / k * (1 - math.exp(-k * 90)), rel=1e-12)
+    assert out["half_life"] == pytest.approx(math.log(2) / k, rel=1e-10)
+    assert out["r2_adj"] == pytest.approx(1.0)
+    assert (out["cmax"], out["tmax"], out["tlast"]) == (c0, 0.0, 90.0)
+
+
+def test_partial_auc_interpolates_logarithmically_between_samples():
+    k = 0.1
+    t = np.array([0, 20, 40.0])
+    c = 1000 * np.exp(-k * t)
+    assert auc_to(t, c, 28.0) == pytest.approx(1000 / k * (1 - math.exp(-k * 28)), rel=1e-12)
+
+
+def test_linear_up_is_exact_for_a_linear_rise():
+    t = np.array([0, 2, 5, 9, 28, 40.0])
+    c = 3.0 * t + 1.0
+    out = exposure_metrics(t, c, np.zeros_like(t))
+    assert out["auc_0_28"] == pytest.approx(3.0 * 28**2 / 2 + 28, rel=1e-12)
+    assert math.isnan(out["half_life"])  # no decline, no terminal phase
+
+
+def test_stein_typical_curve_reproduces_published_exposure():
+    # Stein 2019 (derived in science.md 2.1): Cmax 24,000 copies/ug at 9.3 d, AUC0-28 ~1.72e5.
+    t = np.unique(np.concatenate([np.arange(0, 28.01, 0.05), [9.3], np.arange(30, 366, 30.0)]))
+    out = exposure_metrics(t, stein(t), np.zeros_like(t))
+    assert out["cmax"] == pytest.approx(24000.0)
+    assert out["tmax"] == pytest.approx(9.3)
+    assert out["auc_0_28"] == pytest.approx(171774.285, rel=1e-3)  # scipy.quad of the closed form
+    assert out["auc_0_28"] == pytest.approx(1.72e5, rel=0.01)
+    # the last monthly points lie on the persistence phase: beta = 0.0032/d, t1/2 ~ 217 d
+    assert out["half_life"] == pytest.approx(math.log(2) / 0.0032, rel=0.05)
+
+
+def test_tmax_of_a_gamma_variate():
+    tau = 7.0
+    t = np.arange(0, 60.5, 0.5)
+    out = exposure_metrics(t, t * np.exp(-t / tau), np.zeros_like(t))
+    assert out["tmax"] == tau and out["cmax"] == pytest.approx(tau * math.exp(-1))
+
+
+def test_blq_handling():
+    t = np.array([0, 3, 6, 9, 14, 28, 60, 90.0])
+    c = np.array([50, 800, 4000, 9000, 3000, 300, 50, 50.0])
+    cens = np.array([1, 0, 0, 0, 0, 0, 1, 1])
+    out = exposure_metrics(t, c, cens)
+    # leading BLQ counts as 0: first segment is (0, 0) -> (3, 800) linear
+    expected = 800 * 3 / 2 + auc_to(t[1:6], c[1:6], 28.0)
+    assert out["auc_0_28"] == pytest.approx(expected)
+    assert out["auc_last"] == pytest.approx(expected)  # Tlast = 28
+    assert out["auc_0_90"] == pytest.approx(expected)  # BLQ after Tlast, sampled to 90 d
+    assert (out["tlast"], out["clast"], out["t_first_blq_after_peak"]) == (28.0, 300.0, 60.0)
+
+
+def test_partial_auc_missing_when_follow_up_ends_early():
+    t = np.array([0, 3, 9, 20.0])
+    out = exposure_metrics(t, np.array([1, 100, 1000, 200.0]), np.zeros(4))
+    assert math.isnan(out["auc_0_28"]) and math.isnan(out["auc_0_90"])
+
+
+def test_all_blq_profile_gives_no_metrics():
+    out = exposure_metrics([0, 3, 6], [50, 50, 50], [1, 1, 1])
+    assert all(math.isnan(v) for v in out.values())
+
+
+def test_aplasia_onset_duration_and_ongoing():
+    t = np.array([3, 6, 9, 30, 61, 91, 122, 152.0])
+    b = np.array([40, 4, 1, 1, 1, 3, 12, 80.0])
+    cens = np.array([0, 0, 1, 1, 1, 0, 0, 0])
+    out = aplasia_metrics(t, b, cens)
+    assert (out["aplasia_onset"], out["aplasia_duration"], out["aplasia_ongoing"]) == (6.0, 116.0, False)
+    ongoing = aplasia_metrics(t[:5], b[:5], cens[:5])
+    assert (ongoing["aplasia_duration"], ongoing["aplasia_ongoing"]) == (55.0, True)
+    assert aplasia_metrics(t, b, cens, threshold=0.5)["aplasia_onset"] == 9.0  # BLQ counts as below
+
+
+def test_immunoglobulin_nadir():
+    out = nadir_metrics([30, 61, 91], [9.0, 7.5, 8.0], [0, 0, 0], [0.5, 0.5, 0.5], baseline=10.0)
+    assert (out["nadir"], out["t_nadir"], out["nadir_fold_change"]) == (7.5, 61.0, 0.75)
+
+
+def test_geometric_statistics():
+    stats = geometric_stats([1.0, 100.0, np.nan])
+    assert stats["n"] == 2 and stats["geo_mean"] == pytest.approx(10.0)
+    s2 = np.var(np.log([1.0, 100.0]), ddof=1)
+    assert stats["geo_cv_percent"] == pytest.approx(100 * math.sqrt(math.exp(s2) - 1))
+    assert (stats["median"], stats["min"], stats["max"]) == (50.5, 1.0, 100.0)
+
+
+def test_nca_on_the_example_cohort(example_nonmem):
+    cohort = read_cohort(example_nonmem)
+    table = nca(cohort)
+    assert len(table) == 41 * 10
+    tg = table[table["analyte"] == "transgene"].set_index("subject")
+    obs = cohort.analyte_observations("transgene")
+    observed_max = obs[obs["censored"] == 0].groupby("subject")["value"].max()
+    pd.testing.assert_series_equal(tg["cmax"], observed_max.reindex(tg.index), check_names=False)
+    assert tg["auc_0_28"].notna().all() and (tg["tmax"].between(3, 28)).all()
+    b = table[table["analyte"] == "bcells"]
+    assert b["aplasia_duration"].between(40, 200).all()
+    igg = table[table["analyte"] == "igg"]
+    bcma = igg[igg["product"] == "CD19/BCMA"]["nadir_fold_change"].median()
+    cd19 = igg[igg["product"] != "CD19/BCMA"]["nadir_fold_change"].median()
+    assert bcma < cd19  # BCMA targeting lowers IgG more (science.md 3.2)
+    summary = summarize(table)
+    row = summary[(summary["analyte"] == "transgene") & (summary["metric"] == "cmax")]
+    assert row["n"].sum() == 41 and set(row["product"]) == {"CD19", "CD19/BCMA", "CD19/CD20"}
+
+
+def test_nca_rejects_unknown_analyte(example_nonmem):
+    with pytest.raises(ValueError, match="not in the cohort"):
+        nca(read_cohort(example_nonmem), analytes=["il99"])
