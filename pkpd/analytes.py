@@ -23,6 +23,7 @@ class Analyte:
     unit: str  # canonical unit
     kind: str  # "ck" (cellular kinetics), "cytokine", "bcell", "ig", "autoantibody", "other"
     aliases: tuple[str, ...] = field(default=())
+    lloq: float | None = None  # typical assay LLOQ, used when simulating (science.md 4) [R]
 
     def factor_from(self, unit: str) -> float:
         """Factor taking a value in `unit` to this analyte's canonical unit (UnitError if impossible)."""
@@ -31,22 +32,22 @@ class Analyte:
 
 CATALOGUE: tuple[Analyte, ...] = (
     Analyte("transgene", "CAR transgene (qPCR)", "CARTGENE", 1, "copies/ug", "ck",
-            ("CAR transgene", "transgene", "CARTG", "TG", "CAR qPCR", "qPCR", "copies")),
+            ("CAR transgene", "transgene", "CARTG", "TG", "CAR qPCR", "qPCR", "copies"), lloq=50.0),
     Analyte("cart_cells", "CAR-T cells (flow)", "CARTCELL", 2, "cells/uL", "ck",
-            ("CAR-T cells", "CAR T cells", "CART", "CAR+ cells", "CARTCELLS")),
-    Analyte("il2", "Interleukin-2", "IL2", 3, "pg/mL", "cytokine", ("IL-2", "interleukin 2")),
-    Analyte("il6", "Interleukin-6", "IL6", 4, "pg/mL", "cytokine", ("IL-6", "interleukin 6")),
-    Analyte("il10", "Interleukin-10", "IL10", 5, "pg/mL", "cytokine", ("IL-10", "interleukin 10")),
+            ("CAR-T cells", "CAR T cells", "CART", "CAR+ cells", "CARTCELLS"), lloq=0.5),
+    Analyte("il2", "Interleukin-2", "IL2", 3, "pg/mL", "cytokine", ("IL-2", "interleukin 2"), lloq=2.0),
+    Analyte("il6", "Interleukin-6", "IL6", 4, "pg/mL", "cytokine", ("IL-6", "interleukin 6"), lloq=1.5),
+    Analyte("il10", "Interleukin-10", "IL10", 5, "pg/mL", "cytokine", ("IL-10", "interleukin 10"), lloq=1.5),
     Analyte("ifng", "Interferon gamma", "IFNG", 6, "pg/mL", "cytokine",
-            ("IFN-gamma", "IFN gamma", "IFNg", "interferon gamma", "IFN-γ")),
+            ("IFN-gamma", "IFN gamma", "IFNg", "interferon gamma", "IFN-γ"), lloq=1.5),
     Analyte("bcells", "CD19+ B cells", "CD19B", 7, "cells/uL", "bcell",
-            ("CD19+ B cells", "B cells", "BCELL", "BCELLS", "CD19", "CD19 B cells")),
-    Analyte("igg", "Immunoglobulin G", "IGG", 8, "g/L", "ig", ("IgG", "immunoglobulin G")),
-    Analyte("igm", "Immunoglobulin M", "IGM", 9, "g/L", "ig", ("IgM", "immunoglobulin M")),
-    Analyte("iga", "Immunoglobulin A", "IGA", 10, "g/L", "ig", ("IgA", "immunoglobulin A")),
-    Analyte("ige", "Immunoglobulin E", "IGE", 11, "IU/mL", "ig", ("IgE", "immunoglobulin E")),
+            ("CD19+ B cells", "B cells", "BCELL", "BCELLS", "CD19", "CD19 B cells"), lloq=1.0),
+    Analyte("igg", "Immunoglobulin G", "IGG", 8, "g/L", "ig", ("IgG", "immunoglobulin G"), lloq=0.5),
+    Analyte("igm", "Immunoglobulin M", "IGM", 9, "g/L", "ig", ("IgM", "immunoglobulin M"), lloq=0.05),
+    Analyte("iga", "Immunoglobulin A", "IGA", 10, "g/L", "ig", ("IgA", "immunoglobulin A"), lloq=0.05),
+    Analyte("ige", "Immunoglobulin E", "IGE", 11, "IU/mL", "ig", ("IgE", "immunoglobulin E"), lloq=2.0),
     Analyte("anti_dsdna", "Anti-dsDNA antibodies", "ADSDNA", 12, "IU/mL", "autoantibody",
-            ("anti-dsDNA", "anti dsDNA", "dsDNA", "ANTIDSDNA")),
+            ("anti-dsDNA", "anti dsDNA", "dsDNA", "ANTIDSDNA"), lloq=10.0),
 )
 
 

@@ -129,6 +129,15 @@ class Cohort:
         return out
 
 
+def in_subject_order(frame: pd.DataFrame, subjects, keys=("time",)) -> pd.DataFrame:
+    """Records sorted by subject, in the order of `subjects`, then by `keys` (stable).
+
+    The one canonical record order of a Cohort, whatever built it (reader or simulator)."""
+    rank = pd.Index(list(subjects)).get_indexer(frame["subject"])
+    return (frame.assign(_rank=rank).sort_values(["_rank", *keys], kind="stable")
+            .drop(columns="_rank").reset_index(drop=True))
+
+
 def _plain(series: pd.Series) -> np.ndarray:
     if series.dtype == object or str(series.dtype) in ("str", "string"):
         return series.astype(str).to_numpy()

@@ -22,7 +22,8 @@ import pandas as pd
 
 from .. import analytes as catalogue
 from ..units import UnitError, conversion_factor
-from .cohort import Cohort, DOSE_COLUMNS, EVENT_COLUMNS, OBSERVATION_COLUMNS, SUBJECT_COLUMNS
+from .cohort import (Cohort, DOSE_COLUMNS, EVENT_COLUMNS, OBSERVATION_COLUMNS, SUBJECT_COLUMNS,
+                     in_subject_order)
 from .mapping import FORMATS, ColumnMapping, detect_format
 from .report import DataError, Report
 from .table import read_raw_table
@@ -159,6 +160,7 @@ class _Builder:
         self.add("error", "missing-value", "the subject identifier is missing.",
                  "give every row its subject's ID.", missing_id, self.col["subject"])
         self.subject = subject.to_numpy()
+        self.subject_order = list(dict.fromkeys(self.subject[self.subject != ""]))
 
         time = self._times()
         evid, mdv = self._evid_mdv(n)
@@ -328,8 +330,7 @@ class _Builder:
         if no_weight.any():
             return None
         doses["cells"] = np.where(per_kg, doses["amount"] * weight, doses["amount"])
-        return doses[[*DOSE_COLUMNS, "_line"]].sort_values(["subject", "time"], kind="stable") \
-            .reset_index(drop=True)
+        return in_subject_order(doses[[*DOSE_COLUMNS, "_line"]], self.subject_order)
 
     # --- observations -----------------------------------------------------------------------
     def _observations(self, is_obs, mdv, time) -> pd.DataFrame | None:
@@ -387,11 +388,11 @@ class _Builder:
             "_line": self.line[rows]})
         obs = self._duplicates(obs)
         if self.report.ok:
-            order = obs.sort_values(["subject", "time", "analyte"], kind="stable")
+            order = in_subject_order(obs, self.subject_order, ("time", "analyte"))
             if not order.index.equals(obs.index) and not _sorted_by_subject_time(obs):
                 self.report.add("note", "unsorted-time", "records are not in time order within "
                                 "subjects; pkpd sorts them.", "")
-            obs = order.reset_index(drop=True)
+            obs = order
         return obs[[*OBSERVATION_COLUMNS, "_line"]]
 
     def _analyte_names(self, rows) -> np.ndarray:
@@ -542,8 +543,7 @@ class _Builder:
     # --- subjects and events ----------------------------------------------------------------
     def _subjects(self, is_event, doses) -> pd.DataFrame | None:
         ordinary = ~is_event
-        subjects = list(dict.fromkeys(self.subject[self.subject != ""]))
-        table = pd.DataFrame(index=pd.Index(subjects, name="subject", dtype=object))
+        table = pd.DataFrame(index=pd.Index(self.subject_order, name="subject", dtype=object))
         for role in SUBJECT_COLUMNS:
             if role not in self.col:
                 table[role] = _typed([pd.NA] * len(table), table.index, _dtype(role))
@@ -636,7 +636,7 @@ class _Builder:
             values = self._parse_covariate(None, column, raw).to_numpy()[rows]
             if not pd.isna(values).all():
                 out[column] = values
-        return out.sort_values(["subject", "time"], kind="stable").reset_index(drop=True)
+        return in_subject_order(out, self.subject_order)
 
     def _evid_all(self):
         if "evid" in self.col:

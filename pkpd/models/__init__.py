@@ -1,0 +1,12 @@
+"""CAR-T models: declared once (spec), composed by name (model), executed in numpy (codegen).
+
+    model = pkpd.models.load("antigen_driven+cytokines+immunoglobulins")
+"""
+
+from .spec import COVARIATES, ERROR_MODELS, LogNormal, Module, ModelError, Observation, Parameter
+from .model import Model
+from .library import builtin_modules, list_models, load
+from .codegen import numpy_functions
+
+__all__ = ["COVARIATES", "ERROR_MODELS", "LogNormal", "Module", "ModelError", "Observation", "Parameter",
+           "Model", "builtin_modules", "list_models", "load", "numpy_functions"]
