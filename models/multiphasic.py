@@ -14,8 +14,9 @@ Variants:
   Pharmacokinet 2021, n = 261: lag 3.27 d, doubling 0.755 d, Tmax 9.29 d, initial decline
   t1/2 5.0 d, terminal t1/2 352 d). Before the lag the level stays at Cmax/foldx; foldx is set
   so that the doubling time is 0.755 d over Tmax - lag.
-- multiphasic_smooth: the switch at Tmax is a logistic gate of width `gate` (0.5 d), so that the
-  log-density is differentiable in Tmax (science.md 2.1: the kink hurts gradient samplers).
+- multiphasic_smooth: the switch at Tmax is a logistic gate of width `gate` (0.5 d), blending
+  the expansion and contraction lines of log E, so that the log-density is differentiable in
+  Tmax (science.md 2.1: the kink hurts gradient samplers).
 
 No covariate was retained by Stein et al. (dose, tocilizumab, steroids, lymphodepletion);
 covariate effects belong to the population model. Before the infusion (t < 0) the level is 0.
@@ -123,10 +124,12 @@ multiphasic_lag = Module(
 def _smooth_closed_form(t, p, c, x, m):
     rho = m.log(p.foldx) / p.tmax
     gate = m.sigmoid((t - p.tmax) / p.gate)
-    # the rising branch is written relative to the peak so that it never overflows
-    rise = p.cmax * m.exp(rho * (t - p.tmax))
-    e_fall, m_fall = _decline(t - p.tmax, p, m)
-    return {"E": m.where(t < 0, 0, (1 - gate) * rise + gate * e_fall), "M": gate * m_fall}
+    tau = t - p.tmax
+    # blend the phases on the log scale (the scale of the likelihood): log E moves from the
+    # expansion line rho*tau to the contraction line -alpha*tau around Tmax
+    log_e = m.log(p.cmax) + (1 - gate) * rho * tau - gate * p.alpha * tau
+    m_fall = p.cmax * p.fb * (m.exp(-p.beta * tau) - m.exp(-p.alpha * tau))
+    return {"E": m.where(t < 0, 0, m.exp(log_e)), "M": gate * m_fall}
 
 
 multiphasic_smooth = Module(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import pandas as pd
 import typer
 from rich.console import Console
@@ -151,7 +152,7 @@ def _print_summary(summary: pd.DataFrame, all_metrics: bool) -> None:
         (a, m, "geo" if not m.startswith(("t", "aplasia")) else "median", f"{a} {m}")
         for a, m in summary[["analyte", "metric"]].drop_duplicates().itertuples(index=False)]
     wanted = [w for w in wanted if ((summary["analyte"] == w[0]) & (summary["metric"] == w[1])).any()]
-    table = Table(title="NCA summary by dose group: geometric mean (CV%) or median [range]")
+    table = Table(title="NCA summary by dose group: geometric mean (CV%) or median \\[range]")
     for col in [*group_cols, "n"]:
         table.add_column(col)
     for analyte, metric, _, label in wanted:
@@ -210,6 +211,130 @@ def demo(out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")
     table, summary = _write_nca(cohort, out / "nca.csv", 5.0, ["product", "dose_level"])
     _print_summary(summary, all_metrics=False)
     console.print(f"\n[green]done[/]: {out / 'check_report.txt'}, {out / 'nca.csv'}, {out / 'nca_summary.csv'}")
+
+
+models_app = typer.Typer(help="The built-in CAR-T models (compose them with +).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _load_model(name: str):
+    from .models import ModelError, load
+
+    try:
+        return load(name)
+    except ModelError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the built-in model modules."""
+    from .models import list_models
+
+    table = Table(title="Built-in modules (compose as ck+pd+pd, e.g. antigen_driven+cytokines+immunoglobulins)")
+    for col in ("name", "kind", "form", "analytes", "description"):
+        table.add_column(col)
+    for module in list_models():
+        form = "closed form" + (" + ODE" if module.rhs else "") if module.closed_form else "ODE"
+        table.add_row(module.name, module.kind, form, ", ".join(o.analyte for o in module.observations),
+                      module.description)
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(name: Annotated[str, typer.Argument(help="Model name, a composition (a+b) or a model file.")]) -> None:
+    """Parameters (units, typical values, bounds, priors, variability, sources), states and analytes."""
+    model = _load_model(name)
+    console.print(model.describe())
+    table = Table(title=f"Parameters of {model.name}")
+    for col in ("parameter", "unit", "typical", "bounds", "prior (log-normal)", "IIV (SD)", "description", "source"):
+        table.add_column(col)
+    for p in model.parameters:
+        prior = p.prior_or_default
+        table.add_row(p.name, p.unit, f"{p.typical:.4g}", "fixed" if p.fixed else f"{p.bounds[0]:.3g} - {p.bounds[1]:.3g}",
+                      "-" if p.fixed else f"median {prior.median:.3g}, sd {prior.sigma:g}",
+                      f"{p.iiv:g}" if p.iiv else "-", p.description, p.source)
+    console.print(table)
+    obs = Table(title="Observations")
+    for col in ("analyte", "unit", "residual error", "sigma", "source"):
+        obs.add_column(col)
+    for o in model.observations.values():
+        obs.add_row(o.analyte, o.unit, o.error, f"{o.sigma:g}", o.source)
+    console.print(obs)
+    console.print(f"states: {', '.join(model.states) or 'none (closed form)'}")
+    for module in model.modules:
+        for ref in module.references:
+            console.print(f"reference ({module.name}): {ref}", highlight=False)
+
+
+@app.command("simulate")
+def simulate_command(
+        model: Annotated[str, typer.Argument(help="Model name, composition (a+b) or model file.")],
+        out: Annotated[Path, typer.Option("-o", "--out", help="Output CSV (NONMEM style).")],
+        dose: Annotated[Optional[list[str]], typer.Option("--dose", help="Dose in cells (3e8) or cells/kg (1e6/kg); repeat for several levels.")] = None,
+        n: Annotated[int, typer.Option("--n", help="Subjects per dose level.")] = 10,
+        seed: Annotated[Optional[int], typer.Option(help="Random seed (reproducible results).")] = None,
+        product: Annotated[str, typer.Option(help="CD19, CD19/BCMA or CD19/CD20.")] = "CD19",
+        lymphodepletion: Annotated[bool, typer.Option("--lymphodepletion/--no-lymphodepletion", help="Flu/Cy before infusion.")] = True,
+        weight: Annotated[float, typer.Option(help="Body weight (kg) for cells/kg doses.")] = 70.0,
+        disease: Annotated[str, typer.Option(help="Disease label of the virtual subjects.")] = "SLE",
+        typical: Annotated[bool, typer.Option("--typical", help="The typical subject's noise-free predictions on a fine grid.")] = False) -> None:
+    """Simulate a virtual trial (or the typical curves) and write NONMEM-style rows."""
+    from .data import write_nonmem
+    from .simulate import simulate, simulate_typical
+
+    m = _load_model(model)
+    doses = dose or ["1e6/kg"]
+    try:
+        if typical:
+            cohort = simulate_typical(m, doses, product=product, lymphodepletion=lymphodepletion, weight=weight)
+        else:
+            cohort = simulate(m, doses, n, seed=seed, product=product, lymphodepletion=lymphodepletion,
+                              weight=weight, disease=disease)
+    except ValueError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2)
+    write_nonmem(cohort, out)
+    console.print(f"wrote {out}: {len(cohort.subjects)} subject(s), {len(cohort.observations)} observations "
+                  f"of {', '.join(cohort.analytes)}")
+
+
+@app.command("fit-individual")
+def fit_individual_command(
+        model: Annotated[str, typer.Argument(help="Model name, composition (a+b) or model file.")],
+        data: Annotated[Path, typer.Argument(help="NONMEM-style or ADaM CSV file.")],
+        out: Annotated[Path, typer.Option("-o", "--out", help="Output netCDF file of the estimates.")],
+        estimate: Annotated[Optional[list[str]], typer.Option("--estimate", help="Parameter to estimate (repeatable; default: those with variability).")] = None,
+        max_nfev: Annotated[int, typer.Option(help="Maximum number of objective evaluations.")] = 200,
+        format: FormatOpt = None, map: MapOpt = None, unit: UnitOpt = None,
+        time_unit: TimeUnitOpt = "d", dose_unit: DoseUnitOpt = "cells") -> None:
+    """Fit each subject with lmfit (censoring-aware; all subjects in one call) and write the estimates."""
+    from ._files import atomic_path
+    from .fit import fit_individual
+
+    m = _load_model(model)
+    cohort = _read(data, _options(format, map, unit, time_unit, dose_unit))
+    try:
+        fit = fit_individual(m, cohort, estimate=estimate, max_nfev=max_nfev)
+    except ValueError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2)
+    with atomic_path(out) as tmp:
+        fit.to_netcdf(tmp, engine="h5netcdf")
+    table = Table(title=f"Individual estimates ({m.name}): median and range over subjects")
+    for col in ("parameter", "unit", "typical", "median", "range", "median RSE%"):
+        table.add_column(col)
+    for name in fit["parameter"].values:
+        v = fit["estimate"].sel(parameter=name).values
+        r = fit["rse_percent"].sel(parameter=name).values
+        table.add_row(str(name), m.parameter(str(name)).unit, f"{m.parameter(str(name)).typical:.4g}",
+                      _g(np.nanmedian(v)), f"{_g(np.nanmin(v))} - {_g(np.nanmax(v))}", _g(np.nanmedian(r), 1))
+    console.print(table)
+    failed = [(s, r) for s, r, ok in zip(fit["subject"].values, fit["reason"].values, fit["converged"].values) if not ok]
+    for subject, reason in failed:
+        console.print(f"[yellow]subject {subject}[/]: {reason}", highlight=False)
+    console.print(f"{int(fit['converged'].sum())}/{fit.sizes['subject']} subjects converged; wrote {out}")
 
 
 def _version(value: bool):

@@ -38,9 +38,12 @@ class NumpyModel:
         return len(self.model.states)
 
 
+# Piecewise expressions evaluate every branch; an unused branch may overflow harmlessly
+# (e.g. the expansion line long after Tmax), so overflow warnings are silenced here.
 def _wrap_list(fn, n_out: int):
     def call(*args):
-        out = fn(*args)
+        with np.errstate(over="ignore"):
+            out = fn(*args)
         shape = np.broadcast_shapes(*(np.shape(o) for o in out), *(np.shape(a) for a in args))
         return np.stack([np.broadcast_to(np.asarray(o, float), shape) for o in out]) if n_out else \
             np.empty((0, *shape))
@@ -49,7 +52,8 @@ def _wrap_list(fn, n_out: int):
 
 def _wrap_one(fn):
     def call(*args):
-        out = fn(*args)
+        with np.errstate(over="ignore"):
+            out = fn(*args)
         shape = np.broadcast_shapes(np.shape(out), *(np.shape(a) for a in args))
         return np.broadcast_to(np.asarray(out, float), shape)
     return call

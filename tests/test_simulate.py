@@ -1,0 +1,153 @@
+"""The simulator: schedules, doses, variability, residual error, censoring, reproducibility."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pkpd.cli import app
+from pkpd.data import read_cohort
+from pkpd.models import load
+from pkpd.nca import nca
+from pkpd.simulate import (covariate_matrix, draw_parameters, fine_schedule, parameter_matrix, parse_dose,
+                           predict, simulate, simulate_typical, solve, trial_schedule)
+
+
+def test_trial_schedule():
+    days = trial_schedule()
+    assert list(days[:10]) == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27]
+    assert days[-1] == 365 and len(days) == 22
+    assert days[10] == 30 and np.all(np.diff(days[10:]) >= 30) and np.all(np.diff(days[10:]) <= 31)
+    assert trial_schedule(baseline=True)[0] == -1
+    fine = fine_schedule()
+    assert np.max(np.diff(fine[fine <= 30])) <= 0.25 and fine[-1] == 365
+
+
+@pytest.mark.parametrize("text, expected", [("3e8", (3e8, "cells", 3e8)), ("1e6/kg", (1e6, "cells/kg", 7e7)),
+                                            ("4.5E8", (4.5e8, "cells", 4.5e8)), (6e8, (6e8, "cells", 6e8))])
+def test_parse_dose(text, expected):
+    assert parse_dose(text, 70.0) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "-3e8", "0", "1e6/m2"])
+def test_bad_doses_are_clear_errors(text):
+    with pytest.raises(ValueError, match="dose"):
+        parse_dose(text)
+
+
+def test_reproducible_with_a_seed():
+    model = load("antigen_driven")
+    a = simulate(model, ["3e8"], n=4, seed=7)
+    b = simulate(model, ["3e8"], n=4, seed=7)
+    c = simulate(model, ["3e8"], n=4, seed=8)
+    assert a.equals(b) and not a.equals(c)
+
+
+def test_vectorised_solve_equals_one_subject_at_a_time():
+    model = load("antigen_driven+cytokines")
+    rng = np.random.default_rng(1)
+    params = draw_parameters(model, 5, rng)
+    P = np.vstack([params[p].to_numpy() for p in model.parameter_names])
+    C = covariate_matrix(5, dose=np.array([1e7, 7e7, 3e8, 6e8, 1e9]), ld=np.array([1, 0, 1, 0, 1]), weight=70)
+    t = trial_schedule(baseline=True)
+    together = solve(model, t, P, C, rtol=1e-10, atol=1e-14).values
+    for j in range(5):
+        alone = solve(model, t, P[:, [j]], C[:, [j]], rtol=1e-10, atol=1e-14).values
+        for analyte in together:
+            np.testing.assert_allclose(together[analyte][:, j], alone[analyte][:, 0], rtol=1e-6)
+
+
+def test_cells_per_kg_doses_use_the_weight():
+    model = load("antigen_driven")
+    light = simulate(model, ["1e6/kg"], n=1, weight=50, iiv=False, residual=False)
+    heavy = simulate(model, ["1e6/kg"], n=1, weight=100, iiv=False, residual=False)
+    assert light.doses["cells"].iloc[0] == 5e7 and heavy.doses["cells"].iloc[0] == 1e8
+    assert light.subjects["dose_level"].iloc[0] == "1.0e6 cells/kg"
+    tg = lambda c: c.analyte_observations("transgene")["value"].to_numpy()
+    assert tg(light)[1] < tg(heavy)[1]  # day 0: fewer cells infused
+
+
+def test_censoring_below_lloq_and_residual_error():
+    model = load("antigen_driven")
+    cohort = simulate(model, ["3e8"], n=30, seed=2)
+    obs = cohort.observations
+    blq = obs[obs["censored"] == 1]
+    assert len(blq) > 0 and np.all(blq["value"] == blq["lloq"])
+    quantified = obs[obs["censored"] == 0]
+    assert np.all(quantified["value"] >= quantified["lloq"])
+    # residual error: log-scale SD of observed/predicted transgene close to the model's 0.5
+    truth = simulate(model, ["3e8"], n=30, seed=2, residual=False)
+    both = (obs["analyte"] == "transgene") & (obs["censored"] == 0) & (truth.observations["censored"] == 0)
+    ratio = np.log(obs.loc[both, "value"] / truth.observations.loc[both, "value"])
+    assert ratio.std() == pytest.approx(model.observations["transgene"].sigma, rel=0.15)
+
+
+def test_inter_individual_variability_and_correlation():
+    model = load("multiphasic")
+    rng = np.random.default_rng(3)
+    params = draw_parameters(model, 4000, rng, correlation={("cmax", "alpha"): 0.6})
+    logs = np.log(params[["cmax", "alpha"]])
+    assert logs["cmax"].std() == pytest.approx(model.parameter("cmax").iiv, rel=0.05)
+    assert np.corrcoef(logs["cmax"], logs["alpha"])[0, 1] == pytest.approx(0.6, abs=0.04)
+    assert np.exp(logs["cmax"].median()) == pytest.approx(24000, rel=0.05)
+    with pytest.raises(ValueError, match="not positive definite"):
+        draw_parameters(model, 10, rng, correlation={("cmax", "alpha"): 1.5})
+
+
+def test_simulated_cohort_feeds_nca_and_files(tmp_path):
+    model = load("antigen_driven+cytokines+immunoglobulins")
+    cohort = simulate(model, ["3e8", "6e8"], n=3, seed=4, product="CD19/BCMA", lymphodepletion=False)
+    assert set(cohort.subjects["product"]) == {"CD19/BCMA"}
+    assert not cohort.subjects["lymphodepletion"].any()
+    table = nca(cohort)
+    assert table.loc[table["analyte"] == "transgene", "cmax"].notna().all()
+    from pkpd.data import write_nonmem
+
+    write_nonmem(cohort, tmp_path / "sim.csv")
+    assert read_cohort(tmp_path / "sim.csv").equals(cohort)
+
+
+def test_predict_matches_the_noise_free_simulation():
+    model = load("antigen_driven")
+    cohort, params = simulate(model, ["3e8"], n=3, seed=5, return_parameters=True)
+    noise_free = simulate(model, ["3e8"], n=3, seed=5, residual=False, lloq={a: 0.0 for a in model.analytes})
+    pred = predict(model, cohort, params)
+    np.testing.assert_allclose(pred, noise_free.observations["value"], rtol=1e-9)
+
+
+def test_typical_curves_are_noise_free_on_a_fine_grid():
+    model = load("multiphasic")
+    typical = simulate_typical(model, ["3e8", "6e8"])
+    obs = typical.analyte_observations("transgene")
+    assert obs["subject"].nunique() == 2 and (obs["censored"] == 0).all()
+    t = obs[obs["subject"] == "1"]["time"].to_numpy()
+    assert np.max(np.diff(t[(t >= 0) & (t <= 30)])) <= 0.25
+    assert obs["value"].max() == pytest.approx(24000, rel=0.05)  # grid point 9.25 d, peak at 9.3 d
+
+
+runner = CliRunner()
+
+
+def test_simulate_command(tmp_path):
+    out = tmp_path / "sim.csv"
+    result = runner.invoke(app, ["simulate", "antigen_driven", "--dose", "3e8", "--dose", "1e6/kg", "--n", "2",
+                                 "--seed", "1", "--product", "CD19/CD20", "--no-lymphodepletion", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out)
+    assert {"ID", "TIME", "DV", "ANALYTE", "EVID", "CENS"} <= set(frame.columns)
+    cohort = read_cohort(out)
+    assert len(cohort.subjects) == 4 and set(cohort.subjects["dose_level"]) == {"3.0e8 cells", "1.0e6 cells/kg"}
+    typical = tmp_path / "typical.csv"
+    result = runner.invoke(app, ["simulate", "multiphasic", "--typical", "-o", str(typical)])
+    assert result.exit_code == 0 and read_cohort(typical).observations["time"].nunique() > 300
+    bad = runner.invoke(app, ["simulate", "antigen_driven", "--dose", "lots", "-o", str(tmp_path / "x.csv")])
+    assert bad.exit_code == 2 and "dose 'lots'" in bad.output and not (tmp_path / "x.csv").exists()
+
+
+def test_models_commands():
+    listing = runner.invoke(app, ["models", "list"])
+    assert listing.exit_code == 0 and "antigen_driven" in listing.output and "immunoglobulins" in listing.output
+    shown = runner.invoke(app, ["models", "show", "antigen_driven+cytokines"])
+    assert shown.exit_code == 0 and "kkill" in shown.output and "Mackensen" in shown.output
+    missing = runner.invoke(app, ["models", "show", "nope"])
+    assert missing.exit_code == 2 and "unknown model" in missing.output
