@@ -14,6 +14,7 @@ from pkpd.fit import default_estimated, fit_individual, individual_parameters
 from pkpd.fit.individual import _Problem
 from pkpd.models import load
 from pkpd.simulate import simulate
+from pkpd.simulate.compiled import StepSizes
 
 
 def noiseless(model, doses, n, seed, omega=None):
@@ -47,7 +48,7 @@ def test_censored_residual_is_the_m3_likelihood():
     model = load("multiphasic")
     cohort = simulate(model, ["3e8"], n=1, seed=1)
     problem = _Problem(model, cohort, ["cmax"], cohort.subject_ids,
-                       individual_parameters(fit_individual(model, cohort, estimate=["cmax"]), model), {})
+                       individual_parameters(fit_individual(model, cohort, estimate=["cmax"]), model), StepSizes())
     pred = np.full(len(problem.obs), 40.0)
     problem.censored = np.ones(len(pred), int)
     problem.lloq = np.full(len(pred), 50.0)

@@ -66,6 +66,13 @@ class Cohort:
         obs = self.observations
         return obs[(obs["analyte"] == analyte) & ~obs["mdv"]]
 
+    def select(self, subjects) -> "Cohort":
+        """The cohort restricted to `subjects` (in their cohort order)."""
+        keep = [s for s in self.subject_ids if s in set(map(str, subjects))]
+        pick = lambda frame: frame[frame["subject"].isin(keep)].reset_index(drop=True)
+        return Cohort(self.subjects.loc[keep], pick(self.doses), pick(self.observations),
+                      pick(self.events), self.analytes, self.source)
+
     def to_frame(self) -> pd.DataFrame:
         """Tidy frame: one row per observation, with unit and the subject's covariates."""
         obs = self.observations.copy()

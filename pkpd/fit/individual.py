@@ -31,8 +31,8 @@ from scipy.special import log_ndtr
 
 from ..data.cohort import Cohort
 from ..models import Model
-from ..simulate.predict import cohort_covariates
-from ..simulate.solve import SolverError, solve
+from ..simulate.compiled import Design, StepSizes, predict_compiled
+from ..simulate.solve import SolverError
 
 PENALTY = 1e3  # residual given to every record while a trial step makes the ODE solver fail
 
@@ -44,31 +44,27 @@ def default_estimated(model: Model) -> list[str]:
 
 
 class _Problem:
-    """The data of the fit as arrays, and the residual function."""
+    """The data of the fit as arrays (records sorted by subject and time), and the residuals.
+
+    Predictions come from the compiled solver (pkpd.simulate.compiled), whose accuracy is
+    checked against LSODA in the tests and at posterior draws by pkpd.fit."""
 
     def __init__(self, model: Model, cohort: Cohort, estimated: list[str], subjects: list[str],
-                 fixed_values: pd.DataFrame, solver: dict):
+                 fixed_values: pd.DataFrame, steps: StepSizes):
         self.model = model
         self.estimated = estimated
         self.subjects = subjects
-        self.solver = solver
-        obs = cohort.observations
-        obs = obs[~obs["mdv"] & obs["analyte"].isin(model.analytes) & obs["subject"].isin(subjects)]
-        self.obs = obs
-        self.times = np.unique(obs["time"].to_numpy(float))
-        self.t_index = np.searchsorted(self.times, obs["time"].to_numpy(float))
-        self.s_index = pd.Index(subjects).get_indexer(obs["subject"])
-        all_covariates = cohort_covariates(cohort)
-        self.C = all_covariates[:, pd.Index(cohort.subject_ids).get_indexer(subjects)]
+        self.steps = steps
+        self.design = Design(model, cohort.select(subjects))
+        d = self.design
+        self.s_index = d.subject_index
         self.P_fixed = np.vstack([fixed_values.loc[subjects, p.name].to_numpy(float)
                                   for p in model.parameters])
         self.est_rows = [model.parameter_names.index(n) for n in estimated]
-        self.analytes = [a for a in model.analytes if (obs["analyte"] == a).any()]
-        self.value = obs["value"].to_numpy(float)
-        self.lloq = obs["lloq"].to_numpy(float)
-        self.censored = obs["censored"].to_numpy(int)
-        analyte = obs["analyte"].to_numpy()
-        self.rows = {a: analyte == a for a in self.analytes}
+        self.value, self.lloq, self.censored = d.value, d.lloq, d.censored
+        self.analytes = [a for i, a in enumerate(d.analyte_names) if (d.analyte == i).any()]
+        self.rows = {a: d.analyte == d.analyte_names.index(a) for a in self.analytes}
+        self.obs = d.time  # one entry per record
 
     def matrix(self, log_values: np.ndarray) -> np.ndarray:
         """(n_parameters, N) individual values from the (N, n_estimated) log estimates."""
@@ -77,10 +73,9 @@ class _Problem:
         return P
 
     def predictions(self, P: np.ndarray) -> np.ndarray:
-        sol = solve(self.model, self.times, P, self.C, analytes=self.analytes, **self.solver)
-        pred = np.empty(len(self.obs))
-        for a, rows in self.rows.items():
-            pred[rows] = sol.values[a][self.t_index[rows], self.s_index[rows]]
+        pred, _ = predict_compiled(self.design, P.T, [], self.steps)
+        if not np.all(np.isfinite(pred)):
+            raise SolverError(f"model {self.model.name}: non-finite predictions")
         return pred
 
     def residuals(self, pred: np.ndarray) -> np.ndarray:
@@ -124,7 +119,7 @@ class _Problem:
 def fit_individual(model: Model, cohort: Cohort, *, estimate: Sequence[str] | None = None,
                    subjects: Sequence[str] | None = None,
                    initial: Mapping[str, float] | pd.DataFrame | None = None,
-                   max_nfev: int = 200, solver: Mapping | None = None) -> xr.Dataset:
+                   max_nfev: int = 200, steps: StepSizes = StepSizes()) -> xr.Dataset:
     """Fit every subject of `cohort` (or `subjects`) with lmfit; one call for all subjects.
 
     estimate: parameters to estimate (default: those with inter-individual variability);
@@ -148,7 +143,6 @@ def fit_individual(model: Model, cohort: Cohort, *, estimate: Sequence[str] | No
     missing = sorted(set(wanted) - set(cohort.subject_ids))
     if missing:
         raise ValueError(f"subject(s) {', '.join(missing)} are not in the cohort")
-    solver = {"rtol": 1e-9, "atol": 1e-12, **dict(solver or {})}
     start = _initial_values(model, wanted, initial)
 
     reasons: dict[str, str] = {}
@@ -160,11 +154,11 @@ def fit_individual(model: Model, cohort: Cohort, *, estimate: Sequence[str] | No
             reasons[s] = (f"no observations of the analytes {model.name} predicts "
                           f"({', '.join(model.analytes)})")
     candidates = [s for s in wanted if s not in reasons]
-    candidates = _drop_failing(model, cohort, estimate, candidates, start, solver, reasons)
+    candidates = _drop_failing(model, cohort, estimate, candidates, start, steps, reasons)
 
     result = None
     if candidates:
-        problem = _Problem(model, cohort, estimate, candidates, start, solver)
+        problem = _Problem(model, cohort, estimate, candidates, start, steps)
         result = _minimise(problem, start, max_nfev)
     return _dataset(model, cohort, estimate, wanted, start, reasons, result)
 
@@ -189,11 +183,11 @@ def _initial_values(model: Model, subjects: list[str], initial) -> pd.DataFrame:
     return frame
 
 
-def _drop_failing(model, cohort, estimate, subjects, start, solver, reasons) -> list[str]:
+def _drop_failing(model, cohort, estimate, subjects, start, steps, reasons) -> list[str]:
     """Subjects whose ODE solves at the initial values; failures found by bisection."""
     def solves(group):
         try:
-            problem = _Problem(model, cohort, estimate, group, start, solver)
+            problem = _Problem(model, cohort, estimate, group, start, steps)
             pred = problem.predictions(problem.P_fixed)
             return bool(np.all(np.isfinite(pred)))
         except (SolverError, FloatingPointError, ValueError):

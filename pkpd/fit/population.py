@@ -1,0 +1,268 @@
+"""The Bayesian hierarchical population model, built from any model definition.
+
+    log theta_ik = mu_k + sum_c beta_c * X_ic + omega_k * z_ik      (non-centred)
+    z_ik ~ N(0, 1)  (or correlated through an LKJ prior: eta_i = L z_i)
+    mu_k ~ N(log prior median, prior sigma)      from the model's parameter priors (overridable)
+    omega_k ~ HalfNormal(max(0.5, 2 * default IIV SD))
+    beta_c ~ N(0, 1)                              covariate effects on typical values
+    sigma_a ~ LogNormal(log model default, 0.5)  per-analyte residual error
+    y ~ residual-error model around the predictions; below the LLOQ: M3 (or M4)
+
+Predictions and their gradient come from the compiled fixed-step solver (closed forms where the
+model has them) through `PredictionsOp`; the sampler is nutpie (numba backend).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..data.cohort import Cohort
+from ..models import LogNormal, Model
+from ..simulate.compiled import Design, StepSizes
+from . import likelihood
+
+CATEGORICAL = ("lymphodepletion", "product", "disease")
+CONTINUOUS = ("dose", "weight")
+
+
+@dataclass(frozen=True)
+class CovariateEffect:
+    """An effect of a covariate on a parameter's typical value.
+
+    categorical (lymphodepletion, product, disease): theta * exp(beta_level) for each level other
+    than the reference (default: the most common level);
+    continuous (dose in CAR+ cells, weight in kg): 'power' theta * (x/ref)^beta (default) or
+    'exponential' theta * exp(beta * (x - ref)); ref defaults to the cohort median."""
+
+    parameter: str
+    covariate: str
+    form: str = "auto"
+    reference: float | str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "CovariateEffect":
+        """'rho~lymphodepletion', 'cmax~dose:power', 'alpha~weight:exponential'."""
+        left, sep, right = str(text).partition("~")
+        if not sep or not left.strip() or not right.strip():
+            raise ValueError(f"covariate effect {text!r} is not of the form PARAMETER~COVARIATE[:FORM]")
+        covariate, _, form = right.partition(":")
+        return cls(left.strip(), covariate.strip(), form.strip() or "auto")
+
+    @property
+    def label(self) -> str:
+        return f"{self.parameter}~{self.covariate}"
+
+
+@dataclass(frozen=True)
+class PopulationSpec:
+    """What the population fit estimates. Defaults come from the model definition."""
+
+    model: Model
+    iiv: tuple[str, ...] = ()
+    fixed_effects: tuple[str, ...] = ()
+    covariates: tuple[CovariateEffect, ...] = ()
+    priors: Mapping[str, LogNormal] = field(default_factory=dict)
+    correlated: bool = False
+    censoring: str = "M3"
+    steps: StepSizes = StepSizes()
+
+    @classmethod
+    def default(cls, model: Model, *, iiv: Sequence[str] | None = None,
+                fixed_effects: Sequence[str] | None = None,
+                covariates: Sequence[str | CovariateEffect] = (), priors: Mapping | None = None,
+                correlated: bool = False, censoring: str = "M3", steps: StepSizes | None = None):
+        iiv = tuple(iiv) if iiv is not None else tuple(p.name for p in model.parameters if p.iiv and not p.fixed)
+        fixed_effects = tuple(fixed_effects or ())
+        names = set(model.parameter_names)
+        for group, label in ((iiv, "iiv"), (fixed_effects, "fixed_effects")):
+            unknown = sorted(set(group) - names)
+            if unknown:
+                raise ValueError(f"{label}: model {model.name} has no parameter(s) {', '.join(unknown)}")
+            fixed = sorted(n for n in group if model.parameter(n).fixed)
+            if fixed:
+                raise ValueError(f"{label}: parameter(s) {', '.join(fixed)} are fixed constants of {model.name}")
+        effects = tuple(c if isinstance(c, CovariateEffect) else CovariateEffect.parse(c) for c in covariates)
+        estimated = set(iiv) | set(fixed_effects)
+        for effect in effects:
+            if effect.parameter not in estimated:
+                raise ValueError(f"covariate effect {effect.label}: parameter {effect.parameter!r} is not "
+                                 f"estimated (estimated: {', '.join(sorted(estimated))})")
+            if effect.covariate not in CATEGORICAL + CONTINUOUS:
+                raise ValueError(f"covariate effect {effect.label}: unknown covariate {effect.covariate!r}; "
+                                 f"use one of {', '.join(CATEGORICAL + CONTINUOUS)}")
+        priors = dict(priors or {})
+        unknown = sorted(set(priors) - names)
+        if unknown:
+            raise ValueError(f"priors: model {model.name} has no parameter(s) {', '.join(unknown)}")
+        if censoring not in ("M3", "M4"):
+            raise ValueError(f"censoring must be 'M3' or 'M4', not {censoring!r}")
+        return cls(model, iiv, tuple(n for n in fixed_effects if n not in iiv), effects, priors,
+                   correlated, censoring, steps or StepSizes())
+
+    @property
+    def estimated(self) -> list[str]:
+        """Population parameters, in model order (those with IIV first in `iiv` order is not
+        needed: columns of log theta follow this list)."""
+        wanted = set(self.iiv) | set(self.fixed_effects)
+        return [n for n in self.model.parameter_names if n in wanted]
+
+    def prior(self, name: str) -> LogNormal:
+        return self.priors.get(name) or self.model.parameter(name).prior_or_default
+
+
+def covariate_design(spec: PopulationSpec, cohort: Cohort) -> tuple[np.ndarray, list[str], list[int]]:
+    """(X (N, n_columns), column labels, estimated-parameter index of each column)."""
+    subjects = cohort.subjects
+    first = cohort.doses.sort_values("time", kind="stable").groupby("subject")["cells"].first()
+    values = {"dose": first.reindex(subjects.index).to_numpy(float),
+              "weight": subjects["weight"].to_numpy(float)}
+    columns, labels, owners = [], [], []
+    estimated = spec.estimated
+    for effect in spec.covariates:
+        k = estimated.index(effect.parameter)
+        if effect.covariate in CATEGORICAL:
+            raw = subjects[effect.covariate].astype(object)
+            levels = raw.dropna().astype(str)
+            if levels.nunique() < 2:
+                raise ValueError(f"covariate effect {effect.label}: {effect.covariate} takes a single value "
+                                 "in this cohort; the effect cannot be estimated")
+            reference = str(effect.reference) if effect.reference is not None else levels.value_counts().index[0]
+            for level in sorted(set(levels) - {reference}):
+                columns.append((raw.astype(str) == level).to_numpy(float))
+                labels.append(f"{effect.parameter}~{effect.covariate}[{level}]")
+                owners.append(k)
+        else:
+            x = values[effect.covariate]
+            if np.isnan(x).any():
+                raise ValueError(f"covariate effect {effect.label}: {effect.covariate} is missing for "
+                                 f"{int(np.isnan(x).sum())} subject(s)")
+            ref = float(effect.reference) if effect.reference is not None else float(np.median(x))
+            form = "power" if effect.form == "auto" else effect.form
+            if form == "power":
+                columns.append(np.log(x / ref))
+            elif form == "exponential":
+                columns.append(x - ref)
+            else:
+                raise ValueError(f"covariate effect {effect.label}: form must be power or exponential")
+            labels.append(f"{effect.parameter}~{effect.covariate}:{form}")
+            owners.append(k)
+    X = np.column_stack(columns) if columns else np.zeros((len(subjects), 0))
+    return X, labels, owners
+
+
+def record_arrays(spec: PopulationSpec, design: Design) -> dict:
+    """Per-record arrays of the likelihood: value, LLOQ, censoring, error model, analyte slot."""
+    model = spec.model
+    observed = [a for a in design.analyte_names if (design.analyte == design.analyte_names.index(a)).any()]
+    slot = np.array([observed.index(design.analyte_names[a]) for a in design.analyte])
+    error = np.array([likelihood.ERROR_CODE[model.observations[a].error] for a in observed])
+    return {"observed": observed, "slot": slot, "error": error[slot], "value": design.value,
+            "lloq": np.nan_to_num(design.lloq, nan=0.0), "censored": design.censored}
+
+
+def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str, np.ndarray] | None = None):
+    """The PyMC model, and the pieces needed to read its posterior."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    from .op import PredictionsOp
+
+    model = spec.model
+    design = Design(model, cohort)
+    if design.n_obs == 0:
+        raise ValueError(f"the cohort has no observations of the analytes {model.name} predicts "
+                         f"({', '.join(model.analytes)})")
+    records = record_arrays(spec, design)
+    estimated = spec.estimated
+    iiv_index = [estimated.index(n) for n in spec.iiv]
+    X, cov_labels, owners = covariate_design(spec, cohort)
+    N, K = len(cohort.subject_ids), len(estimated)
+    fixed = np.tile([p.typical for p in model.parameters], (N, 1))
+    op = PredictionsOp(design, estimated, fixed, spec.steps)
+    initial = dict(initial or {})
+    coords = {"subject": cohort.subject_ids, "parameter": estimated, "iiv_parameter": list(spec.iiv),
+              "analyte": records["observed"], "covariate_effect": cov_labels}
+    error_models = {a: model.observations[a] for a in records["observed"]}
+    with pm.Model(coords=coords) as pm_model:
+        priors = [spec.prior(n) for n in estimated]
+        mu = pm.Normal("mu", mu=np.log([p.median for p in priors]), sigma=[p.sigma for p in priors],
+                       dims="parameter", initval=initial.get("mu"))
+        log_theta = pt.zeros((N, K)) + mu[None, :]
+        if cov_labels:
+            beta = pm.Normal("beta", 0.0, 1.0, dims="covariate_effect", initval=initial.get("beta"))
+            owner = np.zeros((len(cov_labels), K))
+            owner[np.arange(len(cov_labels)), owners] = 1.0
+            log_theta = log_theta + pt.dot(X * beta[None, :], owner)
+        if spec.iiv:
+            scale = np.array([max(0.5, 2 * (model.parameter(n).iiv or 0.25)) for n in spec.iiv])
+            z = pm.Normal("z", 0.0, 1.0, dims=("subject", "iiv_parameter"), initval=initial.get("z"))
+            if spec.correlated and len(spec.iiv) > 1:
+                chol, _, omega = pm.LKJCholeskyCov("chol", n=len(spec.iiv), eta=2.0,
+                                                   sd_dist=pm.HalfNormal.dist(sigma=scale, shape=len(spec.iiv)),
+                                                   compute_corr=True)
+                pm.Deterministic("omega", omega, dims="iiv_parameter")
+                eta = pt.dot(z, chol.T)
+            else:
+                omega = pm.HalfNormal("omega", sigma=scale, dims="iiv_parameter", initval=initial.get("omega"))
+                eta = z * omega[None, :]
+            log_theta = pt.inc_subtensor(log_theta[:, iiv_index], eta)
+        pm.Deterministic("typical", pt.exp(mu), dims="parameter")
+        pm.Deterministic("theta", pt.exp(log_theta), dims=("subject", "parameter"))
+        sigma = pm.LogNormal("sigma", mu=np.log([e.sigma for e in error_models.values()]), sigma=0.5,
+                             dims="analyte", initval=initial.get("sigma"))
+        additive = np.array([e.additive for e in error_models.values()])
+        pred, _ = op(log_theta)
+        logp = likelihood.pointwise(likelihood._pytensor_namespace(), pred, records["value"], records["lloq"],
+                                    records["censored"], records["error"], sigma[records["slot"]],
+                                    additive[records["slot"]], m4=spec.censoring == "M4")
+        pm.Potential("loglik", pt.sum(logp))
+    return pm_model, {"design": design, "records": records, "op": op, "X": X, "covariate_labels": cov_labels}
+
+
+def initial_values(spec: PopulationSpec, individual) -> dict[str, np.ndarray]:
+    """Starting point from individual fits: mu = median of log estimates, omega = their SD,
+    z = standardised deviations (clipped to +-3)."""
+    estimated = spec.estimated
+    N = individual.sizes["subject"]
+    logs = np.full((N, len(estimated)), np.nan)
+    for k, name in enumerate(estimated):
+        if name in individual["parameter"].values:
+            values = individual["estimate"].sel(parameter=name).to_numpy()
+            ok = individual["converged"].to_numpy() & np.isfinite(values)
+            logs[ok, k] = np.log(values[ok])
+    typical = np.log([spec.model.parameter(n).typical for n in estimated])
+    mu = np.where(np.isfinite(np.nanmedian(logs, axis=0)), np.nanmedian(logs, axis=0), typical) \
+        if np.isfinite(logs).any() else typical
+    out = {"mu": mu}
+    if spec.iiv:
+        cols = [estimated.index(n) for n in spec.iiv]
+        sd = np.nanstd(logs[:, cols], axis=0)
+        omega = np.clip(np.where(np.isfinite(sd), sd, 0.3), 0.05, 1.5)
+        z = (logs[:, cols] - mu[cols]) / omega
+        out["omega"] = omega
+        out["z"] = np.clip(np.nan_to_num(z, nan=0.0), -3, 3)
+    return out
+
+
+def pointwise_loglik(spec: PopulationSpec, pieces: dict, theta: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Log-likelihood of every record for one posterior draw (numpy, same formulas as the sampler).
+
+    theta: (N, K) individual values; sigma: (n_analytes,)."""
+    from ..simulate.compiled import predict_compiled
+
+    op, rec = pieces["op"], pieces["records"]
+    P = op.fixed.copy()
+    P[:, op.est] = theta
+    pred, _ = predict_compiled(pieces["design"], P, [], spec.steps)
+    additive = np.array([spec.model.observations[a].additive for a in rec["observed"]])
+    return likelihood.pointwise(likelihood.NUMPY, pred, rec["value"], rec["lloq"], rec["censored"],
+                                rec["error"], sigma[rec["slot"]], additive[rec["slot"]],
+                                m4=spec.censoring == "M4")
+
+
+__all__ = ["CovariateEffect", "PopulationSpec", "build_pymc_model", "initial_values", "pointwise_loglik",
+           "covariate_design", "record_arrays"]

@@ -1,0 +1,175 @@
+"""The result of a population fit: an xarray DataTree, its parameter table and diagnostics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .._files import atomic_path
+
+RHAT_MAX = 1.01
+ESS_MIN = 400
+BFMI_MIN = 0.3
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    name: str
+    ok: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A value around the DataTree (posterior, sample_stats, observed_data, constant_data,
+    log_likelihood); provenance in `tree.attrs`."""
+
+    tree: xr.DataTree
+
+    # --- persistence -----------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the DataTree to netCDF (h5netcdf), atomically."""
+        with atomic_path(path) as tmp:
+            self.tree.to_netcdf(tmp, engine="h5netcdf")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FitResult":
+        return cls(xr.open_datatree(path, engine="h5netcdf").load())
+
+    # --- views -----------------------------------------------------------------------------
+    @property
+    def posterior(self) -> xr.Dataset:
+        return self.tree["posterior"].to_dataset()
+
+    @property
+    def model_name(self) -> str:
+        return str(self.tree.attrs.get("model", "?"))
+
+    def steps_per_draw(self) -> float:
+        return float(self.tree["sample_stats"]["n_steps"].mean())
+
+    def divergences(self) -> int:
+        return int(self.tree["sample_stats"]["diverging"].sum())
+
+    def bfmi(self) -> np.ndarray:
+        energy = self.tree["sample_stats"]["energy"].transpose("chain", "draw").to_numpy()
+        return np.square(np.diff(energy, axis=1)).mean(axis=1) / energy.var(axis=1)
+
+    def min_ess_bulk(self) -> float:
+        table = self.parameter_table()
+        return float(table["ess_bulk"].min())
+
+    def parameter_table(self, ci_prob: float = 0.95) -> pd.DataFrame:
+        """Typical values, variability (as CV%, with eta-shrinkage), covariate effects and
+        residual errors: posterior median, `ci_prob` interval, R-hat, bulk and tail ESS."""
+        import arviz as az
+
+        post = self.posterior
+        lo, hi = (1 - ci_prob) / 2, 1 - (1 - ci_prob) / 2
+        rhat, ess_b, ess_t = _diagnostics(self.tree)
+        rows = []
+
+        def add(kind, name, draws, diag_key, unit="", **extra):
+            values = draws.to_numpy().ravel()
+            rows.append({"kind": kind, "name": name, "unit": unit, "median": float(np.median(values)),
+                         "lower": float(np.quantile(values, lo)), "upper": float(np.quantile(values, hi)),
+                         **extra, "r_hat": rhat.get(diag_key, np.nan), "ess_bulk": ess_b.get(diag_key, np.nan),
+                         "ess_tail": ess_t.get(diag_key, np.nan)})
+
+        units = json.loads(self.tree.attrs.get("units", "{}"))
+        for name in post["parameter"].values:
+            add("typical", str(name), post["typical"].sel(parameter=name), ("mu", str(name)), units.get(str(name), ""))
+        if "omega" in post:
+            shrink = self.shrinkage()
+            for name in post["iiv_parameter"].values:
+                omega = post["omega"].sel(iiv_parameter=name)
+                cv = 100 * np.sqrt(np.expm1(np.square(omega)))
+                add("iiv", f"omega_{name}", omega, ("omega", str(name)), "SD(log)",
+                    cv_percent=float(np.median(cv)), shrinkage_percent=float(100 * shrink[str(name)]))
+        if "beta" in post:
+            for name in post["covariate_effect"].values:
+                add("covariate", str(name), post["beta"].sel(covariate_effect=name), ("beta", str(name)))
+        for name in post["analyte"].values:
+            add("residual", f"sigma_{name}", post["sigma"].sel(analyte=name), ("sigma", str(name)))
+        del az
+        return pd.DataFrame(rows)
+
+    def shrinkage(self) -> dict[str, float]:
+        """Eta-shrinkage per parameter with variability: 1 - SD(posterior-mean eta) / omega."""
+        post = self.posterior
+        constant = self.tree["constant_data"].to_dataset()
+        out = {}
+        log_theta = np.log(post["theta"])
+        mu = post["mu"]
+        shift = 0.0
+        if "beta" in post and constant.sizes.get("covariate_effect", 0):
+            labels = [str(v) for v in post["covariate_effect"].values]
+            X = constant["covariate_matrix"]
+            for name in post["iiv_parameter"].values:
+                cols = [i for i, lab in enumerate(labels) if lab.split("~")[0] == str(name)]
+                if cols:
+                    contribution = sum(X.isel(covariate_effect=c) * post["beta"].isel(covariate_effect=c) for c in cols)
+                    out[f"_shift_{name}"] = contribution
+        for name in post["iiv_parameter"].values:
+            eta = log_theta.sel(parameter=name) - mu.sel(parameter=name) - out.pop(f"_shift_{name}", shift)
+            mean_eta = eta.mean(("chain", "draw"))
+            omega = float(post["omega"].sel(iiv_parameter=name).mean())
+            out[str(name)] = float(1 - mean_eta.std() / omega) if omega > 0 else np.nan
+        return out
+
+    def diagnostics(self) -> list[Diagnostic]:
+        """R-hat, ESS, divergences, BFMI and solver accuracy, each with a clear message."""
+        table = self.parameter_table()
+        out = []
+        worst_rhat = table.loc[table["r_hat"].idxmax()] if table["r_hat"].notna().any() else None
+        if worst_rhat is not None:
+            ok = worst_rhat["r_hat"] <= RHAT_MAX
+            out.append(Diagnostic("r_hat", bool(ok), f"max R-hat {worst_rhat['r_hat']:.3f} ({worst_rhat['name']})"
+                                  + ("" if ok else f" > {RHAT_MAX}: chains disagree; run longer or reparameterise")))
+        low = table.loc[table["ess_bulk"].idxmin()]
+        ok = low["ess_bulk"] >= ESS_MIN and table["ess_tail"].min() >= ESS_MIN
+        out.append(Diagnostic("ess", bool(ok), f"min bulk ESS {low['ess_bulk']:.0f} ({low['name']}), min tail ESS "
+                              f"{table['ess_tail'].min():.0f}" + ("" if ok else f" < {ESS_MIN}: draw more")))
+        n_div = self.divergences()
+        out.append(Diagnostic("divergences", n_div == 0, f"{n_div} divergent transition(s)"
+                              + ("" if n_div == 0 else ": the posterior is not explored reliably; raise "
+                                 "target_accept or reparameterise")))
+        bfmi = self.bfmi()
+        ok = bool(np.all(bfmi >= BFMI_MIN))
+        out.append(Diagnostic("bfmi", ok, f"min BFMI {bfmi.min():.2f}" + ("" if ok else f" < {BFMI_MIN}: poor "
+                                                                          "energy exploration")))
+        err, tol = self.tree.attrs.get("solver_max_log_error"), self.tree.attrs.get("solver_tolerance")
+        if err is not None:
+            ok = float(err) <= float(tol)
+            out.append(Diagnostic("solver", ok, f"fixed-step solver vs LSODA at posterior draws: max |log error| "
+                                  f"{float(err):.1e} (tolerance {float(tol):.1e})" + ("" if ok else
+                                  ": use smaller steps (steps=StepSizes(...))")))
+        return out
+
+    @property
+    def converged(self) -> bool:
+        return all(d.ok for d in self.diagnostics() if d.name in ("r_hat", "ess", "divergences", "bfmi", "solver"))
+
+
+def _diagnostics(tree) -> tuple[dict, dict, dict]:
+    """R-hat, bulk ESS and tail ESS keyed by (variable, coordinate)."""
+    import arviz as az
+
+    post = tree["posterior"].to_dataset()
+    rhat, ess_b, ess_t = {}, {}, {}
+    for var, dim in (("mu", "parameter"), ("omega", "iiv_parameter"), ("beta", "covariate_effect"),
+                     ("sigma", "analyte")):
+        if var not in post:
+            continue
+        for coord in post[dim].values:
+            x = post[var].sel({dim: coord}).transpose("chain", "draw").to_numpy()
+            rhat[(var, str(coord))] = float(az.rhat(x))
+            ess_b[(var, str(coord))] = float(az.ess(x, method="bulk"))
+            ess_t[(var, str(coord))] = float(az.ess(x, method="tail", prob=0.05))
+    return rhat, ess_b, ess_t
