@@ -337,6 +337,74 @@ def fit_individual_command(
     console.print(f"{int(fit['converged'].sum())}/{fit.sizes['subject']} subjects converged; wrote {out}")
 
 
+@app.command("fit")
+def fit_command(
+        model: Annotated[str, typer.Argument(help="Model name, composition (a+b) or model file.")],
+        data: Annotated[Path, typer.Argument(help="NONMEM-style or ADaM CSV file.")],
+        out: Annotated[Path, typer.Option("-o", "--out", help="Run folder: posterior.nc, parameters.csv, diagnostics.txt.")],
+        chains: Annotated[int, typer.Option(help="Number of chains.")] = 4,
+        draws: Annotated[int, typer.Option(help="Draws per chain after warm-up.")] = 1000,
+        tune: Annotated[int, typer.Option(help="Warm-up draws per chain.")] = 1000,
+        seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+        covariate: Annotated[Optional[list[str]], typer.Option("--covariate", help="Covariate effect PARAMETER~COVARIATE[:power|exponential] (repeatable), e.g. rho~lymphodepletion.")] = None,
+        iiv: Annotated[Optional[list[str]], typer.Option("--iiv", help="Parameter with inter-individual variability (repeatable; default: the model's).")] = None,
+        correlated: Annotated[bool, typer.Option(help="Correlated random effects (LKJ prior).")] = False,
+        censoring: Annotated[str, typer.Option(help="Below-LLOQ likelihood: M3 or M4.")] = "M3",
+        strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 when a diagnostic fails.")] = False,
+        progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the sampler's progress.")] = True,
+        format: FormatOpt = None, map: MapOpt = None, unit: UnitOpt = None,
+        time_unit: TimeUnitOpt = "d", dose_unit: DoseUnitOpt = "cells") -> None:
+    """Bayesian hierarchical population fit (NUTS via nutpie) with parameter table and diagnostics."""
+    from ._files import write_text
+    from .fit import fit
+
+    m = _load_model(model)
+    cohort = _read(data, _options(format, map, unit, time_unit, dose_unit))
+    try:
+        result = fit(m, cohort, chains=chains, draws=draws, tune=tune, seed=seed, iiv=iiv,
+                     covariates=covariate or (), correlated=correlated, censoring=censoring, progress=progress)
+    except ValueError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2)
+    out.mkdir(parents=True, exist_ok=True)
+    result.save(out / "posterior.nc")
+    table = result.parameter_table()
+    with atomic_csv(out / "parameters.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    diagnostics = result.diagnostics()
+    print_parameter_table(table, m.name)
+    lines = []
+    for d in diagnostics:
+        console.print(("[green]ok  [/] " if d.ok else "[bold red]FAIL[/] ") + d.message, highlight=False)
+        lines.append(("ok   " if d.ok else "FAIL ") + d.message)
+    attrs = result.tree.attrs
+    summary = (f"{chains} chains x ({tune} warm-up + {draws} draws): compile {attrs['compile_seconds']:.0f} s, "
+               f"sampling {attrs['sampling_seconds']:.0f} s, total {attrs['total_seconds']:.0f} s; "
+               f"{result.steps_per_draw():.0f} leapfrog steps per draw")
+    console.print(summary)
+    write_text(out / "diagnostics.txt", "\n".join(lines + [summary]) + "\n")
+    console.print(f"wrote {out / 'posterior.nc'}, {out / 'parameters.csv'}, {out / 'diagnostics.txt'}")
+    if strict and not all(d.ok for d in diagnostics):
+        raise typer.Exit(1)
+
+
+def atomic_csv(path):
+    from ._files import atomic_path
+
+    return atomic_path(path)
+
+
+def print_parameter_table(table: pd.DataFrame, title: str) -> None:
+    rich_table = Table(title=f"Population parameters ({title}): posterior median [95% interval]")
+    for col in ("kind", "name", "unit", "median", "95% interval", "CV%", "shrinkage%", "R-hat", "ESS bulk", "ESS tail"):
+        rich_table.add_column(col, justify="right" if col not in ("kind", "name", "unit") else "left")
+    for _, r in table.iterrows():
+        rich_table.add_row(r["kind"], r["name"], str(r["unit"]), _g(r["median"]), f"{_g(r['lower'])} - {_g(r['upper'])}",
+                           _g(r.get("cv_percent", np.nan), 1), _g(r.get("shrinkage_percent", np.nan), 1),
+                           f"{r['r_hat']:.3f}", f"{r['ess_bulk']:.0f}", f"{r['ess_tail']:.0f}")
+    console.print(rich_table)
+
+
 def _version(value: bool):
     if value:
         console.print(f"cart-pkpd {__version__}")

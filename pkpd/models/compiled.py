@@ -28,7 +28,7 @@ _HEADER = "import math\nimport numba\nimport numpy as np\n\n"
 # for the parameters in `est`), stepping exactly onto every observation time. Appended to each
 # model's generated module so that numba compiles it against that model's functions.
 _KERNEL = """
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _derivs(t, y, S, p, c, est, f, dS, Jy, Jp):
     rhs(t, y, p, c, f)
     K = est.shape[0]
@@ -44,7 +44,7 @@ def _derivs(t, y, S, p, c, est, f, dS, Jy, Jp):
                 dS[i, k] = acc
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def predict_all(P, C, est, obs_subject_start, obs_time, obs_analyte, dt_early, dt_late, t_switch,
                 n_states, pred, dpred):
     N = P.shape[0]
@@ -166,7 +166,7 @@ def _source(model: Model) -> str:
     n, P = len(states), len(params)
 
     def fn(name, args, assignments, zero_first=False):
-        return [f"@numba.njit(cache=True, fastmath=False)", f"def {name}({args}):",
+        return ["@numba.njit(cache=True, error_model=\"numpy\", inline=\"always\")", f"def {name}({args}):",
                 *_body(assignments, names, printer, zero_first), ""]
 
     src = [_HEADER]
@@ -191,7 +191,7 @@ def _source(model: Model) -> str:
     # one dispatcher per kind, by analyte index (numba cannot index a tuple of functions)
     for kind, args in (("obs", "t, y, p, c, out"), ("obs_y", "t, y, p, c, out"), ("obs_p", "t, y, p, c, out"),
                        ("base", "t, p, c, out"), ("base_p", "t, p, c, out")):
-        src += ["@numba.njit(cache=True)", f"def {kind}(a, {args}):"]
+        src += ["@numba.njit(cache=True, error_model=\"numpy\", inline=\"always\")", f"def {kind}(a, {args}):"]
         for a in range(len(model.analytes)):
             name = kind.replace("obs", f"obs_{a}").replace("base", f"base_{a}")
             src += [f"    {'if' if a == 0 else 'elif'} a == {a}:", f"        {name}({args})"]

@@ -1,0 +1,160 @@
+"""Population-fit speed: pkpd.fit against Stan (pystan), same models, data and priors.
+
+    python benchmarks/fit_speed.py [--quick]
+
+Cases: (a) `multiphasic` on 90 simulated subjects, (b) `antigen_driven` with transgene and B cells
+on 20 subjects on the trials' schedule (day -1, 0, 3, ..., 27, monthly to 365). For each engine
+it prints compile time, sampling time, leapfrog steps per draw, divergences and the minimum bulk
+ESS per second of sampling over the population parameters (typical values, IIV SDs, residual
+SDs), then the ratio ours / Stan and whether the posteriors agree (typical values: difference of
+medians within 0.5 posterior SD). Both engines run side by side on this machine; the ratio is
+what compares across machines. The Stan run may be shorter (ESS per second is comparable).
+
+pystan is not a dependency of cart-pkpd: `pip install pystan` (it bundles Stan and its compiler;
+needs g++). The last line is machine-readable:
+    fit_speed: multiphasic_ratio=R1 antigen_driven_ratio=R2 antigen_driven_wall_s=W
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+
+from pkpd.fit import PopulationSpec, fit
+from pkpd.models import load
+from pkpd.simulate import simulate
+from pkpd.simulate.compiled import Design
+
+QUICK = "--quick" in sys.argv
+OURS = dict(chains=4, tune=1000, draws=1000) if not QUICK else dict(chains=4, tune=300, draws=300)
+STAN = dict(num_chains=4, num_warmup=500, num_samples=500) if not QUICK else dict(num_chains=4, num_warmup=200, num_samples=200)
+
+
+def min_ess(draws: dict[str, np.ndarray]) -> float:
+    """Smallest bulk ESS over arrays shaped (chain, draw, ...)."""
+    import arviz as az
+
+    out = np.inf
+    for x in draws.values():
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        for j in range(flat.shape[2]):
+            out = min(out, float(az.ess(flat[:, :, j], method="bulk")))
+    return out
+
+
+def ours(model, cohort) -> dict:
+    t0 = time.perf_counter()
+    result = fit(model, cohort, seed=1, progress=False, **OURS)
+    wall = time.perf_counter() - t0
+    post = result.posterior
+    draws = {k: post[k].transpose("chain", "draw", ...).to_numpy() for k in ("mu", "omega", "sigma")}
+    attrs = result.tree.attrs
+    return {"compile_s": attrs["compile_seconds"], "sample_s": attrs["sampling_seconds"], "wall_s": wall,
+            "steps": result.steps_per_draw(), "divergences": result.divergences(), "min_ess": min_ess(draws),
+            "typical": post["mu"].transpose("chain", "draw", "parameter").to_numpy(),
+            "solver_error": attrs["solver_max_log_error"]}
+
+
+def stan(code: str, data: dict, names: list[str]) -> dict:
+    import stan as pystan
+
+    t0 = time.perf_counter()
+    posterior = pystan.build(code, data=data, random_seed=1)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fit_ = posterior.sample(**STAN)
+    sample_s = time.perf_counter() - t0
+    chains = STAN["num_chains"]
+
+    def reshape(name):
+        x = np.asarray(fit_[name])  # (..., draws*chains), chain-major within draws
+        x = x.reshape(*x.shape[:-1], -1, chains)  # pystan orders draws as (draw, chain)
+        return np.moveaxis(np.moveaxis(x, -1, 0), -1, 1)
+
+    draws = {k: reshape(k) for k in ("mu", "omega", "sigma")}
+    steps = float(np.mean(fit_["n_leapfrog__"]))
+    return {"compile_s": compile_s, "sample_s": sample_s, "steps": steps,
+            "divergences": int(np.sum(fit_["divergent__"])), "min_ess": min_ess(draws),
+            "typical": draws["mu"], "names": names}
+
+
+def agree(a: np.ndarray, b: np.ndarray) -> bool:
+    """Medians of each typical value within 0.5 posterior SD of each other."""
+    a2, b2 = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    sd = np.sqrt(0.5 * (a2.var(0) + b2.var(0)))
+    return bool(np.all(np.abs(np.median(a2, 0) - np.median(b2, 0)) <= 0.5 * sd))
+
+
+def common_priors(spec: PopulationSpec) -> dict:
+    priors = [spec.prior(n) for n in spec.estimated]
+    return {"prior_mu": [math.log(p.median) for p in priors], "prior_sd": [p.sigma for p in priors],
+            "omega_scale": [max(0.5, 2 * (spec.model.parameter(n).iiv or 0.25)) for n in spec.iiv]}
+
+
+def case_multiphasic():
+    from stan_models import MULTIPHASIC
+
+    model = load("multiphasic")
+    cohort = simulate(model, ["1e6/kg"], n=90, seed=11)
+    spec = PopulationSpec.default(model)
+    d = Design(model, cohort)
+    data = {"N": len(cohort.subject_ids), "M": d.n_obs, "subject": (d.subject_index + 1).tolist(),
+            "time": d.time.tolist(), "y": d.value.tolist(), "censored": d.censored.tolist(),
+            "sigma_default": model.observations["transgene"].sigma, **common_priors(spec)}
+    return model, cohort, MULTIPHASIC, data, spec.estimated
+
+
+def case_antigen_driven():
+    from stan_models import ANTIGEN_DRIVEN
+
+    model = load("antigen_driven")
+    cohort = simulate(model, ["1e6/kg"], n=20, seed=7, analytes=["transgene", "bcells"])
+    spec = PopulationSpec.default(model)
+    d = Design(model, cohort)
+    counts = np.bincount(d.subject_index, minlength=len(cohort.subject_ids))
+    k_names = ["kb", "kem", "beta", "kexh", "kout", "kkill", "sin", "eld", "sld"]
+    covs = d.covariates
+    data = {"N": len(cohort.subject_ids), "M": d.n_obs, "start": (d.start[:-1] + 1).tolist(),
+            "count": counts.tolist(), "analyte": (np.array([["transgene", "bcells"].index(d.analyte_names[a])
+                                                             for a in d.analyte]) + 1).tolist(),
+            "time": d.time.tolist(), "y": d.value.tolist(), "censored": d.censored.tolist(),
+            "dose": covs[:, 0].tolist(), "ld": covs[:, 1].tolist(),
+            "k": [model.parameter(n).typical for n in k_names], "scale": model.parameter("scale").typical,
+            "sigma_default": [model.observations[a].sigma for a in ("transgene", "bcells")], **common_priors(spec)}
+    assert spec.estimated == ["rho", "alpha", "fblood", "b0", "kkills", "ks"]
+    return model, cohort, ANTIGEN_DRIVEN, data, spec.estimated
+
+
+def report(label: str, a: dict, b: dict) -> float:
+    ours_rate, stan_rate = a["min_ess"] / a["sample_s"], b["min_ess"] / b["sample_s"]
+    print(f"\n== {label}")
+    print(f"{'':10s} {'compile s':>10s} {'sampling s':>11s} {'steps/draw':>11s} {'divergent':>10s} "
+          f"{'min ESS':>8s} {'ESS/s':>8s}")
+    for name, r, rate in (("pkpd", a, ours_rate), ("Stan", b, stan_rate)):
+        print(f"{name:10s} {r['compile_s']:10.1f} {r['sample_s']:11.1f} {r['steps']:11.1f} {r['divergences']:10d} "
+              f"{r['min_ess']:8.0f} {rate:8.2f}")
+    ratio = ours_rate / stan_rate
+    print(f"ratio ours/Stan (min bulk ESS per second of sampling): {ratio:.2f}; pkpd wall {a['wall_s']:.0f} s; "
+          f"solver max |log error| {a['solver_error']:.1e}; posteriors agree: {agree(a['typical'], b['typical'])}")
+    return ratio
+
+
+def main() -> None:
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    results = {}
+    for label, case in (("multiphasic, 90 subjects", case_multiphasic),
+                        ("antigen_driven (transgene + B cells), 20 subjects", case_antigen_driven)):
+        model, cohort, code, data, names = case()
+        a = ours(model, cohort)
+        b = stan(code, data, names)
+        results[label] = (report(label, a, b), a)
+    (r1, _), (r2, a2) = results.values()
+    print(f"fit_speed: multiphasic_ratio={r1:.2f} antigen_driven_ratio={r2:.2f} "
+          f"antigen_driven_wall_s={a2['wall_s']:.0f}")
+
+
+if __name__ == "__main__":
+    main()

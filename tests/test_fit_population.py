@@ -1,0 +1,163 @@
+"""The population engine: log-density and gradient checks, an end-to-end fit, the result."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.stats as st
+from typer.testing import CliRunner
+
+from pkpd.cli import app
+from pkpd.data import write_nonmem
+from pkpd.fit import FitResult, PopulationSpec, fit
+from pkpd.fit.population import build_pymc_model, covariate_design
+from pkpd.models import load
+from pkpd.simulate import predict, simulate
+from pkpd.simulate.compiled import StepSizes
+
+FINE = StepSizes(0.02, 0.25, 20.0)
+
+
+@pytest.fixture(scope="module")
+def small():
+    model = load("antigen_driven")
+    cohort = simulate(model, ["3e8", "1e6/kg"], n=3, seed=21, analytes=["transgene", "bcells"])
+    spec = PopulationSpec.default(model, covariates=["rho~dose"], steps=FINE)
+    pm_model, pieces = build_pymc_model(spec, cohort)
+    return model, cohort, spec, pm_model, pieces
+
+
+def _point(pm_model, seed=0):
+    rng = np.random.default_rng(seed)
+    point = pm_model.initial_point()
+    return {k: v + 0.1 * rng.standard_normal(np.shape(v)) for k, v in point.items()}
+
+
+def test_gradient_matches_finite_differences(small):
+    _, _, _, pm_model, _ = small
+    logp, dlogp = pm_model.compile_logp(), pm_model.compile_dlogp()
+    point = _point(pm_model)
+    keys = list(point)
+    flat = np.concatenate([np.ravel(point[k]) for k in keys])
+
+    def unflatten(v):
+        out, i = {}, 0
+        for k in keys:
+            n = np.size(point[k])
+            out[k] = v[i:i + n].reshape(np.shape(point[k]))
+            i += n
+        return out
+
+    grad = dlogp(point)
+    h = 1e-6
+    for idx in range(len(flat)):
+        e = np.zeros_like(flat)
+        e[idx] = h
+        fd = (logp(unflatten(flat + e)) - logp(unflatten(flat - e))) / (2 * h)
+        assert fd == pytest.approx(grad[idx], rel=1e-5, abs=1e-5), (idx, fd, grad[idx])
+
+
+def test_log_density_matches_an_independent_numpy_evaluation(small):
+    model, cohort, spec, pm_model, pieces = small
+    point = _point(pm_model, seed=1)
+    value = pm_model.compile_logp(jacobian=False)(point)
+    # the same density written out independently: priors + likelihood on LSODA predictions
+    mu, z = point["mu"], point["z"]
+    omega, sigma, beta = np.exp(point["omega_log__"]), np.exp(point["sigma_log__"]), point["beta"]
+    priors = [spec.prior(n) for n in spec.estimated]
+    total = sum(st.norm.logpdf(mu[k], math.log(p.median), p.sigma) for k, p in enumerate(priors))
+    scale = [max(0.5, 2 * model.parameter(n).iiv) for n in spec.iiv]
+    total += st.halfnorm.logpdf(omega, scale=scale).sum() + st.norm.logpdf(z).sum() + st.norm.logpdf(beta).sum()
+    defaults = [model.observations[a].sigma for a in pieces["records"]["observed"]]
+    total += st.lognorm.logpdf(sigma, s=0.5, scale=defaults).sum()
+    X, _, owners = covariate_design(spec, cohort)
+    log_theta = np.tile(mu, (len(cohort.subject_ids), 1))
+    log_theta[:, owners[0]] += X[:, 0] * beta[0]
+    log_theta[:, [spec.estimated.index(n) for n in spec.iiv]] += z * omega
+    params = {n: np.full(len(cohort.subject_ids), p.typical) for n, p in zip(model.parameter_names, model.parameters)}
+    for k, n in enumerate(spec.estimated):
+        params[n] = np.exp(log_theta[:, k])
+    import pandas as pd
+
+    pred = predict(model, cohort, pd.DataFrame(params, index=cohort.subject_ids), rtol=1e-11, atol=1e-14)
+    obs = cohort.observations
+    sd = obs["analyte"].map(dict(zip(pieces["records"]["observed"], sigma))).to_numpy()
+    y, f, lloq, cens = obs["value"].to_numpy(), pred.to_numpy(), obs["lloq"].to_numpy(), obs["censored"].to_numpy()
+    with np.errstate(divide="ignore"):  # pre-infusion transgene is 0: that branch is not selected
+        quantified = st.norm.logpdf(np.log(y), np.log(f), sd) - np.log(y)
+        censored = st.norm.logcdf(np.log(lloq), np.log(f), sd)
+    total += np.where(cens == 1, censored, quantified).sum()
+    assert value == pytest.approx(total, rel=1e-6)
+
+
+def test_numba_and_python_implementations_of_the_op_agree(small):
+    import pytensor
+    import pytensor.tensor as pt
+
+    _, _, _, _, pieces = small
+    op = pieces["op"]
+    x = pt.dmatrix("x")
+    pred, jac = op(x)
+    value = np.log(op.fixed[:, op.est]) + 0.05
+    fast = pytensor.function([x], [pred, jac], mode="NUMBA")(value)
+    slow = op.values(value)
+    np.testing.assert_allclose(fast[0], slow[0], rtol=1e-12)
+    np.testing.assert_allclose(fast[1], slow[1], rtol=1e-12)
+
+
+def test_bad_specifications_are_clear_errors():
+    model = load("antigen_driven")
+    with pytest.raises(ValueError, match="no parameter"):
+        PopulationSpec.default(model, iiv=["nope"])
+    with pytest.raises(ValueError, match="fixed constants"):
+        PopulationSpec.default(model, iiv=["scale"])
+    with pytest.raises(ValueError, match="unknown covariate"):
+        PopulationSpec.default(model, covariates=["rho~height"])
+    with pytest.raises(ValueError, match="PARAMETER~COVARIATE"):
+        PopulationSpec.default(model, covariates=["rho"])
+    with pytest.raises(ValueError, match="M3"):
+        PopulationSpec.default(model, censoring="M5")
+
+
+@pytest.fixture(scope="module")
+def quick_fit():
+    """A short end-to-end fit (not long enough to converge): structure, not accuracy."""
+    model = load("multiphasic")
+    cohort = simulate(model, ["3e8", "6e8"], n=6, seed=3)
+    return fit(model, cohort, chains=2, draws=100, tune=100, seed=5, progress=False), cohort
+
+
+def test_fit_result_structure_and_provenance(quick_fit, tmp_path):
+    result, cohort = quick_fit
+    tree = result.tree
+    assert {"posterior", "sample_stats", "observed_data", "constant_data", "log_likelihood"} <= set(tree.children)
+    assert tree["log_likelihood"]["y"].sizes["obs"] == len(cohort.observations)
+    assert tree["log_likelihood"]["y_subject"].sizes["subject"] == 12
+    np.testing.assert_allclose(tree["log_likelihood"]["y"].sum("obs"), tree["log_likelihood"]["y_subject"].sum("subject"))
+    for key in ("model", "model_hash", "data_hash", "seed", "sampler_settings", "packages"):
+        assert key in tree.attrs
+    assert json.loads(tree.attrs["sampler_settings"])["chains"] == 2
+    table = result.parameter_table()
+    assert {"median", "lower", "upper", "r_hat", "ess_bulk", "ess_tail", "cv_percent", "shrinkage_percent"} <= set(table.columns)
+    assert set(table["kind"]) == {"typical", "iiv", "residual"}
+    names = {d.name for d in result.diagnostics()}
+    assert names == {"r_hat", "ess", "divergences", "bfmi", "solver"}
+    path = result.save(tmp_path / "run.nc")
+    back = FitResult.load(path)
+    np.testing.assert_allclose(back.posterior["mu"], result.posterior["mu"])
+    import arviz as az
+
+    assert az.loo(back.tree, var_name="y_subject").elpd < 0
+
+
+def test_fit_command_strict(tmp_path):
+    model = load("multiphasic")
+    write_nonmem(simulate(model, ["3e8"], n=4, seed=8), tmp_path / "data.csv")
+    result = CliRunner().invoke(app, ["fit", "multiphasic", str(tmp_path / "data.csv"), "-o", str(tmp_path / "run"),
+                                      "--chains", "2", "--draws", "50", "--tune", "50", "--seed", "1",
+                                      "--no-progress", "--strict"])
+    assert "Population parameters" in result.output and "R-hat" in result.output
+    assert result.exit_code == 1  # 50 draws cannot pass the ESS check: --strict fails the run
+    for name in ("posterior.nc", "parameters.csv", "diagnostics.txt"):
+        assert (tmp_path / "run" / name).exists()
