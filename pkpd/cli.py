@@ -388,6 +388,48 @@ def fit_command(
         raise typer.Exit(1)
 
 
+@app.command("sbc")
+def sbc_command(
+        model: Annotated[str, typer.Argument(help="Model name, composition (a+b) or model file.")],
+        out: Annotated[Path, typer.Option("-o", "--out", help="Output folder: ranks.csv, summary.csv, ranks.png.")] = Path("sbc-out"),
+        replications: Annotated[int, typer.Option(help="Number of simulate-and-fit replications.")] = 100,
+        subjects: Annotated[int, typer.Option(help="Subjects in each simulated trial.")] = 8,
+        dose: Annotated[str, typer.Option(help="Dose of the simulated trial (3e8 or 1e6/kg).")] = "1e6/kg",
+        chains: Annotated[int, typer.Option(help="Chains per fit.")] = 2,
+        draws: Annotated[int, typer.Option(help="Draws per chain.")] = 200,
+        tune: Annotated[int, typer.Option(help="Warm-up draws per chain.")] = 200,
+        seed: Annotated[int, typer.Option(help="Random seed.")] = 0) -> None:
+    """Simulation-based calibration: rank statistics, a uniformity test per population parameter
+    and rank histograms."""
+    from rich.progress import Progress
+
+    from .fit.sbc import sbc
+
+    m = _load_model(model)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("SBC replications", total=replications)
+        try:
+            result = sbc(m, replications=replications, subjects=subjects, dose=dose, chains=chains, draws=draws,
+                         tune=tune, seed=seed, progress=lambda done, total: bar.update(task, completed=done))
+        except ValueError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(2)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_csv(out / "ranks.csv") as tmp:
+        result.ranks.to_csv(tmp, index=False)
+    with atomic_csv(out / "summary.csv") as tmp:
+        result.summary.to_csv(tmp, index=False)
+    result.plot(out / "ranks.png")
+    table = Table(title=f"SBC of {m.name}: {replications} replications, ranks among {result.n_draws} draws")
+    for col in ("parameter", "chi-square", "p-value", "uniform?"):
+        table.add_column(col)
+    for _, r in result.summary.iterrows():
+        table.add_row(r["parameter"], f"{r['chi2']:.1f}", f"{r['p_value']:.3f}",
+                      "yes" if r["p_value"] > 0.01 else "[red]no[/]")
+    console.print(table)
+    console.print(f"wrote {out / 'ranks.csv'}, {out / 'summary.csv'}, {out / 'ranks.png'}")
+
+
 def atomic_csv(path):
     from ._files import atomic_path
 

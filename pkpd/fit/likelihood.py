@@ -20,7 +20,7 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _numpy_namespace():
-    return SimpleNamespace(log=np.log, sqrt=np.sqrt, where=np.where, square=np.square,
+    return SimpleNamespace(log=np.log, sqrt=np.sqrt, where=np.where, square=np.square, eq=np.equal,
                            maximum=np.maximum, log_ndtr=sc.log_ndtr, exp=np.exp)
 
 
@@ -34,7 +34,7 @@ def _pytensor_namespace():
         return pt.switch(z < 0, neg, pos)
 
     return SimpleNamespace(log=pt.log, sqrt=pt.sqrt, where=pt.switch, square=pt.sqr, maximum=pt.maximum,
-                           log_ndtr=log_ndtr, exp=pt.exp)
+                           eq=pt.eq, log_ndtr=log_ndtr, exp=pt.exp)
 
 
 NUMPY = _numpy_namespace()
@@ -58,4 +58,4 @@ def pointwise(xp, pred, y, lloq, censored, error, sigma, additive, m4: bool = Fa
         below_m4 = xp.log(xp.maximum(xp.exp(below) - xp.exp(xp.log_ndtr(-mean / sd)), tiny)) - positive
         below = xp.where(is_log, below, below_m4)
     above = xp.log_ndtr(-z)  # y holds the upper limit: P(Y > limit) = Phi(-z)
-    return xp.where(censored == 1, below, xp.where(censored == -1, above, density))
+    return xp.where(xp.eq(censored, 1), below, xp.where(xp.eq(censored, -1), above, density))

@@ -216,8 +216,11 @@ def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str,
                              dims="analyte", initval=initial.get("sigma"))
         additive = np.array([e.additive for e in error_models.values()])
         pred, _ = op(log_theta)
-        logp = likelihood.pointwise(likelihood._pytensor_namespace(), pred, records["value"], records["lloq"],
-                                    records["censored"], records["error"], sigma[records["slot"]],
+        # observed values as data, so that a compiled model can be refitted to new values (SBC)
+        y = pm.Data("y_obs", records["value"])
+        censored = pm.Data("censored_obs", records["censored"].astype("int64"))
+        logp = likelihood.pointwise(likelihood._pytensor_namespace(), pred, y, records["lloq"],
+                                    censored, records["error"], sigma[records["slot"]],
                                     additive[records["slot"]], m4=spec.censoring == "M4")
         pm.Potential("loglik", pt.sum(logp))
     return pm_model, {"design": design, "records": records, "op": op, "X": X, "covariate_labels": cov_labels}
