@@ -1,0 +1,139 @@
+"""The leaderboard: PSIS-LOO per subject (the unit of prediction) and per record, ELPD differences,
+stacking weights, Pareto-k counts, convergence flags and run times, per dataset.
+
+A fit whose diagnostics failed (R-hat, ESS, divergences, BFMI, solver) is ranked but flagged
+converged = False, and every display marks it (never ranked silently); a fit that failed to run,
+or whose PSIS-LOO cannot be computed, is listed with its reason and no rank. Ranking uses the subject-level ELPD (log-likelihood
+summed per subject), since new patients, not new samples, are what dose selection predicts.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .._files import atomic_path
+from ..fit.result import FitResult
+
+PARETO_K_BAD = 0.7
+COLUMNS = ["dataset", "model", "variant", "rank", "elpd_loo", "se", "d_elpd", "d_se", "weight",
+           "pareto_k_bad", "elpd_loo_obs", "se_obs", "pareto_k_bad_obs", "converged", "status", "reason",
+           "seconds"]
+
+
+@dataclass(frozen=True)
+class _Loo:
+    elpd: float
+    se: float
+    pareto_k: np.ndarray
+
+
+def _loo(tree, var_name) -> _Loo:
+    """PSIS-LOO of `var_name`. Records whose log-likelihood is the same in every draw (e.g. a
+    pre-infusion value below the LLOQ, certain under any parameters) contribute exactly that
+    value; PSIS cannot smooth them, so it runs on the others and the constants are added."""
+    import arviz as az
+    import xarray as xr
+
+    ll = tree["log_likelihood"][var_name]
+    dim = [d for d in ll.dims if d not in ("chain", "draw")][0]
+    spread = (ll.max(("chain", "draw")) - ll.min(("chain", "draw"))).to_numpy()
+    varying = spread > 1e-12
+    constant = ll.isel({dim: ~varying}).isel(chain=0, draw=0).to_numpy()
+    sub = xr.DataTree.from_dict({"posterior": tree["posterior"].to_dataset(),
+                                 "log_likelihood": xr.Dataset({var_name: ll.isel({dim: varying})})})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = az.loo(sub, var_name=var_name, pointwise=True)
+    pointwise = np.concatenate([np.asarray(result.elpd_i).ravel(), constant])
+    n = len(pointwise)
+    return _Loo(float(pointwise.sum()), float(np.sqrt(n * np.var(pointwise))), np.asarray(result.pareto_k).ravel())
+
+
+def leaderboard(out: str | Path) -> pd.DataFrame:
+    """Build the leaderboard from the fits of a run folder."""
+    import arviz as az
+
+    out = Path(out)
+    rows, trees = [], {}
+    for result_path in sorted((out / "fits").glob("*/result.json")):
+        result = json.loads(result_path.read_text())
+        row = {"dataset": result.get("dataset"), "model": result.get("model"), "variant": result.get("variant"),
+               "status": result.get("status"), "reason": result.get("reason", ""),
+               "seconds": result.get("seconds"), "converged": bool(result.get("converged", False))}
+        if result.get("status") == "ok":
+            tree = FitResult.load(result_path.parent / "posterior.nc").tree
+            try:
+                subject, record = _loo(tree, "y_subject"), _loo(tree, "y")
+            except (ValueError, FloatingPointError) as exc:
+                row.update(converged=False, reason=f"PSIS-LOO failed: {exc}")
+                rows.append(row)
+                continue
+            row.update(elpd_loo=float(subject.elpd), se=float(subject.se),
+                       pareto_k_bad=int(np.sum(np.asarray(subject.pareto_k) > PARETO_K_BAD)),
+                       elpd_loo_obs=float(record.elpd), se_obs=float(record.se),
+                       pareto_k_bad_obs=int(np.sum(np.asarray(record.pareto_k) > PARETO_K_BAD)))
+            trees.setdefault(row["dataset"], {})[f"{row['model']}/{row['variant']}"] = tree
+        rows.append(row)
+    table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    for dataset, group in trees.items():
+        if len(group) < 2:
+            key = next(iter(group))
+            mask = _rows(table, dataset, key)
+            table.loc[mask, ["rank", "d_elpd", "d_se", "weight"]] = [0, 0.0, 0.0, 1.0]
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            comparison = az.compare(group, var_name="y_subject", method="stacking")
+        for key, r in comparison.iterrows():
+            mask = _rows(table, dataset, key)
+            table.loc[mask, "rank"] = int(r["rank"])
+            table.loc[mask, "d_elpd"] = float(r["elpd_diff"])
+            table.loc[mask, "d_se"] = float(r["dse"])
+            table.loc[mask, "weight"] = float(r["weight"])
+    order = table.assign(_r=table["rank"].fillna(1e9)).sort_values(["dataset", "_r", "model", "variant"])
+    return order.drop(columns="_r").reset_index(drop=True)
+
+
+def _rows(table, dataset, key):
+    model, variant = key.split("/", 1)
+    return (table["dataset"] == dataset) & (table["model"] == model) & (table["variant"] == variant)
+
+
+def write(table: pd.DataFrame, out: str | Path) -> tuple[Path, Path]:
+    """leaderboard.csv and leaderboard.png (ELPD +- SE per fit, per dataset)."""
+    out = Path(out)
+    with atomic_path(out / "leaderboard.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    png = out / "leaderboard.png"
+    with atomic_path(png) as tmp:
+        plot(table, tmp)
+    return out / "leaderboard.csv", png
+
+
+def plot(table: pd.DataFrame, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranked = table[table["elpd_loo"].notna()]
+    datasets = list(dict.fromkeys(ranked["dataset"])) or ["(none)"]
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(7, 1.2 + 0.45 * max(1, len(ranked))), squeeze=False)
+    for ax, dataset in zip(axes[:, 0], datasets):
+        rows = ranked[ranked["dataset"] == dataset].iloc[::-1]
+        labels = [f"{m}/{v}" + ("" if c else "  (not converged)") for m, v, c in
+                  zip(rows["model"], rows["variant"], rows["converged"])]
+        y = np.arange(len(rows))
+        ax.errorbar(rows["elpd_loo"], y, xerr=rows["se"], fmt="o", color="#2b5d8a", capsize=3)
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.set_xlabel("ELPD (PSIS-LOO, subject as unit)")
+        ax.set_title(f"dataset {dataset}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,245 @@
+"""The run specification of a model comparison (TOML), validated with located messages.
+
+    [run]
+    name = "ck-models"
+    seed = 20261122            # every fit's seed derives from this and the fit's id
+    chains = 4
+    draws = 1000
+    tune = 1000
+    max_divergences = 50       # a fit with more divergent transitions is recorded as failed
+
+    [[datasets]]
+    name = "example"
+    path = "../data/example_nonmem.csv"     # relative to this file
+    analytes = ["transgene"]                # optional: fit every model to these analytes only
+
+    [[models]]
+    name = "antigen_driven"                 # label in the leaderboard (default: the model)
+    model = "antigen_driven"                # built-in name, composition, or a model file
+    iiv = ["rho", "alpha", "fblood"]        # optional
+    priors = { rho = [1.3, 0.3] }           # optional: LogNormal(median, sigma)
+    variants = { base = [], ld = ["rho~lymphodepletion"] }   # optional covariate variants
+
+Every dataset x model x variant is one fit, with id DATASET/MODEL/VARIANT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..models import LogNormal, ModelError, load
+from ..fit.population import CovariateEffect
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+class SpecError(ValueError):
+    """Every problem of a spec file, each located by its key path."""
+
+    def __init__(self, path, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{path}: {len(problems)} problem(s) in the run specification:\n"
+                         + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    path: Path
+    analytes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    """One fit of the comparison."""
+
+    id: str
+    dataset: Dataset
+    label: str
+    model: str
+    variant: str
+    covariates: tuple[str, ...] = ()
+    iiv: tuple[str, ...] | None = None
+    priors: tuple[tuple[str, float, float], ...] = ()
+    chains: int = 4
+    draws: int = 1000
+    tune: int = 1000
+    seed: int = 0
+    max_divergences: int = 50
+
+    @property
+    def directory(self) -> str:
+        return self.id.replace("/", "__")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    source: Path
+    text: str
+    fits: tuple[FitSpec, ...] = field(default=())
+
+
+def derived_seed(seed: int, fit_id: str) -> int:
+    """A seed from the run's seed and the fit's id: independent of workers and order."""
+    digest = int(hashlib.sha256(fit_id.encode()).hexdigest()[:16], 16)
+    return int(np.random.SeedSequence([int(seed), digest]).generate_state(1)[0])
+
+
+def load_spec(path: str | Path) -> RunSpec:
+    """Read and validate a TOML spec; raise SpecError listing every problem."""
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(path, [f"file {path} does not exist"])
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(path, [f"not valid TOML: {exc}"]) from exc
+    problems: list[str] = []
+    run = raw.get("run", {})
+    if not isinstance(run, dict):
+        problems.append("[run] must be a table")
+        run = {}
+    unknown = sorted(set(raw) - {"run", "datasets", "models"})
+    if unknown:
+        problems.append(f"unknown top-level key(s) {', '.join(unknown)}: use [run], [[datasets]], [[models]]")
+    settings = {}
+    for key, default, minimum in (("chains", 4, 1), ("draws", 1000, 10), ("tune", 1000, 10),
+                                  ("seed", 0, 0), ("max_divergences", 50, 0)):
+        value = run.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            problems.append(f"run.{key} must be an integer >= {minimum}, not {value!r}")
+            value = default
+        settings[key] = value
+    extra = sorted(set(run) - {"name", "chains", "draws", "tune", "seed", "max_divergences"})
+    if extra:
+        problems.append(f"unknown key(s) run.{', run.'.join(extra)}")
+    name = run.get("name", path.stem)
+    datasets = _datasets(raw.get("datasets"), path, problems)
+    models = _models(raw.get("models"), problems)
+    if problems:
+        raise SpecError(path, problems)
+    fits = []
+    for ds in datasets:
+        for m in models:
+            for variant, covariates in m["variants"].items():
+                fit_id = f"{ds.name}/{m['name']}/{variant}"
+                fits.append(FitSpec(id=fit_id, dataset=ds, label=m["name"], model=m["model"], variant=variant,
+                                    covariates=tuple(covariates), iiv=m["iiv"], priors=m["priors"],
+                                    chains=settings["chains"], draws=settings["draws"], tune=settings["tune"],
+                                    seed=derived_seed(settings["seed"], fit_id),
+                                    max_divergences=settings["max_divergences"]))
+    return RunSpec(str(name), path, text, tuple(fits))
+
+
+def _datasets(entries, path: Path, problems: list[str]) -> list[Dataset]:
+    if not isinstance(entries, list) or not entries:
+        problems.append("at least one [[datasets]] entry is needed (name, path)")
+        return []
+    out, seen = [], set()
+    for i, entry in enumerate(entries, start=1):
+        where = f"datasets[{i}]"
+        if not isinstance(entry, dict):
+            problems.append(f"{where} must be a table")
+            continue
+        name = entry.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            problems.append(f"{where}.name must be a name of letters, digits, _ . - (got {name!r})")
+            continue
+        if name in seen:
+            problems.append(f"{where}.name {name!r} is used twice")
+        seen.add(name)
+        file = entry.get("path")
+        if not isinstance(file, str):
+            problems.append(f"{where}.path is missing (the data file, relative to the spec)")
+            continue
+        resolved = (path.parent / file).resolve()
+        if not resolved.exists():
+            problems.append(f"{where}.path: {resolved} does not exist")
+        analytes = entry.get("analytes")
+        if analytes is not None and (not isinstance(analytes, list) or not all(isinstance(a, str) for a in analytes)):
+            problems.append(f"{where}.analytes must be a list of analyte names")
+            analytes = None
+        extra = sorted(set(entry) - {"name", "path", "analytes"})
+        if extra:
+            problems.append(f"{where}: unknown key(s) {', '.join(extra)}")
+        out.append(Dataset(name, resolved, tuple(analytes) if analytes else None))
+    return out
+
+
+def _models(entries, problems: list[str]) -> list[dict]:
+    if not isinstance(entries, list) or not entries:
+        problems.append("at least one [[models]] entry is needed (model = built-in name or model file)")
+        return []
+    out, seen = [], set()
+    for i, entry in enumerate(entries, start=1):
+        where = f"models[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
+            problems.append(f"{where}.model is missing (a built-in name such as multiphasic, or a model file)")
+            continue
+        spec = entry["model"]
+        name = entry.get("name", spec.replace("+", "_"))
+        if not isinstance(name, str) or not _NAME.match(name):
+            problems.append(f"{where}.name must be letters, digits, _ . - (got {name!r})")
+            continue
+        if name in seen:
+            problems.append(f"{where}.name {name!r} is used twice")
+        seen.add(name)
+        try:
+            model = load(spec)
+        except ModelError as exc:
+            problems.append(f"{where}.model: {exc}")
+            model = None
+        iiv = entry.get("iiv")
+        if iiv is not None and (not isinstance(iiv, list) or not all(isinstance(x, str) for x in iiv)):
+            problems.append(f"{where}.iiv must be a list of parameter names")
+            iiv = None
+        priors = []
+        for pname, value in dict(entry.get("priors", {})).items():
+            if (not isinstance(value, list) or len(value) != 2
+                    or not all(isinstance(v, (int, float)) and v > 0 for v in value)):
+                problems.append(f"{where}.priors.{pname} must be [median, sigma] with both positive")
+                continue
+            priors.append((pname, float(value[0]), float(value[1])))
+        variants = entry.get("variants", {"base": []})
+        if not isinstance(variants, dict) or not variants:
+            problems.append(f"{where}.variants must be a table of name = [covariate effects]")
+            variants = {"base": []}
+        for vname, effects in variants.items():
+            if not _NAME.match(vname):
+                problems.append(f"{where}.variants.{vname}: a variant name must be letters, digits, _ . -")
+            if not isinstance(effects, list) or not all(isinstance(e, str) for e in effects):
+                problems.append(f"{where}.variants.{vname} must be a list such as [\"rho~lymphodepletion\"]")
+                continue
+            for effect in effects:
+                try:
+                    parsed = CovariateEffect.parse(effect)
+                except ValueError as exc:
+                    problems.append(f"{where}.variants.{vname}: {exc}")
+                    continue
+                if model is not None and parsed.parameter not in model.parameter_names:
+                    problems.append(f"{where}.variants.{vname}: model {spec} has no parameter {parsed.parameter!r}")
+        if model is not None:
+            for pname, *_ in priors:
+                if pname not in model.parameter_names:
+                    problems.append(f"{where}.priors: model {spec} has no parameter {pname!r}")
+            for pname in iiv or []:
+                if pname not in model.parameter_names:
+                    problems.append(f"{where}.iiv: model {spec} has no parameter {pname!r}")
+        extra = sorted(set(entry) - {"name", "model", "iiv", "priors", "variants"})
+        if extra:
+            problems.append(f"{where}: unknown key(s) {', '.join(extra)}")
+        out.append({"name": name, "model": spec, "iiv": tuple(iiv) if iiv else None,
+                    "priors": tuple(priors), "variants": variants})
+    return out
+
+
+def priors_of(fit: FitSpec) -> dict[str, LogNormal]:
+    return {name: LogNormal(median, sigma) for name, median, sigma in fit.priors}
