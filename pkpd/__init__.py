@@ -1,6 +1,10 @@
 """cart-pkpd: CAR-T cell pharmacokinetic/pharmacodynamic modelling.
 
-Data flows one way: files -> pkpd.data (a validated Cohort) -> pkpd.nca (exposure metrics).
+Data flows one way: files -> pkpd.data (a validated Cohort) -> pkpd.models -> pkpd.simulate,
+pkpd.nca, pkpd.fit -> pkpd.compare.
+
+`pkpd.fit(model, cohort)` and `pkpd.compare(spec)` are the functions of the subpackages of the
+same names; import other names from the subpackages (`from pkpd.fit import fit_individual`).
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -14,7 +18,11 @@ from . import analytes, units
 from .data import Cohort, DataError, Report, check_file, read_cohort, write_adam, write_cohort, write_nonmem
 from .nca import nca, summarize
 from .resources import example_data
+from .models import load as load_model
+from .simulate import simulate, simulate_typical
+from .fit import fit, fit_individual, FitResult
+from .compare import compare
 
-__all__ = ["Cohort", "DataError", "Report", "analytes", "units", "check_file", "read_cohort",
-           "write_cohort", "write_nonmem", "write_adam", "nca", "summarize", "example_data",
-           "__version__"]
+__all__ = ["Cohort", "DataError", "FitResult", "Report", "analytes", "units", "check_file", "compare", "example_data",
+           "fit", "fit_individual", "load_model", "nca", "read_cohort", "simulate", "simulate_typical", "summarize",
+           "write_adam", "write_cohort", "write_nonmem", "__version__"]

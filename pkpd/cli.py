@@ -192,8 +192,10 @@ def _print_frame(frame: pd.DataFrame, title: str) -> None:
 
 
 @app.command("demo")
-def demo(out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("demo-out")) -> None:
-    """The main job on the example SLE cohort: check the data, write the exposure (NCA) table."""
+def demo(out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("demo-out"),
+         skip_compare: Annotated[bool, typer.Option("--skip-compare", help="Only check the data and write the NCA tables.")] = False) -> None:
+    """The main job on the example SLE cohort: check the data, write the exposure (NCA) table, and
+    compare the cellular-kinetic models by Bayesian population fits (leaderboard)."""
     from ._files import write_text
     from .resources import example_data
 
@@ -210,7 +212,24 @@ def demo(out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")
     console.rule("[bold]2. Non-compartmental analysis")
     table, summary = _write_nca(cohort, out / "nca.csv", 5.0, ["product", "dose_level"])
     _print_summary(summary, all_metrics=False)
-    console.print(f"\n[green]done[/]: {out / 'check_report.txt'}, {out / 'nca.csv'}, {out / 'nca_summary.csv'}")
+    if not skip_compare:
+        console.rule("[bold]3. Compare the cellular-kinetic models (Bayesian population fits)")
+        spec_path = _demo_spec(out, source)
+        compare_command(str(spec_path), out=out / "compare", scheduler=None, workers=None, directory=None)
+    console.print(f"\n[green]done[/]: {out / 'check_report.txt'}, {out / 'nca.csv'}, {out / 'nca_summary.csv'}"
+                  + ("" if skip_compare else f", {out / 'compare' / 'leaderboard.csv'}"))
+
+
+def _demo_spec(out: Path, data: Path) -> Path:
+    """The packaged comparison spec, pointed at the packaged example data."""
+    import re
+
+    from ._files import write_text
+    from .resources import demo_comparison_spec
+
+    text = demo_comparison_spec().read_text()
+    text = re.sub(r'(?m)^path = ".*"$', f'path = "{data.as_posix()}"', text)
+    return write_text(out / "compare_ck_models.toml", text)
 
 
 models_app = typer.Typer(help="The built-in CAR-T models (compose them with +).", no_args_is_help=True)

@@ -13,14 +13,19 @@ _PACKAGE = Path(__file__).resolve().parent
 
 def builtin_dir(kind: str) -> Path:
     """The folder of built-in `kind` ('data' or 'models')."""
-    if kind not in ("data", "models"):
-        raise ValueError(f"unknown resource kind {kind!r}: use 'data' or 'models'")
+    if kind not in ("data", "models", "analyses"):
+        raise ValueError(f"unknown resource kind {kind!r}: use 'data', 'models' or 'analyses'")
     for candidate in (_PACKAGE / "_builtin" / kind, _PACKAGE.parent / kind):
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"the built-in {kind}/ folder is missing from this installation "
                             f"(looked in {_PACKAGE / '_builtin' / kind} and {_PACKAGE.parent / kind}); "
                             "reinstall cart-pkpd")
+
+
+def demo_comparison_spec() -> Path:
+    """The comparison the main job runs (analyses/compare_ck_models.toml)."""
+    return builtin_dir("analyses") / "compare_ck_models.toml"
 
 
 def example_data(format: str = "nonmem") -> Path:

@@ -27,12 +27,12 @@ import pandas as pd
 import scipy.sparse as sparse
 from scipy.sparse.linalg import aslinearoperator
 import xarray as xr
-from scipy.special import log_ndtr
 
 from ..data.cohort import Cohort
 from ..models import Model
 from ..simulate.compiled import Design, StepSizes, predict_compiled
 from ..simulate.solve import SolverError
+from . import likelihood
 
 PENALTY = 1e3  # residual given to every record while a trial step makes the ODE solver fail
 
@@ -78,42 +78,23 @@ class _Problem:
             raise SolverError(f"model {self.model.name}: non-finite predictions")
         return pred
 
+    def _error_arrays(self):
+        observed = self.analytes
+        slot = np.array([observed.index(self.design.analyte_names[a]) for a in self.design.analyte])
+        specs = [self.model.observations[a] for a in observed]
+        return (np.array([likelihood.ERROR_CODE[o.error] for o in specs])[slot],
+                np.array([o.sigma for o in specs])[slot], np.array([o.additive for o in specs])[slot])
+
     def residuals(self, pred: np.ndarray) -> np.ndarray:
         """Censoring-aware residuals, with squared sum = -2 log L up to constants."""
-        out = np.empty(len(pred))
-        for a, rows in self.rows.items():
-            spec = self.model.observations[a]
-            f = np.maximum(pred[rows], 1e-300)
-            y, lloq, cens = self.value[rows], self.lloq[rows], self.censored[rows]
-            if spec.error == "log":
-                mean, sd, yy, limit = np.log(f), spec.sigma, np.log(np.maximum(y, 1e-300)), np.log(lloq)
-            else:
-                sd = spec.sigma * f if spec.error == "proportional" else np.sqrt(spec.additive**2 + (spec.sigma * f) ** 2)
-                mean, yy, limit = f, y, lloq
-            z = (yy - mean) / sd
-            below = (limit - mean) / sd
-            r = np.where(cens == 0, z, 0.0)
-            left, right = cens == 1, cens == -1
-            r[left] = np.sqrt(-2 * log_ndtr(below[left]))
-            r[right] = np.sqrt(-2 * log_ndtr(-z[right]))
-            out[rows] = r
-        return out
+        error, sigma, additive = self._error_arrays()
+        return likelihood.residuals(pred, self.value, self.lloq, self.censored, error, sigma, additive)
 
-    def log_terms(self, pred: np.ndarray) -> np.ndarray:
-        """Per-record constant terms of -2 log L for quantified records (normal densities)."""
-        out = np.zeros(len(pred))
-        for a, rows in self.rows.items():
-            spec = self.model.observations[a]
-            f = np.maximum(pred[rows], 1e-300)
-            y = self.value[rows]
-            if spec.error == "log":
-                term = np.log(2 * math.pi * spec.sigma**2) + 2 * np.log(np.maximum(y, 1e-300))
-            elif spec.error == "proportional":
-                term = np.log(2 * math.pi * (spec.sigma * f) ** 2)
-            else:
-                term = np.log(2 * math.pi * (spec.additive**2 + (spec.sigma * f) ** 2))
-            out[rows] = np.where(self.censored[rows] == 0, term, 0.0)
-        return out
+    def minus_two_log_lik(self, pred: np.ndarray) -> np.ndarray:
+        """-2 log L of each record, with the model's residual SDs."""
+        error, sigma, additive = self._error_arrays()
+        return -2 * likelihood.pointwise(likelihood.NUMPY, pred, self.value, np.nan_to_num(self.lloq),
+                                         self.censored, error, sigma, additive)
 
 
 def fit_individual(model: Model, cohort: Cohort, *, estimate: Sequence[str] | None = None,
@@ -286,8 +267,7 @@ def _dataset(model, cohort, estimate, subjects, start, reasons, result) -> xr.Da
     ofv = np.full(S, np.nan)
     if result is not None:
         problem, out, x, pred = result["problem"], result["out"], result["x"], result["pred"]
-        r = problem.residuals(pred) if np.all(np.isfinite(pred)) else np.full(len(pred), np.nan)
-        terms = problem.log_terms(pred)
+        contributions = problem.minus_two_log_lik(pred) if np.all(np.isfinite(pred)) else np.full(len(pred), np.nan)
         covar = getattr(out, "covar", None)
         order = {s: i for i, s in enumerate(subjects)}
         for j, s in enumerate(problem.subjects):
@@ -296,7 +276,7 @@ def _dataset(model, cohort, estimate, subjects, start, reasons, result) -> xr.Da
             est[i] = np.exp(x[j])
             n_obs[i] = int(mine.sum())
             n_blq[i] = int((problem.censored[mine] != 0).sum())
-            ofv[i] = float(np.sum(r[mine] ** 2) + np.sum(terms[mine]))
+            ofv[i] = float(np.sum(contributions[mine]))
             if covar is not None and covar.shape == (x.size, x.size):
                 block = covar[j * K:(j + 1) * K, j * K:(j + 1) * K]
                 se_log = np.sqrt(np.clip(np.diag(block), 0, None))

@@ -40,22 +40,41 @@ def _pytensor_namespace():
 NUMPY = _numpy_namespace()
 
 
-def pointwise(xp, pred, y, lloq, censored, error, sigma, additive, m4: bool = False):
-    """Log-likelihood of each record (arrays aligned by record; `error` holds ERROR_CODE)."""
+def standardise(xp, pred, y, lloq, error, sigma, additive):
+    """(z, z_lloq, mean, sd, yy): the value and the LLOQ standardised on the scale of each
+    record's error model (log scale for 'log'), with that scale's mean, SD and value."""
     tiny = 1e-300
     f = xp.maximum(pred, tiny)
-    is_log = error == 0
+    is_log = xp.eq(error, 0)
     sd = xp.where(is_log, sigma,
-                  xp.where(error == 1, sigma * f, xp.sqrt(xp.square(additive) + xp.square(sigma * f))))
+                  xp.where(xp.eq(error, 1), sigma * f, xp.sqrt(xp.square(additive) + xp.square(sigma * f))))
     mean = xp.where(is_log, xp.log(f), f)
     yy = xp.where(is_log, xp.log(xp.maximum(y, tiny)), y)
     limit = xp.where(is_log, xp.log(xp.maximum(lloq, tiny)), lloq)
-    z = (yy - mean) / sd
+    return (yy - mean) / sd, (limit - mean) / sd, mean, sd, yy
+
+
+def pointwise(xp, pred, y, lloq, censored, error, sigma, additive, m4: bool = False):
+    """Log-likelihood of each record (arrays aligned by record; `error` holds ERROR_CODE)."""
+    tiny = 1e-300
+    is_log = xp.eq(error, 0)
+    z, z_lloq, mean, sd, yy = standardise(xp, pred, y, lloq, error, sigma, additive)
     density = -0.5 * xp.square(z) - xp.log(sd) - _LOG_SQRT_2PI - xp.where(is_log, yy, 0.0)
-    below = xp.log_ndtr((limit - mean) / sd)
+    below = xp.log_ndtr(z_lloq)
     if m4:  # normal error models: condition on y > 0
         positive = xp.log_ndtr(mean / sd)
         below_m4 = xp.log(xp.maximum(xp.exp(below) - xp.exp(xp.log_ndtr(-mean / sd)), tiny)) - positive
         below = xp.where(is_log, below, below_m4)
     above = xp.log_ndtr(-z)  # y holds the upper limit: P(Y > limit) = Phi(-z)
     return xp.where(xp.eq(censored, 1), below, xp.where(xp.eq(censored, -1), above, density))
+
+
+def residuals(pred, y, lloq, censored, error, sigma, additive) -> np.ndarray:
+    """Least-squares residuals whose squares sum to -2 log L up to constants: the standardised
+    residual of a quantified value, sqrt(-2 log P) of a censored one (M3)."""
+    z, z_lloq, *_ = standardise(NUMPY, pred, y, lloq, error, sigma, additive)
+    r = np.where(censored == 0, z, 0.0)
+    left, right = censored == 1, censored == -1
+    r[left] = np.sqrt(-2 * sc.log_ndtr(z_lloq[left]))
+    r[right] = np.sqrt(-2 * sc.log_ndtr(-z[right]))
+    return r
