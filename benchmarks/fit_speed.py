@@ -1,6 +1,7 @@
 """Population-fit speed: pkpd.fit against Stan (pystan), same models, data and priors.
 
-    python benchmarks/fit_speed.py [--quick]
+    python benchmarks/fit_speed.py [--quick] [--case multiphasic|antigen_driven]
+                                   [--stan-chains C] [--stan-draws D]
 
 Cases: (a) `multiphasic` on 90 simulated subjects, (b) `antigen_driven` with transgene and B cells
 on 20 subjects on the trials' schedule (day -1, 0, 3, ..., 27, monthly to 365). For each engine
@@ -28,9 +29,17 @@ from pkpd.models import load
 from pkpd.simulate import simulate
 from pkpd.simulate.compiled import Design
 
+def _option(name: str, default):
+    if name in sys.argv:
+        return type(default)(sys.argv[sys.argv.index(name) + 1])
+    return default
+
+
 QUICK = "--quick" in sys.argv
 OURS = dict(chains=4, tune=1000, draws=1000) if not QUICK else dict(chains=4, tune=300, draws=300)
-STAN = dict(num_chains=4, num_warmup=500, num_samples=500) if not QUICK else dict(num_chains=4, num_warmup=200, num_samples=200)
+STAN = dict(num_chains=_option("--stan-chains", 4), num_warmup=_option("--stan-draws", 500 if not QUICK else 200),
+            num_samples=_option("--stan-draws", 500 if not QUICK else 200))
+CASES = _option("--case", "all")  # all, multiphasic or antigen_driven
 
 
 def min_ess(draws: dict[str, np.ndarray]) -> float:
@@ -147,8 +156,13 @@ def main() -> None:
     results = {}
     for label, case in (("multiphasic, 90 subjects", case_multiphasic),
                         ("antigen_driven (transgene + B cells), 20 subjects", case_antigen_driven)):
+        if CASES != "all" and not label.startswith(CASES):
+            results[label] = (float("nan"), {"wall_s": float("nan")})
+            continue
         model, cohort, code, data, names = case()
         a = ours(model, cohort)
+        print(f"[{label}] pkpd: sampling {a['sample_s']:.1f} s, {a['steps']:.1f} steps/draw, min ESS "
+              f"{a['min_ess']:.0f}, divergences {a['divergences']}", flush=True)
         b = stan(code, data, names)
         results[label] = (report(label, a, b), a)
     (r1, _), (r2, a2) = results.values()
