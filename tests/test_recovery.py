@@ -1,6 +1,5 @@
 """Parameter recovery by the population engine on simulated data (slow: full NUTS fits)."""
 
-import numpy as np
 import pytest
 
 from pkpd.fit import fit

@@ -9,7 +9,7 @@ from pkpd.cli import app
 from pkpd.data import read_cohort
 from pkpd.models import load
 from pkpd.nca import nca
-from pkpd.simulate import (covariate_matrix, draw_parameters, fine_schedule, parameter_matrix, parse_dose,
+from pkpd.simulate import (covariate_matrix, draw_parameters, fine_schedule, parse_dose,
                            predict, simulate, simulate_typical, solve, trial_schedule)
 
 

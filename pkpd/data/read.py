@@ -22,7 +22,7 @@ import pandas as pd
 
 from .. import analytes as catalogue
 from ..units import UnitError, conversion_factor
-from .cohort import (Cohort, DOSE_COLUMNS, EVENT_COLUMNS, OBSERVATION_COLUMNS, SUBJECT_COLUMNS,
+from .cohort import (Cohort, DOSE_COLUMNS, OBSERVATION_COLUMNS, SUBJECT_COLUMNS,
                      in_subject_order)
 from .mapping import FORMATS, ColumnMapping, detect_format
 from .report import DataError, Report

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from ..data.cohort import Cohort
 from ..models import LogNormal, Model

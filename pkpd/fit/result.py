@@ -68,8 +68,6 @@ class FitResult:
     def parameter_table(self, ci_prob: float = 0.95) -> pd.DataFrame:
         """Typical values, variability (as CV%, with eta-shrinkage), covariate effects and
         residual errors: posterior median, `ci_prob` interval, R-hat, bulk and tail ESS."""
-        import arviz as az
-
         post = self.posterior
         lo, hi = (1 - ci_prob) / 2, 1 - (1 - ci_prob) / 2
         rhat, ess_b, ess_t = _diagnostics(self.tree)
@@ -97,7 +95,6 @@ class FitResult:
                 add("covariate", str(name), post["beta"].sel(covariate_effect=name), ("beta", str(name)))
         for name in post["analyte"].values:
             add("residual", f"sigma_{name}", post["sigma"].sel(analyte=name), ("sigma", str(name)))
-        del az
         return pd.DataFrame(rows)
 
     def shrinkage(self) -> dict[str, float]:
@@ -107,17 +104,12 @@ class FitResult:
         out = {}
         log_theta = np.log(post["theta"])
         mu = post["mu"]
-        shift = 0.0
-        if "beta" in post and constant.sizes.get("covariate_effect", 0):
-            labels = [str(v) for v in post["covariate_effect"].values]
-            X = constant["covariate_matrix"]
-            for name in post["iiv_parameter"].values:
-                cols = [i for i, lab in enumerate(labels) if lab.split("~")[0] == str(name)]
-                if cols:
-                    contribution = sum(X.isel(covariate_effect=c) * post["beta"].isel(covariate_effect=c) for c in cols)
-                    out[f"_shift_{name}"] = contribution
+        labels = [str(v) for v in post["covariate_effect"].values] if "beta" in post else []
         for name in post["iiv_parameter"].values:
-            eta = log_theta.sel(parameter=name) - mu.sel(parameter=name) - out.pop(f"_shift_{name}", shift)
+            # eta = log theta - mu - covariate effects of this parameter
+            shift = sum(constant["covariate_matrix"].isel(covariate_effect=c) * post["beta"].isel(covariate_effect=c)
+                        for c, label in enumerate(labels) if label.split("~")[0] == str(name))
+            eta = log_theta.sel(parameter=name) - mu.sel(parameter=name) - shift
             mean_eta = eta.mean(("chain", "draw"))
             omega = float(post["omega"].sel(iiv_parameter=name).mean())
             out[str(name)] = float(1 - mean_eta.std() / omega) if omega > 0 else np.nan
