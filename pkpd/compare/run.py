@@ -58,7 +58,7 @@ def run_one(fit: FitSpec, out: str) -> dict:
         model = load(fit.model)
         cohort = read_cohort(fit.dataset.path)
         if fit.dataset.analytes:
-            cohort = _only_analytes(cohort, fit.dataset.analytes)
+            cohort = cohort.select_analytes(fit.dataset.analytes)
         outcome = run_fit(model, cohort, chains=fit.chains, draws=fit.draws, tune=fit.tune, seed=fit.seed,
                           iiv=fit.iiv, covariates=fit.covariates, priors=priors_of(fit), progress=False, cores=1)
         outcome.save(folder / "posterior.nc")
@@ -83,17 +83,6 @@ def run_one(fit: FitSpec, out: str) -> dict:
     write_text(folder / "fit.log", "\n".join(log) + "\n")
     write_text(folder / "result.json", json.dumps(result, indent=2))  # last: marks the fit finished
     return result
-
-
-def _only_analytes(cohort, analytes):
-    from ..data import Cohort
-
-    obs = cohort.observations[cohort.observations["analyte"].isin(analytes)].reset_index(drop=True)
-    missing = sorted(set(analytes) - set(obs["analyte"]))
-    if missing:
-        raise ValueError(f"dataset has no observations of {', '.join(missing)}")
-    return Cohort(cohort.subjects, cohort.doses, obs, cohort.events,
-                  {a: v for a, v in cohort.analytes.items() if a in analytes}, cohort.source)
 
 
 def run(spec: RunSpec, out: str | Path, *, scheduler: str | None = None, workers: int | None = None,

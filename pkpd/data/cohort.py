@@ -73,6 +73,16 @@ class Cohort:
         return Cohort(self.subjects.loc[keep], pick(self.doses), pick(self.observations),
                       pick(self.events), self.analytes, self.source)
 
+    def select_analytes(self, analytes) -> "Cohort":
+        """The cohort restricted to observations of `analytes` (ValueError if one is absent)."""
+        wanted = list(analytes)
+        missing = sorted(set(wanted) - set(self.observations["analyte"]))
+        if missing:
+            raise ValueError(f"the cohort has no observations of {', '.join(missing)}")
+        obs = self.observations[self.observations["analyte"].isin(wanted)].reset_index(drop=True)
+        return Cohort(self.subjects, self.doses, obs, self.events,
+                      {a: v for a, v in self.analytes.items() if a in wanted}, self.source)
+
     def to_frame(self) -> pd.DataFrame:
         """Tidy frame: one row per observation, with unit and the subject's covariates."""
         obs = self.observations.copy()
