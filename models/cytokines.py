@@ -69,4 +69,35 @@ cytokines = Module(
     references=(SCIENCE,),
 )
 
-MODULES = (cytokines,)
+
+
+# --- quasi-steady state ---------------------------------------------------------------------
+# Half-lives of minutes to hours against sampling every 3 days: each cytokine is at its steady
+# state for the current drive, C = base + emax*A/(A + ec50). The same parameters without the
+# (fixed, uninformed) elimination rates and without four stiff ODE states, which would force
+# an explicit solver to steps of minutes. This is the form to fit; `cytokines` keeps the
+# turnover ODE for simulation.
+def _qss_parameters():
+    return tuple(p for p in _parameters() if not p.name.startswith("kel_"))
+
+
+def _qss_observation(name):
+    def observe(t, s, p, c, x, m):
+        return p[f"base_{name}"] + p[f"emax_{name}"] * x.engaged / (x.engaged + p.ec50_cyt)
+
+    return Observation(name, observe, "pg/mL", error="log", sigma=0.4,
+                       source="assay and biological variability of cytokines [R]")
+
+
+cytokines_qss = Module(
+    name="cytokines_qss",
+    kind="pd",
+    description="IL-6, IFN-gamma, IL-10, IL-2 at quasi-steady state with the engaged effectors (no states)",
+    parameters=_qss_parameters(),
+    closed_form=lambda t, p, c, x, m: {},
+    requires=("engaged",),
+    observations=tuple(_qss_observation(name) for name in CYTOKINES),
+    references=(SCIENCE,),
+)
+
+MODULES = (cytokines, cytokines_qss)

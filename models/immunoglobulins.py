@@ -34,7 +34,7 @@ ISOTYPES = {  # name: (baseline, unit, half-life d, phi, error sd, source)
 }
 
 
-def _parameters():
+def _parameters(isotypes=tuple(ISOTYPES)):
     out = [
         Parameter("ksl", math.log(2) / 4.0, "1/d", "turnover of short-lived plasma cells (t1/2 4 d)",
                   SCIENCE + " (t1/2 days)", lower=1e-3, upper=5, prior=LogNormal(math.log(2) / 4.0, 0.5)),
@@ -47,7 +47,8 @@ def _parameters():
                   "calibrated: CD19/BCMA lowers IgG clearly more than CD19 (science.md 3.2)",
                   lower=1e-7, upper=1, prior=LogNormal(2.5e-4, 1.0), iiv=0.4),
     ]
-    for name, (base, unit, half_life, phi, _, source) in ISOTYPES.items():
+    for name in isotypes:
+        base, unit, half_life, phi, _, source = ISOTYPES[name]
         out += [
             Parameter(f"{name}0", base, unit, f"baseline {name}", source, lower=base / 1e3,
                       upper=base * 1e3, prior=LogNormal(base, 0.5), iiv=0.3),
@@ -59,20 +60,32 @@ def _parameters():
     return tuple(out)
 
 
-def _initial(p, c, m):
-    return {"SL": 1, "LL": 1, **{name: p[f"{name}0"] for name in ISOTYPES}}
+def _module(name, description, isotypes):
+    def initial(p, c, m):
+        return {"SL": 1, "LL": 1, **{ig: p[f"{ig}0"] for ig in isotypes}}
 
+    def rhs(t, s, p, c, x, m):
+        out = {
+            "SL": p.ksl * (x.bcell_fraction - s.SL) - p.kkillsl * x.effector * s.SL,
+            "LL": p.kll * (x.bcell_fraction - s.LL) - c.bcma * p.kkillll * x.effector * s.LL,
+        }
+        for ig in isotypes:
+            phi = p[f"phi_{ig}"]
+            production = p[f"{ig}0"] * (s.SL + phi * s.LL) / (1 + phi)
+            out[ig] = p[f"kdeg_{ig}"] * (production - s[ig])
+        return out
 
-def _rhs(t, s, p, c, x, m):
-    out = {
-        "SL": p.ksl * (x.bcell_fraction - s.SL) - p.kkillsl * x.effector * s.SL,
-        "LL": p.kll * (x.bcell_fraction - s.LL) - c.bcma * p.kkillll * x.effector * s.LL,
-    }
-    for name in ISOTYPES:
-        phi = p[f"phi_{name}"]
-        production = p[f"{name}0"] * (s.SL + phi * s.LL) / (1 + phi)
-        out[name] = p[f"kdeg_{name}"] * (production - s[name])
-    return out
+    return Module(
+        name=name,
+        kind="pd",
+        description=description,
+        parameters=_parameters(isotypes),
+        initial=initial,
+        rhs=rhs,
+        requires=("bcell_fraction", "effector"),
+        observations=tuple(_observation(ig, ISOTYPES[ig][1], ISOTYPES[ig][4]) for ig in isotypes),
+        references=(SCIENCE, VALENZUELA),
+    )
 
 
 def _observation(name, unit, sd):
@@ -81,16 +94,10 @@ def _observation(name, unit, sd):
                        source=VALENZUELA if name == "igg" else SCIENCE + " [R]")
 
 
-immunoglobulins = Module(
-    name="immunoglobulins",
-    kind="pd",
-    description="short/long-lived plasma cells; IgG, IgM, IgA, IgE and anti-dsDNA",
-    parameters=_parameters(),
-    initial=_initial,
-    rhs=_rhs,
-    requires=("bcell_fraction", "effector"),
-    observations=tuple(_observation(n, v[1], v[4]) for n, v in ISOTYPES.items()),
-    references=(SCIENCE, VALENZUELA),
-)
+immunoglobulins = _module("immunoglobulins", "short/long-lived plasma cells; IgG, IgM, IgA, IgE and anti-dsDNA",
+                          tuple(ISOTYPES))
+# IgG alone (the safety read-out of dose selection): 3 states instead of 7 when the other
+# isotypes are not fitted
+igg = _module("igg", "short/long-lived plasma cells and IgG", ("igg",))
 
-MODULES = (immunoglobulins,)
+MODULES = (immunoglobulins, igg)

@@ -367,6 +367,7 @@ def fit_command(
         seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
         covariate: Annotated[Optional[list[str]], typer.Option("--covariate", help="Covariate effect PARAMETER~COVARIATE[:power|exponential] (repeatable), e.g. rho~lymphodepletion.")] = None,
         iiv: Annotated[Optional[list[str]], typer.Option("--iiv", help="Parameter with inter-individual variability (repeatable; default: the model's).")] = None,
+        analyte: Annotated[Optional[list[str]], typer.Option("--analyte", help="Fit only these analytes (repeatable; default: every analyte the model predicts).")] = None,
         correlated: Annotated[bool, typer.Option(help="Correlated random effects (LKJ prior).")] = False,
         censoring: Annotated[str, typer.Option(help="Below-LLOQ likelihood: M3 or M4.")] = "M3",
         strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 when a diagnostic fails.")] = False,
@@ -376,20 +377,20 @@ def fit_command(
     """Bayesian hierarchical population fit (NUTS via nutpie) with parameter table and diagnostics."""
     from ._files import write_text
     from .fit import fit
+    from .fit.run import write_run
 
     m = _load_model(model)
     cohort = _read(data, _options(format, map, unit, time_unit, dose_unit))
     try:
+        if analyte:
+            cohort = cohort.select_analytes(analyte)
         result = fit(m, cohort, chains=chains, draws=draws, tune=tune, seed=seed, iiv=iiv,
                      covariates=covariate or (), correlated=correlated, censoring=censoring, progress=progress)
     except ValueError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2)
-    out.mkdir(parents=True, exist_ok=True)
-    result.save(out / "posterior.nc")
+    write_run(out, result, cohort)
     table = result.parameter_table()
-    with atomic_csv(out / "parameters.csv") as tmp:
-        table.to_csv(tmp, index=False)
     diagnostics = result.diagnostics()
     print_parameter_table(table, m.name)
     lines = []
@@ -402,7 +403,8 @@ def fit_command(
                f"{result.steps_per_draw():.0f} leapfrog steps per draw")
     console.print(summary)
     write_text(out / "diagnostics.txt", "\n".join(lines + [summary]) + "\n")
-    console.print(f"wrote {out / 'posterior.nc'}, {out / 'parameters.csv'}, {out / 'diagnostics.txt'}")
+    console.print(f"wrote {out / 'posterior.nc'}, {out / 'data.csv'}, {out / 'parameters.csv'}, "
+                  f"{out / 'diagnostics.txt'}")
     if strict and not all(d.ok for d in diagnostics):
         raise typer.Exit(1)
 
@@ -447,6 +449,110 @@ def sbc_command(
                       "yes" if r["p_value"] > 0.01 else "[red]no[/]")
     console.print(table)
     console.print(f"wrote {out / 'ranks.csv'}, {out / 'summary.csv'}, {out / 'ranks.png'}")
+
+
+RunArg = Annotated[Path, typer.Argument(help="Fit run folder (written by `pkpd fit -o RUN`, or a comparison's fits/<id>).")]
+
+
+def _load_run(folder: Path):
+    from .fit.run import RunError, load_run
+
+    try:
+        return load_run(folder)
+    except RunError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2)
+
+
+@app.command("ppc")
+def ppc_command(run: RunArg,
+                out: Annotated[Path, typer.Option("-o", "--out", help="Output folder for the figures and tables.")],
+                replicates: Annotated[int, typer.Option(help="Simulated replicates of the cohort (VPC, PIT).")] = 200,
+                draws: Annotated[int, typer.Option(help="Posterior draws for the IPRED bands.")] = 100,
+                stratify: Annotated[str, typer.Option(help="VPC strata: product, dose_group, dose_level, lymphodepletion or disease.")] = "product",
+                seed: Annotated[int, typer.Option(help="Random seed.")] = 0) -> None:
+    """Posterior-predictive checks: individual fits, goodness of fit (DV vs PRED/IPRED, NPD),
+    VPC and pcVPC with the below-LLOQ panel."""
+    from .predict import posterior_predictive
+    from .predict.plots import write_ppc
+
+    loaded = _load_run(run)
+    if stratify not in ("product", "dose_group", "dose_level", "lymphodepletion", "disease"):
+        err_console.print(f"[bold red]error:[/] --stratify {stratify!r} is not one of product, dose_group, "
+                          "dose_level, lymphodepletion, disease", highlight=False)
+        raise typer.Exit(2)
+    try:
+        with console.status("simulating the posterior predictive"):
+            ppc = posterior_predictive(loaded, replicates=replicates, draws=draws, seed=seed)
+            files = write_ppc(ppc, out, stratify=stratify)
+    except ValueError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2)
+    console.print(f"wrote {len(files)} files to {out}: " + ", ".join(f.name for f in files))
+
+
+@app.command("dose")
+def dose_command(run: RunArg,
+                 out: Annotated[Path, typer.Option("-o", "--out", help="Output folder: pta.csv, recommendation.json, figures.")],
+                 doses: Annotated[Optional[list[str]], typer.Option("--doses", help="Candidate doses, comma-separated or repeated: 1e8,3e8,6e8 or 1e6/kg (default: a log grid around the fitted doses).")] = None,
+                 target: Annotated[Optional[list[str]], typer.Option("--target", help="Target NAME:ANALYTE:METRIC(>=|>|<=|<)VALUE:KIND (repeatable; replaces the defaults), e.g. aplasia:bcells:aplasia_duration>=90:efficacy.")] = None,
+                 efficacy_level: Annotated[float, typer.Option(help="Probability every efficacy target must reach.")] = 0.8,
+                 safety_level: Annotated[float, typer.Option(help="Probability every safety target must keep.")] = 0.9,
+                 draws: Annotated[int, typer.Option(help="Posterior draws (parameter uncertainty).")] = 100,
+                 patients: Annotated[int, typer.Option(help="Virtual patients per draw, dose and scenario.")] = 20,
+                 seed: Annotated[int, typer.Option(help="Random seed.")] = 0) -> None:
+    """Dose selection: probability of target attainment of new virtual patients over candidate
+    doses, lymphodepletion and product, and the lowest dose meeting the levels."""
+    from .dose import DEFAULT_TARGETS, Target, select_dose, write_dose
+
+    loaded = _load_run(run)
+    candidates = [d.strip() for item in (doses or []) for d in item.split(",") if d.strip()]
+    try:
+        targets = [Target.parse(t) for t in target] if target else DEFAULT_TARGETS
+        with console.status("simulating virtual patients"):
+            selection = select_dose(loaded, candidates or None, targets=targets, draws=draws, patients=patients,
+                                    efficacy_level=efficacy_level, safety_level=safety_level, seed=seed)
+    except ValueError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2)
+    write_dose(selection, out, loaded.cohort)
+    print_recommendation(selection.recommendation)
+    console.print(f"wrote {out / 'pta.csv'}, {out / 'recommendation.json'}, {out / 'pta.png'}, "
+                  f"{out / 'exposure_response.png'}")
+
+
+def print_recommendation(rec: dict) -> None:
+    table = Table(title=f"Lowest dose with P(efficacy) >= {rec['efficacy_level']} and P(safety) >= {rec['safety_level']}")
+    for col in ("scenario", "dose", "probabilities (90% interval)"):
+        table.add_column(col)
+    for scenario, entry in rec["scenarios"].items():
+        probs = "; ".join(f"{k} {v['probability']:.2f} ({v['lower']:.2f}-{v['upper']:.2f})"
+                          for k, v in entry.get("probabilities", {}).items())
+        table.add_row(scenario, entry.get("recommended_dose") or "none", probs or entry.get("reason", ""))
+    console.print(table)
+    for item in rec.get("skipped_targets", []):
+        console.print(f"[yellow]skipped target {item['target']}[/]: {item['reason']}", highlight=False)
+
+
+@app.command("report")
+def report_command(run: RunArg,
+                   out: Annotated[Path, typer.Option("-o", "--out", help="The HTML file to write.")] = Path("report.html"),
+                   ppc: Annotated[Optional[Path], typer.Option(help="Folder written by `pkpd ppc` (default: computed now).")] = None,
+                   dose: Annotated[Optional[Path], typer.Option(help="Folder written by `pkpd dose` (default: computed now with default targets).")] = None,
+                   compare: Annotated[Optional[Path], typer.Option(help="A comparison run folder, for the leaderboard section.")] = None,
+                   seed: Annotated[int, typer.Option(help="Random seed of what is computed now.")] = 0) -> None:
+    """One self-contained HTML report: data, NCA, parameters, diagnostics, individual fits, GOF,
+    VPCs, model comparison, dose selection and provenance."""
+    from .report import make_report
+
+    loaded = _load_run(run)
+    for name, folder in (("--ppc", ppc), ("--dose", dose), ("--compare", compare)):
+        if folder is not None and not folder.is_dir():
+            err_console.print(f"[bold red]error:[/] {name} {folder} is not a folder", highlight=False)
+            raise typer.Exit(2)
+    with console.status("writing the report"):
+        path = make_report(loaded, out, ppc_dir=ppc, dose_dir=dose, compare_dir=compare, seed=seed)
+    console.print(f"wrote {path}")
 
 
 @app.command("compare")

@@ -87,8 +87,9 @@ def terminal_slope(times: np.ndarray, levels: np.ndarray, min_points: int = 3):
     return best
 
 
-def exposure_metrics(times, values, censored) -> dict:
-    """Exposure metrics of one post-infusion profile (times >= 0, sorted)."""
+def exposure_metrics(times, values, censored, terminal: bool = True) -> dict:
+    """Exposure metrics of one post-infusion profile (times >= 0, sorted); `terminal=False`
+    skips the terminal half-life (the costly part, not needed by dose selection)."""
     times, values = np.asarray(times, float), np.asarray(values, float)
     censored = np.asarray(censored, int) != 0
     out = dict.fromkeys(EXPOSURE_METRICS, np.nan)
@@ -114,6 +115,8 @@ def exposure_metrics(times, values, censored) -> dict:
     after_peak = np.flatnonzero(censored & (times > tmax))
     if after_peak.size:
         out["t_first_blq_after_peak"] = times[after_peak[0]]
+    if not terminal:
+        return out
     tail = quantified & (times > tmax) & (values > 0)
     lam, r2_adj, n = terminal_slope(times[tail], values[tail])
     if n:

@@ -53,6 +53,7 @@ def run_one(fit: FitSpec, out: str) -> dict:
     try:
         from ..data import read_cohort
         from ..fit import fit as run_fit
+        from ..fit.run import write_run
         from ..models import load
 
         model = load(fit.model)
@@ -61,11 +62,8 @@ def run_one(fit: FitSpec, out: str) -> dict:
             cohort = cohort.select_analytes(fit.dataset.analytes)
         outcome = run_fit(model, cohort, chains=fit.chains, draws=fit.draws, tune=fit.tune, seed=fit.seed,
                           iiv=fit.iiv, covariates=fit.covariates, priors=priors_of(fit), progress=False, cores=1)
-        outcome.save(folder / "posterior.nc")
+        write_run(folder, outcome, cohort)
         diagnostics = [asdict(d) for d in outcome.diagnostics()]
-        write_text(folder / "diagnostics.json", json.dumps(diagnostics, indent=2))
-        outcome.parameter_table().to_csv(folder / ".parameters.csv.tmp", index=False)
-        os.replace(folder / ".parameters.csv.tmp", folder / "parameters.csv")
         divergences = outcome.divergences()
         converged = all(d["ok"] for d in diagnostics)
         result.update(converged=converged, divergences=divergences, steps_per_draw=outcome.steps_per_draw(),

@@ -44,8 +44,10 @@ def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 100
     import nutpie
 
     model = load(model)
+    observed = [a for a in model.analytes if (cohort.observations["analyte"] == a).any()]
     spec = PopulationSpec.default(model, iiv=iiv, fixed_effects=fixed_effects, covariates=covariates,
-                                  priors=priors, correlated=correlated, censoring=censoring, steps=steps)
+                                  priors=priors, correlated=correlated, censoring=censoring, steps=steps,
+                                  analytes=observed)
     started = time.perf_counter()
     if individual is None:
         individual = fit_individual(model, cohort, estimate=spec.estimated, steps=spec.steps)

@@ -73,8 +73,14 @@ class PopulationSpec:
     def default(cls, model: Model, *, iiv: Sequence[str] | None = None,
                 fixed_effects: Sequence[str] | None = None,
                 covariates: Sequence[str | CovariateEffect] = (), priors: Mapping | None = None,
-                correlated: bool = False, censoring: str = "M3", steps: StepSizes | None = None):
-        iiv = tuple(iiv) if iiv is not None else tuple(p.name for p in model.parameters if p.iiv and not p.fixed)
+                correlated: bool = False, censoring: str = "M3", steps: StepSizes | None = None,
+                analytes: Sequence[str] | None = None):
+        """analytes: the observed analytes; by default variability is given only to the
+        parameters that their predictions depend on (the others have no data to inform them)."""
+        if iiv is None:
+            informed = model.parameters_affecting(analytes if analytes is not None else model.analytes)
+            iiv = tuple(p.name for p in model.parameters if p.iiv and not p.fixed and p.name in informed)
+        iiv = tuple(iiv)
         fixed_effects = tuple(fixed_effects or ())
         names = set(model.parameter_names)
         for group, label in ((iiv, "iiv"), (fixed_effects, "fixed_effects")):
@@ -113,24 +119,38 @@ class PopulationSpec:
         return self.priors.get(name) or self.model.parameter(name).prior_or_default
 
 
-def covariate_design(spec: PopulationSpec, cohort: Cohort) -> tuple[np.ndarray, list[str], list[int]]:
-    """(X (N, n_columns), column labels, estimated-parameter index of each column)."""
+def _covariate_values(cohort: Cohort) -> dict[str, np.ndarray]:
     subjects = cohort.subjects
     first = cohort.doses.sort_values("time", kind="stable").groupby("subject")["cells"].first()
-    values = {"dose": first.reindex(subjects.index).to_numpy(float),
-              "weight": subjects["weight"].to_numpy(float)}
+    return {"dose": first.reindex(subjects.index).to_numpy(float), "weight": subjects["weight"].to_numpy(float)}
+
+
+def covariate_design(spec: PopulationSpec, cohort: Cohort,
+                     reference: Cohort | None = None) -> tuple[np.ndarray, list[str], list[int]]:
+    """(X (N, n_columns), column labels, estimated-parameter index of each column).
+
+    reference: the cohort that fixes the reference level and value of each covariate (the
+    fitted cohort, when building X for new subjects); default `cohort` itself."""
+    reference = reference if reference is not None else cohort
+    subjects = cohort.subjects
+    values = _covariate_values(cohort)
+    reference_values = _covariate_values(reference)
     columns, labels, owners = [], [], []
     estimated = spec.estimated
     for effect in spec.covariates:
         k = estimated.index(effect.parameter)
         if effect.covariate in CATEGORICAL:
             raw = subjects[effect.covariate].astype(object)
-            levels = raw.dropna().astype(str)
+            levels = reference.subjects[effect.covariate].astype(object).dropna().astype(str)
             if levels.nunique() < 2:
                 raise ValueError(f"covariate effect {effect.label}: {effect.covariate} takes a single value "
                                  "in this cohort; the effect cannot be estimated")
-            reference = str(effect.reference) if effect.reference is not None else levels.value_counts().index[0]
-            for level in sorted(set(levels) - {reference}):
+            unseen = sorted(set(raw.dropna().astype(str)) - set(levels))
+            if unseen:
+                raise ValueError(f"covariate effect {effect.label}: {effect.covariate} {', '.join(unseen)} was not "
+                                 f"in the fitted cohort ({', '.join(sorted(set(levels)))}); its effect is unknown")
+            base = str(effect.reference) if effect.reference is not None else levels.value_counts().index[0]
+            for level in sorted(set(levels) - {base}):
                 columns.append((raw.astype(str) == level).to_numpy(float))
                 labels.append(f"{effect.parameter}~{effect.covariate}[{level}]")
                 owners.append(k)
@@ -139,7 +159,8 @@ def covariate_design(spec: PopulationSpec, cohort: Cohort) -> tuple[np.ndarray, 
             if np.isnan(x).any():
                 raise ValueError(f"covariate effect {effect.label}: {effect.covariate} is missing for "
                                  f"{int(np.isnan(x).sum())} subject(s)")
-            ref = float(effect.reference) if effect.reference is not None else float(np.median(x))
+            ref = float(effect.reference) if effect.reference is not None else \
+                float(np.median(reference_values[effect.covariate]))
             form = "power" if effect.form == "auto" else effect.form
             if form == "power":
                 columns.append(np.log(x / ref))

@@ -217,6 +217,23 @@ class Model:
                 "initial": initial, "closed": closed, "signals": signals, "observe": observe,
                 "baseline_observe": baseline}
 
+    def parameters_affecting(self, analytes) -> set[str]:
+        """Names of the parameters on which the predictions of `analytes` depend (through the
+        observation functions, the states they read, and the states those depend on)."""
+        s = self.symbols
+        states = list(s["states"].values())
+        depends = {y: s["rhs"][i].free_symbols | s["initial"][i].free_symbols for i, y in enumerate(states)}
+        reached: set = set()
+        todo = set()
+        for a in analytes:
+            todo |= s["observe"][a].free_symbols | s["baseline_observe"][a].free_symbols
+        while todo:
+            symbol = todo.pop()
+            if symbol not in reached:
+                reached.add(symbol)
+                todo |= depends.get(symbol, set()) - reached
+        return {name for name, symbol in s["params"].items() if symbol in reached}
+
     def describe(self) -> str:
         lines = [f"model {self.name} ({'closed form' if self.is_closed_form else f'{len(self.states)}-state ODE'})"]
         for module in self.modules:

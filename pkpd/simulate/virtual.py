@@ -113,19 +113,27 @@ def draw_parameters(model: Model, n: int, rng: np.random.Generator, *, iiv: bool
     return out
 
 
-def residual_draws(model: Model, analytes: np.ndarray, pred: np.ndarray, rng) -> np.ndarray:
-    """Observed values: predictions with each analyte's residual error."""
+def residual_draws(model: Model, analytes: np.ndarray, pred: np.ndarray, rng,
+                   sigma: Mapping[str, float | np.ndarray] | None = None) -> np.ndarray:
+    """Observed values: predictions with each analyte's residual error.
+
+    sigma: per analyte, an SD or an array of SDs aligned with the records (e.g. one posterior
+    draw per record); default the model's."""
     out = np.array(pred, float)
     z = rng.standard_normal(len(out))
     for analyte, obs in model.observations.items():
         rows = analytes == analyte
+        if not rows.any():
+            continue
         f = out[rows]
+        sd = np.asarray((sigma or {}).get(analyte, obs.sigma), float)
+        sd = sd[rows] if sd.ndim else sd
         if obs.error == "log":
-            out[rows] = f * np.exp(obs.sigma * z[rows])
+            out[rows] = f * np.exp(sd * z[rows])
         elif obs.error == "proportional":
-            out[rows] = f * (1 + obs.sigma * z[rows])
+            out[rows] = f * (1 + sd * z[rows])
         else:
-            out[rows] = f + np.sqrt(obs.additive**2 + (obs.sigma * f) ** 2) * z[rows]
+            out[rows] = f + np.sqrt(obs.additive**2 + (sd * f) ** 2) * z[rows]
     return out
 
 

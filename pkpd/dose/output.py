@@ -1,0 +1,108 @@
+"""Writing a dose selection: pta.csv, recommendation.json, exposure.csv and the figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .._files import atomic_path, write_text  # noqa: E402
+from ..predict.plots import save  # noqa: E402
+from .selection import DoseSelection  # noqa: E402
+
+PTA_COLUMNS = ["dose", "scenario", "target", "probability", "lower", "upper", "kind", "definition",
+               "product", "lymphodepletion", "dose_amount", "dose_unit", "dose_cells"]
+
+
+def pta_figure(selection: DoseSelection) -> plt.Figure:
+    """Probability of target attainment against dose, one panel per target, one line per scenario."""
+    pta, rec = selection.pta, selection.recommendation
+    targets = list(dict.fromkeys(pta["target"]))
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.6 * len(targets), 3.8), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        t = pta[pta["target"] == target]
+        for k, (scenario, g) in enumerate(t.groupby("scenario", sort=False)):
+            g = g.sort_values("dose_cells")
+            color = f"C{k}"
+            ax.fill_between(g["dose_cells"], g["lower"], g["upper"], color=color, alpha=0.15, lw=0)
+            ax.plot(g["dose_cells"], g["probability"], "o-", color=color, ms=3, label=scenario)
+        kind = t["kind"].iloc[0]
+        level = rec["efficacy_level"] if kind == "efficacy" else rec["safety_level"]
+        ax.axhline(level, color="k", ls=":", lw=0.8)
+        ax.set(xscale="log", ylim=(-0.02, 1.02), xlabel="dose (CAR+ cells; per-kg doses at the median weight)",
+               ylabel="probability of target attainment", title=f"{kind}: {t['definition'].iloc[0]}")
+        ax.title.set_fontsize(9)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("PTA against dose: lines = posterior-predictive probability, bands = 90% interval over "
+                 "posterior draws; dotted = required level", fontsize=9, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return fig
+
+
+def exposure_response_figure(selection: DoseSelection, observed: pd.DataFrame | None = None) -> plt.Figure:
+    """Virtual patients' transgene Cmax against each target's metric, coloured by dose; the
+    observed subjects' NCA values on top when given (columns named like the virtual ones)."""
+    patients = selection.patients
+    exposure = "transgene_cmax" if "transgene_cmax" in patients else None
+    responses = [c for c in patients.columns if c not in ("scenario", "dose", "dose_amount", exposure)
+                 and not c.startswith("transgene_")]
+    if exposure is None or not responses:
+        fig, ax = plt.subplots(figsize=(5, 2))
+        ax.text(0.5, 0.5, "no exposure metric (transgene) in the fit", ha="center")
+        ax.axis("off")
+        return fig
+    fig, axes = plt.subplots(1, len(responses), figsize=(4.6 * len(responses), 3.8), squeeze=False)
+    doses = sorted(patients["dose"].unique(), key=lambda d: patients.loc[patients["dose"] == d, "dose_amount"].iloc[0])
+    cmap = plt.get_cmap("viridis", max(len(doses), 2))
+    for ax, response in zip(axes[0], responses):
+        for k, dose in enumerate(doses):
+            p = patients[patients["dose"] == dose]
+            ax.scatter(p[exposure], p[response], s=5, alpha=0.35, color=cmap(k), label=dose)
+        if observed is not None and response in observed and exposure in observed:
+            ax.scatter(observed[exposure], observed[response], s=22, color="k", marker="x", label="observed")
+        ax.set(xscale="log", xlabel="transgene Cmax", ylabel=response.replace("_", " "))
+    axes[0, 0].legend(fontsize=6, markerscale=2)
+    fig.suptitle("Exposure-response: simulated virtual patients (dots, by dose) and observed subjects (x)",
+                 fontsize=9, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return fig
+
+
+def observed_metrics(cohort) -> pd.DataFrame:
+    """The observed subjects' NCA metrics in the virtual patients' column names."""
+    from ..nca import nca
+
+    table = nca(cohort)
+    wide = {}
+    for column in ("cmax", "auc_0_28", "aplasia_duration", "nadir"):
+        if column in table:
+            piv = table.pivot_table(index="subject", columns="analyte", values=column, aggfunc="first")
+            wide.update({f"{a}_{column}": piv[a] for a in piv.columns})
+    return pd.DataFrame(wide)
+
+
+def write_dose(selection: DoseSelection, out: str | Path, cohort=None) -> list[Path]:
+    """pta.csv, recommendation.json, exposure.csv, pta.png, exposure_response.png."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "pta.csv") as tmp:
+        selection.pta.reindex(columns=PTA_COLUMNS).to_csv(tmp, index=False)
+    with atomic_path(out / "exposure.csv") as tmp:
+        selection.exposure.to_csv(tmp, index=False)
+    write_text(out / "recommendation.json", json.dumps(selection.recommendation, indent=2, default=_plain))
+    observed = observed_metrics(cohort) if cohort is not None else None
+    return [out / "pta.csv", out / "exposure.csv", out / "recommendation.json",
+            save(pta_figure(selection), out / "pta.png"),
+            save(exposure_response_figure(selection, observed), out / "exposure_response.png")]
+
+
+def _plain(value):
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,107 @@
+"""End to end on a short fit: pkpd ppc, pkpd dose, pkpd report, and the report in Chromium."""
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pkpd.cli import app
+from pkpd.data import write_nonmem
+from pkpd.models import load
+from pkpd.report import SECTIONS
+from pkpd.simulate import simulate
+
+runner = CliRunner()
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """A short multiphasic fit (structure, not convergence) with a lymphodepletion effect."""
+    root = tmp_path_factory.mktemp("report")
+    model = load("multiphasic")
+    with_ld = simulate(model, ["3e8", "6e8"], n=4, seed=11)
+    write_nonmem(with_ld, root / "data.csv")
+    invoke("fit", "multiphasic", root / "data.csv", "-o", root / "run", "--chains", "2", "--draws", "60",
+           "--tune", "60", "--seed", "2", "--no-progress")
+    return root / "run"
+
+
+def test_ppc_writes_every_figure_and_table(run_folder, tmp_path):
+    invoke("ppc", run_folder, "-o", tmp_path / "ppc", "--replicates", "40", "--draws", "20")
+    names = {p.name for p in (tmp_path / "ppc").iterdir()}
+    assert {"individual_transgene.png", "gof_transgene.png", "vpc_transgene.png", "pcvpc_transgene.png",
+            "vpc.csv", "records.csv"} <= names
+    records = pd.read_csv(tmp_path / "ppc" / "records.csv")
+    assert {"pred", "ipred", "ipred_lo", "ipred_hi", "pit", "npd", "censored"} <= set(records.columns)
+    assert ((records["pit"] > 0) & (records["pit"] < 1)).all()
+    assert (records["ipred_lo"] <= records["ipred_hi"]).all()
+
+
+def test_dose_writes_pta_and_recommendation(run_folder, tmp_path):
+    result = invoke("dose", run_folder, "-o", tmp_path / "dose", "--doses", "1e8,3e8", "--doses", "6e8",
+                    "--target", "peak:transgene:cmax>=5000:efficacy", "--target",
+                    "exposure:transgene:auc_0_28<1e7:safety", "--draws", "20", "--patients", "5")
+    pta = pd.read_csv(tmp_path / "dose" / "pta.csv")
+    assert list(pta.columns[:6]) == ["dose", "scenario", "target", "probability", "lower", "upper"]
+    assert len(pta) == 3 * 2  # three doses, two targets, one scenario (multiphasic has no covariates)
+    assert (pta["lower"] <= pta["probability"]).all() and (pta["probability"] <= pta["upper"]).all()
+    rec = json.loads((tmp_path / "dose" / "recommendation.json").read_text())
+    assert {"efficacy_level", "safety_level", "scenarios", "recommended", "settings"} <= set(rec)
+    assert "Lowest dose" in result.output
+
+
+def test_dose_and_report_refuse_bad_input(run_folder, tmp_path):
+    bad = runner.invoke(app, ["dose", str(run_folder), "-o", str(tmp_path / "d"), "--doses", "many"])
+    assert bad.exit_code == 2 and "dose 'many'" in bad.output
+    assert not (tmp_path / "d").exists()
+    missing = runner.invoke(app, ["report", str(tmp_path), "-o", str(tmp_path / "r.html")])
+    assert missing.exit_code == 2 and "no posterior.nc" in " ".join(missing.output.split())
+
+
+@pytest.fixture(scope="module")
+def report(run_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("html") / "report.html"
+    invoke("report", run_folder, "-o", out)
+    return out
+
+
+def test_report_contains_every_section(report):
+    page = report.read_text()
+    for key, title in SECTIONS.items():
+        assert f'id="{key}"' in page and title in page
+    assert "src=\"http" not in page and "src='http" not in page  # self-contained
+    assert page.count("data:image/png;base64,") >= 4  # individual fits, GOF, VPC, pcVPC
+    assert "No dose selection was given" in page  # default targets need B cells, IL-6 and IgG
+
+
+def test_report_renders_in_headless_chromium_with_every_image_loaded(report, tmp_path):
+    assert CHROMIUM, "this test needs Debian's chromium package: `./run test` installs it (apt-get install chromium)"
+    probe = ("<script>window.addEventListener('load',()=>{const i=[...document.images];"
+             "document.body.setAttribute('data-images',i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length);"
+             "document.body.setAttribute('data-sections',[...document.querySelectorAll('section h2')]"
+             ".filter(h=>h.offsetHeight>0).length);});</script>")
+    page = tmp_path / "probe.html"
+    page.write_text(report.read_text().replace("</body>", probe + "</body>"))
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                               "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                               "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=10000",
+                               "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180)
+    body = re.search(r"<body[^>]*>", done.stdout)
+    assert body, done.stderr[-2000:]
+    loaded, total = re.search(r'data-images="(\d+)/(\d+)"', body.group(0)).groups()
+    assert int(total) >= 4 and loaded == total
+    assert re.search(r'data-sections="(\d+)"', body.group(0)).group(1) == str(len(SECTIONS))
