@@ -1,5 +1,7 @@
 """The simulator: schedules, doses, variability, residual error, censoring, reproducibility."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -151,3 +153,82 @@ def test_models_commands():
     assert shown.exit_code == 0 and "kkill" in shown.output and "Mackensen" in shown.output
     missing = runner.invoke(app, ["models", "show", "nope"])
     assert missing.exit_code == 2 and "unknown model" in missing.output
+
+
+@pytest.fixture(scope="module")
+def adaptive_case():
+    from pkpd.simulate.compiled import Design
+
+    model = load("antigen_driven")
+    cohort = simulate(model, ["3e7", "3e8", "1e6/kg"], n=4, seed=5, analytes=["transgene", "bcells"])
+    design = Design(model, cohort)
+    params = draw_parameters(model, len(cohort.subject_ids), np.random.default_rng(11))
+    params.index = pd.Index(cohort.subject_ids, name="subject")
+    P = np.column_stack([params[p].to_numpy() for p in model.parameter_names])
+    return model, cohort, design, params, P
+
+
+def _lsoda(model, cohort, design, P):
+    frame = pd.DataFrame(P, columns=model.parameter_names, index=pd.Index(cohort.subject_ids, name="subject"))
+    return predict(model, cohort, frame, rtol=1e-11, atol=1e-14).to_numpy()[design.records]
+
+
+def test_adaptive_solver_matches_lsoda_on_the_log_scale(adaptive_case):
+    from pkpd.simulate.compiled import Tolerances, predict_compiled
+
+    model, cohort, design, _, P = adaptive_case
+    exact = _lsoda(model, cohort, design, P)
+    for tolerances in (Tolerances(), Tolerances(method="dopri5"), Tolerances(1e-5, 1e-8, method="bs3")):
+        n_steps = np.zeros(len(cohort.subject_ids), dtype=np.int64)
+        pred, _ = predict_compiled(design, P, [], tolerances, n_steps=n_steps)
+        ok = exact > 1e-8
+        assert np.all(np.isfinite(pred)) and ok.mean() > 0.9
+        assert np.max(np.abs(np.log(pred[ok] / exact[ok]))) < 1e-3, tolerances
+        assert np.all(n_steps > 10) and np.all(n_steps < 1000)
+
+
+def test_adaptive_sensitivities_match_finite_differences(adaptive_case):
+    from pkpd.simulate.compiled import Tolerances, predict_compiled
+
+    model, cohort, design, _, P = adaptive_case
+    estimated = ["rho", "alpha", "fblood", "b0", "kkill", "kexh"]
+    pred, dpred = predict_compiled(design, P, estimated, Tolerances())
+    same, _ = predict_compiled(design, P, [], Tolerances())
+    np.testing.assert_array_equal(pred, same)  # the steps do not depend on the sensitivities
+    ok = pred > 1e-3
+    eps = 1e-4
+    for k, name in enumerate(estimated):
+        i = model.parameter_names.index(name)
+        up, down = P.copy(), P.copy()
+        up[:, i] *= math.exp(eps)
+        down[:, i] *= math.exp(-eps)
+        # d log pred / d log theta against the (smooth) LSODA solution's central differences
+        fd = (np.log(_lsoda(model, cohort, design, up)[ok]) - np.log(_lsoda(model, cohort, design, down)[ok])) / (2 * eps)
+        exact = (dpred[:, k] * P[design.subject_index, i])[ok] / pred[ok]
+        assert np.max(np.abs(exact - fd)) < 1e-2, name
+
+
+def test_adaptive_solver_gives_up_with_nan_instead_of_looping(adaptive_case):
+    from pkpd.simulate.compiled import Tolerances, predict_compiled
+
+    _, _, design, _, P = adaptive_case
+    pred, dpred = predict_compiled(design, P, ["rho"], Tolerances(max_steps=5))
+    after = design.time > 0
+    assert np.all(np.isnan(pred[after])) and np.all(np.isnan(dpred[after]))
+    assert np.all(np.isfinite(pred[design.time <= 0]))
+    with pytest.raises(ValueError, match="method"):
+        Tolerances(method="rk45")
+
+
+def test_sampler_op_runs_the_adaptive_solver(adaptive_case):
+    from pkpd.fit.op import PredictionsOp, _numba_predictions
+    from pkpd.simulate.compiled import Tolerances
+
+    model, _, design, _, P = adaptive_case
+    estimated = ["rho", "b0"]
+    op = PredictionsOp(design, estimated, P, Tolerances())
+    log_theta = np.log(P[:, [model.parameter_names.index(n) for n in estimated]])
+    pred, jac = op.values(log_theta)
+    pred2, jac2 = _numba_predictions(op)(log_theta)
+    np.testing.assert_allclose(pred2, pred, rtol=1e-12)
+    np.testing.assert_allclose(jac2, jac, rtol=1e-12, atol=1e-300)

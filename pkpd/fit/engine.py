@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ import xarray as xr
 
 from ..data.cohort import Cohort
 from ..models import LogNormal, Model, load
-from ..simulate.compiled import StepSizes, predict_compiled
+from ..simulate.compiled import StepSizes, Tolerances, predict_compiled
 from ..simulate.predict import predict
 from .individual import fit_individual
 from .population import PopulationSpec, build_pymc_model, initial_values, pointwise_loglik
@@ -28,7 +29,7 @@ SOLVER_TOLERANCE = 0.1
 def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 1000, tune: int = 1000,
         seed: int | None = None, iiv: Sequence[str] | None = None, fixed_effects: Sequence[str] | None = None,
         covariates: Sequence[str] = (), priors: Mapping[str, LogNormal] | None = None,
-        correlated: bool = False, censoring: str = "M3", steps: StepSizes | None = None,
+        correlated: bool = False, censoring: str = "M3", steps: StepSizes | Tolerances | None = None,
         target_accept: float = 0.8, progress: bool = True, cores: int | None = None,
         individual: xr.Dataset | None = None) -> FitResult:
     """Fit a hierarchical model by NUTS (nutpie) and return a FitResult around an xarray DataTree.
@@ -150,10 +151,17 @@ def _provenance(spec: PopulationSpec, cohort: Cohort, **settings) -> dict:
                             "covariates": [c.label + (f":{c.form}" if c.form != "auto" else "") for c in spec.covariates],
                             "priors": {k: [v.median, v.sigma] for k, v in spec.priors.items()},
                             "correlated": spec.correlated, "censoring": spec.censoring,
-                            "steps": [spec.steps.early, spec.steps.late, spec.steps.switch]}),
+                            "steps": _steps_record(spec.steps)}),
         "packages": json.dumps(packages),
         "units": json.dumps({p.name: p.unit for p in spec.model.parameters}),
     }
+
+
+def _steps_record(steps):
+    """Fixed RK4 steps as [early, late, switch] (as before); adaptive tolerances as a dict."""
+    if isinstance(steps, StepSizes):
+        return [steps.early, steps.late, steps.switch]
+    return {"solver": "adaptive", **dataclasses.asdict(steps)}
 
 
 def _version(name: str) -> str:

@@ -17,14 +17,13 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch import numba_funcify
 
-from ..models.compiled import compiled_functions
-from ..simulate.compiled import Design, StepSizes, predict_compiled
+from ..simulate.compiled import Design, Solver, StepSizes, predict_compiled, solver_call
 
 
 class PredictionsOp(Op):
     __props__ = ("key",)
 
-    def __init__(self, design: Design, estimated: list[str], fixed: np.ndarray, steps: StepSizes):
+    def __init__(self, design: Design, estimated: list[str], fixed: np.ndarray, steps: Solver):
         model = design.model
         self.design = design
         self.estimated = list(estimated)
@@ -67,13 +66,26 @@ class PredictionsOp(Op):
 
 @numba_funcify.register(PredictionsOp)
 def _numba_predictions(op, node=None, **kwargs):
-    kernel = compiled_functions(op.design.model).predict_all
-    d, steps = op.design, op.steps
+    d = op.design
+    kernel, args = solver_call(d, op.steps)
     fixed, est = op.fixed, op.est
     covariates, start, time, analyte = d.covariates, d.start, d.time, d.analyte
     subject_index = d.subject_index
-    n_obs, n_states = d.n_obs, len(d.model.states)
-    early, late, switch = steps.early, steps.late, steps.switch
+    n_obs, n_states, n_subjects = d.n_obs, len(d.model.states), len(d.subjects)
+
+    if isinstance(op.steps, StepSizes):
+        early, late, switch = args
+
+        @numba.njit
+        def solve(P, pred, jac):
+            kernel(P, covariates, est, start, time, analyte, early, late, switch, n_states, pred, jac)
+    else:
+        rtol, atol, max_step, max_steps, control_sens = args
+
+        @numba.njit
+        def solve(P, pred, jac):
+            kernel(P, covariates, est, start, time, analyte, rtol, atol, max_step, max_steps, control_sens,
+                   n_states, pred, jac, np.zeros(n_subjects, dtype=np.int64))
 
     @numba.njit
     def predictions(log_theta):
@@ -85,7 +97,7 @@ def _numba_predictions(op, node=None, **kwargs):
                 P[i, est[k]] = theta[i, k]
         pred = np.empty(n_obs)
         jac = np.zeros((n_obs, K))
-        kernel(P, covariates, est, start, time, analyte, early, late, switch, n_states, pred, jac)
+        solve(P, pred, jac)
         for j in range(n_obs):
             for k in range(K):
                 jac[j, k] *= theta[subject_index[j], k]

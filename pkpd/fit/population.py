@@ -21,7 +21,7 @@ import numpy as np
 
 from ..data.cohort import Cohort
 from ..models import LogNormal, Model
-from ..simulate.compiled import Design, StepSizes
+from ..simulate.compiled import Design, StepSizes, Tolerances
 from . import likelihood
 
 CATEGORICAL = ("lymphodepletion", "product", "disease")
@@ -67,13 +67,13 @@ class PopulationSpec:
     priors: Mapping[str, LogNormal] = field(default_factory=dict)
     correlated: bool = False
     censoring: str = "M3"
-    steps: StepSizes = StepSizes()
+    steps: StepSizes | Tolerances = StepSizes()
 
     @classmethod
     def default(cls, model: Model, *, iiv: Sequence[str] | None = None,
                 fixed_effects: Sequence[str] | None = None,
                 covariates: Sequence[str | CovariateEffect] = (), priors: Mapping | None = None,
-                correlated: bool = False, censoring: str = "M3", steps: StepSizes | None = None,
+                correlated: bool = False, censoring: str = "M3", steps: StepSizes | Tolerances | None = None,
                 analytes: Sequence[str] | None = None):
         """analytes: the observed analytes; by default variability is given only to the
         parameters that their predictions depend on (the others have no data to inform them)."""

@@ -139,9 +139,9 @@ class FitResult:
         err, tol = self.tree.attrs.get("solver_max_log_error"), self.tree.attrs.get("solver_tolerance")
         if err is not None:
             ok = float(err) <= float(tol)
-            out.append(Diagnostic("solver", ok, f"fixed-step solver vs LSODA at posterior draws: max |log error| "
+            out.append(Diagnostic("solver", ok, f"compiled solver vs LSODA at posterior draws: max |log error| "
                                   f"{float(err):.1e} (tolerance {float(tol):.1e})" + ("" if ok else
-                                  ": use smaller steps (steps=StepSizes(...))")))
+                                  ": use smaller steps (steps=StepSizes(...)) or tighter steps=Tolerances(...)")))
         return out
 
     @property

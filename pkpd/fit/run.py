@@ -19,7 +19,7 @@ from pathlib import Path
 from .._files import atomic_path, write_text
 from ..data.cohort import Cohort
 from ..models import LogNormal, Model, ModelError, load
-from ..simulate.compiled import StepSizes
+from ..simulate.compiled import StepSizes, Tolerances
 from .population import PopulationSpec
 from .result import FitResult
 
@@ -63,7 +63,14 @@ def spec_of(result: FitResult, model: Model) -> PopulationSpec:
         covariates=saved.get("covariates", ()),
         priors={k: LogNormal(*v) for k, v in saved.get("priors", {}).items()},
         correlated=bool(saved.get("correlated", False)), censoring=saved.get("censoring", "M3"),
-        steps=StepSizes(*steps) if steps else None)
+        steps=_solver(steps))
+
+
+def _solver(saved) -> StepSizes | Tolerances | None:
+    """The solver settings as recorded by the fit's provenance."""
+    if isinstance(saved, dict):
+        return Tolerances(**{k: v for k, v in saved.items() if k != "solver"})
+    return StepSizes(*saved) if saved else None
 
 
 def load_run(folder: str | Path) -> Run:

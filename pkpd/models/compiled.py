@@ -16,6 +16,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
@@ -24,9 +25,10 @@ from .spec import COVARIATES
 
 _HEADER = "import math\nimport numba\nimport numpy as np\n\n"
 
-# Fixed-step RK4 over each subject, with forward sensitivities dS/dt = Jy S + Jp (S = dy/dtheta
-# for the parameters in `est`), stepping exactly onto every observation time. Appended to each
-# model's generated module so that numba compiles it against that model's functions.
+# Two solvers, appended to each model's generated module so that numba compiles them against that
+# model's functions. `predict_all`: fixed-step RK4 over each subject, with forward sensitivities
+# dS/dt = Jy S + Jp (S = dy/dtheta for the parameters in `est`), stepping exactly onto every
+# observation time. `predict_all_<pair>` (below): adaptive embedded pairs, same sensitivities.
 _KERNEL = """
 @numba.njit(cache=True, error_model="numpy", inline="always")
 def _derivs(t, y, S, p, c, est, f, dS, Jy, Jp):
@@ -114,7 +116,231 @@ def predict_all(P, C, est, obs_subject_start, obs_time, obs_analyte, dt_early, d
                     for m in range(n):
                         acc += gy[m] * S[m, k]
                     dpred[j, k] = acc
+
 """
+
+
+def _tableau(c, A, b, bhat, order, fsal):
+    s = len(b)
+    a = np.zeros((s, s))
+    for i, row in enumerate(A, start=1):
+        a[i, :len(row)] = row
+    b, bhat = np.array(b, float), np.array(bhat, float)
+    return a, b, b - bhat, np.array(c, float), order, fsal
+
+
+# Embedded explicit Runge-Kutta pairs, kernels `predict_all_<name>`: (A, b, e = b - bhat, c, q, fsal)
+# with q the order of the error estimate plus one (the controller's exponent is 1/q).
+TABLEAUS = {
+    "dopri5": _tableau(  # Dormand & Prince 1980, 5(4), FSAL
+        [0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1, 1],
+        [[1 / 5], [3 / 40, 9 / 40], [44 / 45, -56 / 15, 32 / 9],
+         [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
+         [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
+         [35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84]],
+        [35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0],
+        [5179 / 57600, 0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40], 5, True),
+    "bs3": _tableau(  # Bogacki & Shampine 1989, 3(2), FSAL
+        [0, 1 / 2, 3 / 4, 1],
+        [[1 / 2], [0, 3 / 4], [2 / 9, 1 / 3, 4 / 9]],
+        [2 / 9, 1 / 3, 4 / 9, 0], [7 / 24, 1 / 4, 1 / 3, 1 / 8], 3, True),
+    "cashkarp": _tableau(  # Cash & Karp 1990, 5(4), local extrapolation
+        [0, 1 / 5, 3 / 10, 3 / 5, 1, 7 / 8],
+        [[1 / 5], [3 / 40, 9 / 40], [3 / 10, -9 / 10, 6 / 5], [-11 / 54, 5 / 2, -70 / 27, 35 / 27],
+         [1631 / 55296, 175 / 512, 575 / 13824, 44275 / 110592, 253 / 4096]],
+        [37 / 378, 0, 250 / 621, 125 / 594, 0, 512 / 1771],
+        [2825 / 27648, 0, 18575 / 48384, 13525 / 55296, 277 / 14336, 1 / 4], 5, False),
+}
+
+
+# Adaptive explicit embedded Runge-Kutta over each subject (one kernel per pair, its tableau written
+# into the code by `_adaptive_source`), with the forward sensitivities carried along the same
+# accepted steps. Error control on the states (optionally also on S, where an error below
+# rtol in d log y / d log theta also passes) in the max norm, each
+# component scaled by rtol*max(|y|, |y_new|) + atol*peak (peak: the largest |y| of that state so
+# far on the subject's path), so small states (B cells in aplasia) keep relative accuracy down to
+# atol/rtol of their peak. PI step-size controller, Hairer's initial step guess, steps at most
+# h_max long and clipped to land exactly on every observation time. A subject needing more than
+# max_steps step attempts (or a step below 1e-12 d) gets NaN predictions and derivatives from that
+# record on, instead of looping forever. n_steps[i] += accepted steps of subject i.
+_ADAPTIVE = """
+@numba.njit(cache=True, error_model="numpy")
+def predict_all_@NAME@(P, C, est, obs_subject_start, obs_time, obs_analyte, rtol, atol, h_max,
+                       max_steps, control_sens, n_states, pred, dpred, n_steps):
+    N = P.shape[0]
+    n_par = P.shape[1]
+    n = n_states
+    K = est.shape[0]
+    y = np.zeros(n); S = np.zeros((n, K))
+    yt = np.zeros(n); St = np.zeros((n, K))
+    yn = np.zeros(n); Sn = np.zeros((n, K))
+    peak = np.zeros(n); speak = np.zeros((n, K))
+@ALLOC@
+    f0 = np.zeros(n); f1 = np.zeros(n)
+    Jy = np.zeros((n, n)); Jp = np.zeros((n, n_par)); J0 = np.zeros((n, n_par))
+    g = np.zeros(1); gy = np.zeros(n); gp = np.zeros(n_par)
+    order = @ORDER@
+    alpha = 0.7 / order  # PI controller (Gustafsson; Hairer & Wanner II, IV.2)
+    beta = 0.4 / order
+    for i in range(N):
+        p = P[i]
+        c = C[i]
+        init(p, c, y)
+        init_p(p, c, J0)
+        for a in range(n):
+            peak[a] = abs(y[a])
+            for q in range(K):
+                S[a, q] = J0[a, est[q]]
+                speak[a, q] = abs(S[a, q])
+        t = 0.0
+        h = 0.0  # 0: not chosen yet
+        err_old = 1e-4
+        have_k0 = False
+        rejected = False
+        failed = False
+        attempts = 0
+        for j in range(obs_subject_start[i], obs_subject_start[i + 1]):
+            target = obs_time[j]
+            a = obs_analyte[j]
+            if target < 0.0:  # before the infusion: the pre-infusion baseline
+                base(a, target, p, c, g)
+                pred[j] = g[0]
+                if K > 0:
+                    base_p(a, target, p, c, gp)
+                    for q in range(K):
+                        dpred[j, q] = gp[est[q]]
+                continue
+            while n > 0 and not failed and t < target - 1e-12:
+                if not have_k0:
+                    _derivs(t, y, S, p, c, est, k0, kS0, Jy, Jp)
+                    have_k0 = True
+                if h == 0.0:  # initial step (Hairer, Norsett & Wanner I, II.4)
+                    d0 = 0.0
+                    d1 = 0.0
+                    for m in range(n):
+                        sc = atol * peak[m] + rtol * abs(y[m])
+                        if sc > 0.0:
+                            d0 = max(d0, abs(y[m]) / sc)
+                            d1 = max(d1, abs(k0[m]) / sc)
+                    h0 = 0.01 * d0 / d1 if (d0 > 1e-5 and d1 > 1e-5) else 1e-6
+                    for m in range(n):
+                        f0[m] = y[m] + h0 * k0[m]
+                    rhs(t + h0, f0, p, c, f1)
+                    d2 = 0.0
+                    for m in range(n):
+                        sc = atol * peak[m] + rtol * abs(y[m])
+                        if sc > 0.0:
+                            d2 = max(d2, abs(f1[m] - k0[m]) / sc / h0)
+                    dm = max(d1, d2)
+                    h1 = (0.01 / dm) ** (1.0 / order) if dm > 1e-15 else max(1e-6, h0 * 1e-3)
+                    h = min(100.0 * h0, h1, h_max)
+                    if not (h > 0.0):
+                        h = 1e-6
+                attempts += 1
+                if attempts > max_steps or h < 1e-12:
+                    failed = True
+                    break
+                h_free = h
+                landing = False
+                if t + 1.01 * h >= target:
+                    h = target - t
+                    landing = True
+@STAGES@
+                err = 0.0
+                for m in range(n):
+                    sc = rtol * max(abs(y[m]), abs(yn[m])) + atol * max(peak[m], abs(yn[m]))
+                    ea = abs(yt[m])
+                    if not (yn[m] == yn[m]) or not (ea == ea):
+                        err = math.inf
+                    elif ea > 0.0:
+                        err = max(err, ea / sc) if sc > 0.0 else math.inf
+                    if control_sens:  # on S and on the log-log sensitivity theta/y * S
+                        for q in range(K):
+                            th = abs(p[est[q]])
+                            th = 1.0 / th if th > 0.0 else 1.0
+                            sc = (rtol * (max(abs(S[m, q]), abs(Sn[m, q])) + th * abs(yn[m]))
+                                  + atol * (max(speak[m, q], abs(Sn[m, q])) + th * peak[m]))
+                            ea = abs(St[m, q])
+                            if not (ea == ea):
+                                err = math.inf
+                            elif ea > 0.0:
+                                err = max(err, ea / sc) if sc > 0.0 else math.inf
+                if err <= 1.0:
+                    t = target if landing else t + h
+                    for m in range(n):
+                        y[m] = yn[m]
+                        peak[m] = max(peak[m], abs(y[m]))
+                        for q in range(K):
+                            S[m, q] = Sn[m, q]
+                            speak[m, q] = max(speak[m, q], abs(S[m, q]))
+@ACCEPT@
+                    fac = 0.9 * max(err, 1e-10) ** (-alpha) * err_old ** beta
+                    fac = min(10.0, max(0.2, fac))
+                    if rejected:
+                        fac = min(fac, 1.0)
+                    err_old = max(err, 1e-4)
+                    h_next = h * fac
+                    if landing:  # the clipped step says little about the next one
+                        h_next = max(h_next, h_free)
+                    h = min(h_next, h_max)
+                    rejected = False
+                    n_steps[i] += 1
+                else:
+                    fac = 0.9 * err ** (-1.0 / order) if err < math.inf else 0.2
+                    h = h * min(1.0, max(0.2, fac))
+                    rejected = True
+            if failed:
+                pred[j] = np.nan
+                for q in range(K):
+                    dpred[j, q] = np.nan
+                continue
+            obs(a, target, y, p, c, g)
+            pred[j] = g[0]
+            if K > 0:
+                obs_y(a, target, y, p, c, gy)
+                obs_p(a, target, y, p, c, gp)
+                for q in range(K):
+                    acc = gp[est[q]]
+                    for m in range(n):
+                        acc += gy[m] * S[m, q]
+                    dpred[j, q] = acc
+"""
+
+
+def _combination(target: str, base: str | None, weights, vector: str, indent: str) -> list[str]:
+    """`target = base + h*sum(w_r * vector_r)` for one component, zero weights left out."""
+    terms = [f"{float(w)!r} * {vector.format(r=r)}" for r, w in enumerate(weights) if w != 0.0]
+    total = " + ".join(terms) if terms else "0.0"
+    return [f"{indent}{target} = " + (f"{base} + " if base else "") + f"h * ({total})"]
+
+
+def _adaptive_source(method: str) -> str:
+    """The kernel `predict_all_<method>` for one embedded pair of TABLEAUS, its stages unrolled."""
+    A, b, e, c, order, fsal = TABLEAUS[method]
+    ns = len(b)
+    alloc = [f"    k{r} = np.zeros(n); kS{r} = np.zeros((n, K))" for r in range(ns)]
+    stages = ["                # stages 1..ns-1 (stage 0: f at (t, y), kept from the last step)"]
+    for s in range(1, ns):
+        stages += ["                for m in range(n):"]
+        stages += _combination("yt[m]", "y[m]", A[s, :s], "k{r}[m]", " " * 20)
+        stages += ["                    for q in range(K):"]
+        stages += _combination("St[m, q]", "S[m, q]", A[s, :s], "kS{r}[m, q]", " " * 24)
+        stages += [f"                _derivs(t + {float(c[s])!r} * h, yt, St, p, c, est, k{s}, kS{s}, Jy, Jp)"]
+    stages += ["                # new solution (yn, Sn) and its error estimate (yt, St)",
+               "                for m in range(n):"]
+    stages += _combination("yn[m]", "y[m]", b, "k{r}[m]", " " * 20)
+    stages += _combination("yt[m]", None, e, "k{r}[m]", " " * 20)
+    stages += ["                    for q in range(K):"]
+    stages += _combination("Sn[m, q]", "S[m, q]", b, "kS{r}[m, q]", " " * 24)
+    stages += _combination("St[m, q]", None, e, "kS{r}[m, q]", " " * 24)
+    if fsal:  # the last stage is f at the new point: the next step's first
+        accept = [f"                    k0, k{ns - 1} = k{ns - 1}, k0",
+                  f"                    kS0, kS{ns - 1} = kS{ns - 1}, kS0"]
+    else:
+        accept = ["                    have_k0 = False"]
+    return (_ADAPTIVE.replace("@NAME@", method).replace("@ORDER@", repr(float(order)))
+            .replace("@ALLOC@", "\n".join(alloc)).replace("@STAGES@", "\n".join(stages))
+            .replace("@ACCEPT@", "\n".join(accept)))
 
 
 class _Printer(PythonCodePrinter):
@@ -196,7 +422,7 @@ def _source(model: Model) -> str:
             name = kind.replace("obs", f"obs_{a}").replace("base", f"base_{a}")
             src += [f"    {'if' if a == 0 else 'elif'} a == {a}:", f"        {name}({args})"]
         src += [""]
-    src += [_KERNEL]
+    src += [_KERNEL] + [_adaptive_source(method) for method in TABLEAUS]
     return "\n".join(src)
 
 
