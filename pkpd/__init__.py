@@ -1,7 +1,7 @@
 """cart-pkpd: CAR-T cell pharmacokinetic/pharmacodynamic modelling.
 
 Data flows one way: files -> pkpd.data (a validated Cohort) -> pkpd.models -> pkpd.simulate,
-pkpd.nca, pkpd.fit -> pkpd.compare.
+pkpd.nca, pkpd.fit -> pkpd.compare -> pkpd.predict -> pkpd.dose -> pkpd.report.
 
 `pkpd.fit(model, cohort)` and `pkpd.compare(spec)` are the functions of the subpackages of the
 same names; import other names from the subpackages (`from pkpd.fit import fit_individual`).

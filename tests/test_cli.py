@@ -93,7 +93,7 @@ def test_nca_writes_tables_and_prints_summary(example_nonmem, tmp_path):
 
 
 def test_demo_writes_check_and_exposure_tables(tmp_path):
-    result = run("demo", "-o", tmp_path / "demo", "--skip-compare")
+    result = run("demo", "-o", tmp_path / "demo", "--skip-compare", "--skip-fit")
     assert result.exit_code == 0, result.output
     for name in ("check_report.txt", "nca.csv", "nca_summary.csv"):
         assert (tmp_path / "demo" / name).stat().st_size > 0

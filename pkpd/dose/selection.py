@@ -82,7 +82,7 @@ def default_doses(run: Run) -> list[str]:
 
 def select_dose(run: Run, doses: Sequence[str | float] | None = None, *,
                 targets: Sequence[Target] = DEFAULT_TARGETS, scenarios: Sequence[Scenario] | None = None,
-                draws: int = 100, patients: int = 20, efficacy_level: float = EFFICACY_LEVEL,
+                draws: int = 100, patients: int = 40, efficacy_level: float = EFFICACY_LEVEL,
                 safety_level: float = SAFETY_LEVEL, seed: int = 0) -> DoseSelection:
     """PTA over doses x scenarios, exposure summaries, and the recommended doses."""
     for name, level in (("efficacy_level", efficacy_level), ("safety_level", safety_level)):

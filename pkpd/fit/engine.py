@@ -51,7 +51,10 @@ def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 100
                                   analytes=observed)
     started = time.perf_counter()
     if individual is None:
-        individual = fit_individual(model, cohort, estimate=spec.estimated, steps=spec.steps)
+        # fixed steps for lmfit: its finite-difference Jacobian needs a smooth prediction, which
+        # an adaptive step sequence (changing with the parameters) is not
+        individual = fit_individual(model, cohort, estimate=spec.estimated,
+                                    steps=spec.steps if isinstance(spec.steps, StepSizes) else StepSizes())
     init = initial_values(spec, individual)
     pm_model, pieces = build_pymc_model(spec, cohort, init)
     t0 = time.perf_counter()

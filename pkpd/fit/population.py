@@ -14,6 +14,7 @@ model has them) through `PredictionsOp`; the sampler is nutpie (numba backend).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -67,7 +68,9 @@ class PopulationSpec:
     priors: Mapping[str, LogNormal] = field(default_factory=dict)
     correlated: bool = False
     censoring: str = "M3"
-    steps: StepSizes | Tolerances = StepSizes()
+    # adaptive Cash-Karp by default: about 2x faster than fixed RK4 and 25-65x more accurate at
+    # individual parameter draws (measured on antigen_driven, see tests/test_simulate.py)
+    steps: StepSizes | Tolerances = Tolerances()
 
     @classmethod
     def default(cls, model: Model, *, iiv: Sequence[str] | None = None,
@@ -106,7 +109,7 @@ class PopulationSpec:
         if censoring not in ("M3", "M4"):
             raise ValueError(f"censoring must be 'M3' or 'M4', not {censoring!r}")
         return cls(model, iiv, tuple(n for n in fixed_effects if n not in iiv), effects, priors,
-                   correlated, censoring, steps or StepSizes())
+                   correlated, censoring, steps or Tolerances())
 
     @property
     def estimated(self) -> list[str]:
@@ -258,12 +261,15 @@ def initial_values(spec: PopulationSpec, individual) -> dict[str, np.ndarray]:
             ok = individual["converged"].to_numpy() & np.isfinite(values)
             logs[ok, k] = np.log(values[ok])
     typical = np.log([spec.model.parameter(n).typical for n in estimated])
-    mu = np.where(np.isfinite(np.nanmedian(logs, axis=0)), np.nanmedian(logs, axis=0), typical) \
-        if np.isfinite(logs).any() else typical
+    with warnings.catch_warnings():  # columns without any converged estimate fall back below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(logs, axis=0)
+        sd = np.nanstd(logs, axis=0)
+    mu = np.where(np.isfinite(median), median, typical)
     out = {"mu": mu}
     if spec.iiv:
         cols = [estimated.index(n) for n in spec.iiv]
-        sd = np.nanstd(logs[:, cols], axis=0)
+        sd = sd[cols]
         omega = np.clip(np.where(np.isfinite(sd), sd, 0.3), 0.05, 1.5)
         z = (logs[:, cols] - mu[cols]) / omega
         out["omega"] = omega
