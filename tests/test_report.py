@@ -5,7 +5,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -59,10 +59,8 @@ class PosteriorDraws:
         return self.mu.shape[0]
 
     def pick(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """n draw indices, evenly spread over the chains (all draws when n >= S)."""
-        if n >= self.n_draws:
-            return rng.permutation(self.n_draws)[:n] if n == self.n_draws else rng.integers(0, self.n_draws, n)
-        return np.sort(rng.choice(self.n_draws, n, replace=False))
+        """n draw indices: a random subset, or draws with replacement when n exceeds S."""
+        return np.sort(rng.choice(self.n_draws, n, replace=n > self.n_draws))
 
     def covariates(self, cohort: Cohort) -> np.ndarray:
         """Covariate rows of `cohort`'s subjects, with the fitted cohort's reference levels."""
