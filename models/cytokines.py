@@ -52,8 +52,13 @@ def _rhs(t, s, p, c, x, m):
             for name in CYTOKINES}
 
 
-def _observation(name):
-    return Observation(name, lambda t, s, p, c, x, m: s[name], "pg/mL", error="log", sigma=0.4,
+def _observation(name, quasi_steady_state=False):
+    def observe(t, s, p, c, x, m):
+        if quasi_steady_state:
+            return p[f"base_{name}"] + p[f"emax_{name}"] * x.engaged / (x.engaged + p.ec50_cyt)
+        return s[name]
+
+    return Observation(name, observe, "pg/mL", error="log", sigma=0.4,
                        source="assay and biological variability of cytokines [R]")
 
 
@@ -70,7 +75,6 @@ cytokines = Module(
 )
 
 
-
 # --- quasi-steady state ---------------------------------------------------------------------
 # Half-lives of minutes to hours against sampling every 3 days: each cytokine is at its steady
 # state for the current drive, C = base + emax*A/(A + ec50). The same parameters without the
@@ -81,14 +85,6 @@ def _qss_parameters():
     return tuple(p for p in _parameters() if not p.name.startswith("kel_"))
 
 
-def _qss_observation(name):
-    def observe(t, s, p, c, x, m):
-        return p[f"base_{name}"] + p[f"emax_{name}"] * x.engaged / (x.engaged + p.ec50_cyt)
-
-    return Observation(name, observe, "pg/mL", error="log", sigma=0.4,
-                       source="assay and biological variability of cytokines [R]")
-
-
 cytokines_qss = Module(
     name="cytokines_qss",
     kind="pd",
@@ -96,7 +92,7 @@ cytokines_qss = Module(
     parameters=_qss_parameters(),
     closed_form=lambda t, p, c, x, m: {},
     requires=("engaged",),
-    observations=tuple(_qss_observation(name) for name in CYTOKINES),
+    observations=tuple(_observation(name, quasi_steady_state=True) for name in CYTOKINES),
     references=(SCIENCE,),
 )
 
