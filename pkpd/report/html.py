@@ -26,6 +26,10 @@ SECTIONS = {
     "provenance": "Provenance",
 }
 
+# the metrics the report shows for each kind of analyte (all are in the NCA files)
+NCA_METRICS_BY_KIND = {"ck": ("cmax", "tmax", "auc_0_28"), "cytokine": ("cmax", "tmax"),
+                       "bcell": ("aplasia_duration", "nadir"), "ig": ("nadir",), "autoantibody": ("nadir",)}
+
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1300px;padding:1em 2em;color:#222}
 h1{font-size:1.5em} h2{border-bottom:1px solid #ccc;padding-top:.6em} h3{font-size:1em;margin-bottom:.3em}
@@ -76,6 +80,9 @@ def _nca_section(run: Run) -> str:
     from ..nca import nca, summarize
 
     summary = summarize(nca(run.cohort), metrics=["cmax", "tmax", "auc_0_28", "aplasia_duration", "nadir"])
+    kinds = {name: analyte.kind for name, analyte in run.cohort.analytes.items()}
+    relevant = summary.apply(lambda r: r["metric"] in NCA_METRICS_BY_KIND.get(kinds.get(r["analyte"]), ()), axis=1)
+    summary = summary[relevant]
     cols = [c for c in ("product", "dose_level", "analyte", "metric", "unit", "n", "geo_mean", "geo_cv_percent",
                         "median", "min", "max") if c in summary]
     return '<p class="note">Geometric mean, CV%, median and range by product and dose level ' \
