@@ -250,15 +250,19 @@ def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str,
 
 
 def initial_values(spec: PopulationSpec, individual) -> dict[str, np.ndarray]:
-    """Starting point from individual fits: mu = median of log estimates, omega = their SD,
-    z = standardised deviations (clipped to +-3)."""
+    """Starting point from individual fits (converged, or stopped by their evaluation budget):
+    mu = median of log estimates, omega = their SD, z = standardised deviations (clipped to +-3)."""
     estimated = spec.estimated
     N = individual.sizes["subject"]
     logs = np.full((N, len(estimated)), np.nan)
+    # a fit stopped by its evaluation budget is not an estimate, but it is a far better start
+    # than the typical value (the joint fit of many subjects often stops there)
+    usable = individual["converged"].to_numpy() | np.char.startswith(
+        individual["reason"].to_numpy().astype(str), "optimiser did not converge")
     for k, name in enumerate(estimated):
         if name in individual["parameter"].values:
             values = individual["estimate"].sel(parameter=name).to_numpy()
-            ok = individual["converged"].to_numpy() & np.isfinite(values)
+            ok = usable & np.isfinite(values) & (values > 0)
             logs[ok, k] = np.log(values[ok])
     typical = np.log([spec.model.parameter(n).typical for n in estimated])
     with warnings.catch_warnings():  # columns without any converged estimate fall back below
