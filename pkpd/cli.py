@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,12 @@ MapOpt = Annotated[Optional[list[str]], typer.Option("--map", help="Column for a
 UnitOpt = Annotated[Optional[list[str]], typer.Option("--unit", help="Unit of an analyte, ANALYTE=UNIT (repeatable), e.g. --unit CRP=mg/L.")]
 TimeUnitOpt = Annotated[str, typer.Option("--time-unit", help="Unit of the time columns when the file has none: d or h.")]
 DoseUnitOpt = Annotated[str, typer.Option("--dose-unit", help="Unit of AMT when the file has none: cells or cells/kg.")]
+
+
+def fail(message) -> NoReturn:
+    """Print an error (no traceback) and exit with status 2: bad input or arguments."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
 
 
 def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
@@ -292,8 +298,7 @@ def _load_model(name: str):
     try:
         return load(name)
     except ModelError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2)
+        fail(exc)
 
 
 @models_app.command("list")
@@ -362,8 +367,7 @@ def simulate_command(
             cohort = simulate(m, doses, n, seed=seed, product=product, lymphodepletion=lymphodepletion,
                               weight=weight, disease=disease)
     except ValueError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2)
+        fail(exc)
     write_nonmem(cohort, out)
     console.print(f"wrote {out}: {len(cohort.subjects)} subject(s), {len(cohort.observations)} observations "
                   f"of {', '.join(cohort.analytes)}")
@@ -387,8 +391,7 @@ def fit_individual_command(
     try:
         fit = fit_individual(m, cohort, estimate=estimate, max_nfev=max_nfev)
     except ValueError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2)
+        fail(exc)
     with atomic_path(out) as tmp:
         fit.to_netcdf(tmp, engine="h5netcdf")
     table = Table(title=f"Individual estimates ({m.name}): median and range over subjects")
@@ -437,8 +440,7 @@ def fit_command(
         result = fit(m, cohort, chains=chains, draws=draws, tune=tune, seed=seed, iiv=iiv,
                      covariates=covariate or (), correlated=correlated, censoring=censoring, progress=progress)
     except ValueError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2)
+        fail(exc)
     write_run(out, result, cohort)
     table = result.parameter_table()
     diagnostics = result.diagnostics()
@@ -483,8 +485,7 @@ def sbc_command(
             result = sbc(m, replications=replications, subjects=subjects, dose=dose, chains=chains, draws=draws,
                          tune=tune, seed=seed, progress=lambda done, total: bar.update(task, completed=done))
         except ValueError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(2)
+            fail(exc)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_csv(out / "ranks.csv") as tmp:
         result.ranks.to_csv(tmp, index=False)
@@ -510,8 +511,7 @@ def _load_run(folder: Path):
     try:
         return load_run(folder)
     except RunError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2)
+        fail(exc)
 
 
 @app.command("ppc")
@@ -528,16 +528,13 @@ def ppc_command(run: RunArg,
 
     loaded = _load_run(run)
     if stratify not in ("product", "dose_group", "dose_level", "lymphodepletion", "disease"):
-        err_console.print(f"[bold red]error:[/] --stratify {stratify!r} is not one of product, dose_group, "
-                          "dose_level, lymphodepletion, disease", highlight=False)
-        raise typer.Exit(2)
+        fail(f"--stratify {stratify!r} is not one of product, dose_group, dose_level, lymphodepletion, disease")
     try:
         with console.status("simulating the posterior predictive"):
             ppc = posterior_predictive(loaded, replicates=replicates, draws=draws, seed=seed)
             files = write_ppc(ppc, out, stratify=stratify)
     except ValueError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2)
+        fail(exc)
     console.print(f"wrote {len(files)} files to {out}: " + ", ".join(f.name for f in files))
 
 
@@ -563,8 +560,7 @@ def dose_command(run: RunArg,
             selection = select_dose(loaded, candidates or None, targets=targets, draws=draws, patients=patients,
                                     efficacy_level=efficacy_level, safety_level=safety_level, seed=seed)
     except ValueError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2)
+        fail(exc)
     write_dose(selection, out, loaded.cohort)
     print_recommendation(selection.recommendation)
     console.print(f"wrote {out / 'pta.csv'}, {out / 'recommendation.json'}, {out / 'pta.png'}, "
@@ -598,8 +594,7 @@ def report_command(run: RunArg,
     loaded = _load_run(run)
     for name, folder in (("--ppc", ppc), ("--dose", dose), ("--compare", compare)):
         if folder is not None and not folder.is_dir():
-            err_console.print(f"[bold red]error:[/] {name} {folder} is not a folder", highlight=False)
-            raise typer.Exit(2)
+            fail(f"{name} {folder} is not a folder")
     with console.status("writing the report"):
         path = make_report(loaded, out, ppc_dir=ppc, dose_dir=dose, compare_dir=compare, seed=seed)
     console.print(f"wrote {path}")
@@ -620,8 +615,7 @@ def compare_command(
 
     if target == "show":
         if directory is None or not (directory / "fits").is_dir():
-            err_console.print(f"[bold red]error:[/] {directory} is not a comparison run folder (no fits/)")
-            raise typer.Exit(2)
+            fail(f"{directory} is not a comparison run folder (no fits/)")
         table = leaderboard(directory)
         write(table, directory)
         print_leaderboard(table)
@@ -629,8 +623,7 @@ def compare_command(
     try:
         spec = load_spec(target)
     except SpecError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2)
+        fail(exc)
     console.print(f"{len(spec.fits)} fit(s): " + ", ".join(f.id for f in spec.fits), highlight=False)
     with Progress(console=console) as bar:
         task = bar.add_task("fits", total=len(spec.fits))

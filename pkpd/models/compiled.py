@@ -46,6 +46,42 @@ def _derivs(t, y, S, p, c, est, f, dS, Jy, Jp):
                 dS[i, k] = acc
 
 
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _start(p, c, est, y, S, J0):
+    # A subject's initial states and their sensitivities to the estimated parameters.
+    init(p, c, y)
+    init_p(p, c, J0)
+    for a in range(y.shape[0]):
+        for k in range(est.shape[0]):
+            S[a, k] = J0[a, est[k]]
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _record_baseline(j, a, t, p, c, est, g, gp, pred, dpred):
+    # A record before the infusion: the pre-infusion baseline and its derivatives.
+    base(a, t, p, c, g)
+    pred[j] = g[0]
+    if est.shape[0] > 0:
+        base_p(a, t, p, c, gp)
+        for k in range(est.shape[0]):
+            dpred[j, k] = gp[est[k]]
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _record(j, a, t, y, S, p, c, est, g, gy, gp, pred, dpred):
+    # A record after the infusion: the observation function and its chain-rule derivatives.
+    obs(a, t, y, p, c, g)
+    pred[j] = g[0]
+    if est.shape[0] > 0:
+        obs_y(a, t, y, p, c, gy)
+        obs_p(a, t, y, p, c, gp)
+        for k in range(est.shape[0]):
+            acc = gp[est[k]]
+            for m in range(y.shape[0]):
+                acc += gy[m] * S[m, k]
+            dpred[j, k] = acc
+
+
 @numba.njit(cache=True, error_model="numpy")
 def predict_all(P, C, est, obs_subject_start, obs_time, obs_analyte, dt_early, dt_late, t_switch,
                 n_states, pred, dpred):
@@ -62,22 +98,13 @@ def predict_all(P, C, est, obs_subject_start, obs_time, obs_analyte, dt_early, d
     for i in range(N):
         p = P[i]
         c = C[i]
-        init(p, c, y)
-        init_p(p, c, J0)
-        for a in range(n):
-            for k in range(K):
-                S[a, k] = J0[a, est[k]]
+        _start(p, c, est, y, S, J0)
         t = 0.0
         for j in range(obs_subject_start[i], obs_subject_start[i + 1]):
             target = obs_time[j]
             a = obs_analyte[j]
             if target < 0.0:  # before the infusion: the pre-infusion baseline
-                base(a, target, p, c, g)
-                pred[j] = g[0]
-                if K > 0:
-                    base_p(a, target, p, c, gp)
-                    for k in range(K):
-                        dpred[j, k] = gp[est[k]]
+                _record_baseline(j, a, target, p, c, est, g, gp, pred, dpred)
                 continue
             while n > 0 and t < target - 1e-12:
                 h = dt_early if t < t_switch - 1e-12 else dt_late
@@ -106,16 +133,7 @@ def predict_all(P, C, est, obs_subject_start, obs_time, obs_analyte, dt_early, d
                     for k in range(K):
                         S[a2, k] += h / 6.0 * (s1[a2, k] + 2.0 * s2[a2, k] + 2.0 * s3[a2, k] + s4[a2, k])
                 t += h
-            obs(a, target, y, p, c, g)
-            pred[j] = g[0]
-            if K > 0:
-                obs_y(a, target, y, p, c, gy)
-                obs_p(a, target, y, p, c, gp)
-                for k in range(K):
-                    acc = gp[est[k]]
-                    for m in range(n):
-                        acc += gy[m] * S[m, k]
-                    dpred[j, k] = acc
+            _record(j, a, target, y, S, p, c, est, g, gy, gp, pred, dpred)
 
 """
 
@@ -185,12 +203,10 @@ def predict_all_@NAME@(P, C, est, obs_subject_start, obs_time, obs_analyte, rtol
     for i in range(N):
         p = P[i]
         c = C[i]
-        init(p, c, y)
-        init_p(p, c, J0)
+        _start(p, c, est, y, S, J0)
         for a in range(n):
             peak[a] = abs(y[a])
             for q in range(K):
-                S[a, q] = J0[a, est[q]]
                 speak[a, q] = abs(S[a, q])
         t = 0.0
         h = 0.0  # 0: not chosen yet
@@ -203,12 +219,7 @@ def predict_all_@NAME@(P, C, est, obs_subject_start, obs_time, obs_analyte, rtol
             target = obs_time[j]
             a = obs_analyte[j]
             if target < 0.0:  # before the infusion: the pre-infusion baseline
-                base(a, target, p, c, g)
-                pred[j] = g[0]
-                if K > 0:
-                    base_p(a, target, p, c, gp)
-                    for q in range(K):
-                        dpred[j, q] = gp[est[q]]
+                _record_baseline(j, a, target, p, c, est, g, gp, pred, dpred)
                 continue
             while n > 0 and not failed and t < target - 1e-12:
                 if not have_k0:
@@ -294,16 +305,7 @@ def predict_all_@NAME@(P, C, est, obs_subject_start, obs_time, obs_analyte, rtol
                 for q in range(K):
                     dpred[j, q] = np.nan
                 continue
-            obs(a, target, y, p, c, g)
-            pred[j] = g[0]
-            if K > 0:
-                obs_y(a, target, y, p, c, gy)
-                obs_p(a, target, y, p, c, gp)
-                for q in range(K):
-                    acc = gp[est[q]]
-                    for m in range(n):
-                        acc += gy[m] * S[m, q]
-                    dpred[j, q] = acc
+            _record(j, a, target, y, S, p, c, est, g, gy, gp, pred, dpred)
 """
 
 
