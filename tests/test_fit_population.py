@@ -24,7 +24,14 @@ def small():
     model = load("antigen_driven")
     cohort = simulate(model, ["3e8", "1e6/kg"], n=3, seed=21, analytes=["transgene", "bcells"])
     spec = PopulationSpec.default(model, covariates=["rho~dose"], steps=FINE)
-    pm_model, pieces = build_pymc_model(spec, cohort)
+    # random-effect centres away from the typical values, so that the data's information (and
+    # the whitening map built on it) is not trivial
+    rng = np.random.default_rng(4)
+    typical = np.log([model.parameter(n).typical for n in spec.estimated])
+    cols = [spec.estimated.index(n) for n in spec.iiv]
+    initial = {"mu": typical, "omega": np.full(len(spec.iiv), 0.3),
+               "centre": typical[cols] + 0.2 * rng.standard_normal((6, len(cols))), "usable": np.ones(6, bool)}
+    pm_model, pieces = build_pymc_model(spec, cohort, initial)
     return model, cohort, spec, pm_model, pieces
 
 
@@ -63,18 +70,30 @@ def test_log_density_matches_an_independent_numpy_evaluation(small):
     point = _point(pm_model, seed=1)
     value = pm_model.compile_logp(jacobian=False)(point)
     # the same density written out independently: priors + likelihood on LSODA predictions
-    mu, z = point["mu"], point["z"]
+    mu, u = point["mu"], point["u"]
     omega, sigma, beta = np.exp(point["omega_log__"]), np.exp(point["sigma_log__"]), point["beta"]
     priors = [spec.prior(n) for n in spec.estimated]
     total = sum(st.norm.logpdf(mu[k], math.log(p.median), p.sigma) for k, p in enumerate(priors))
     scale = [max(0.5, 2 * model.parameter(n).iiv) for n in spec.iiv]
-    total += st.halfnorm.logpdf(omega, scale=scale).sum() + st.norm.logpdf(z).sum() + st.norm.logpdf(beta).sum()
+    total += st.halfnorm.logpdf(omega, scale=scale).sum() + st.norm.logpdf(beta).sum()
     defaults = [model.observations[a].sigma for a in pieces["records"]["observed"]]
     total += st.lognorm.logpdf(sigma, s=0.5, scale=defaults).sum()
     X, _, owners = covariate_design(spec, cohort)
     log_theta = np.tile(mu, (len(cohort.subject_ids), 1))
     log_theta[:, owners[0]] += X[:, 0] * beta[0]
-    log_theta[:, [spec.estimated.index(n) for n in spec.iiv]] += z * omega
+    # the sampler's u -> individual log values (population.py's whitening map, written out):
+    # Lambda = H + Omega^-1 = C C^T, log theta = Lambda^-1 (H c + Omega^-1 typical) + C^-T u
+    cols = [spec.estimated.index(n) for n in spec.iiv]
+    centre, information = pm_model["eta_centre"].get_value(), pm_model["eta_information"].get_value()
+    assert np.abs(information).max() > 1.0  # the data's information is in the map
+    for i in range(len(cohort.subject_ids)):
+        typical = log_theta[i, cols]
+        precision = information[i] + np.diag(1 / omega ** 2)
+        C = np.linalg.cholesky(precision)
+        individual = (np.linalg.solve(precision, information[i] @ centre[i] + typical / omega ** 2)
+                      + np.linalg.solve(C.T, u[i]))
+        total += st.norm.logpdf(individual, typical, omega).sum() - np.log(np.diag(C)).sum()
+        log_theta[i, cols] = individual
     params = {n: np.full(len(cohort.subject_ids), p.typical) for n, p in zip(model.parameter_names, model.parameters)}
     for k, n in enumerate(spec.estimated):
         params[n] = np.exp(log_theta[:, k])
@@ -89,6 +108,23 @@ def test_log_density_matches_an_independent_numpy_evaluation(small):
         censored = st.norm.logcdf(np.log(lloq), np.log(f), sd)
     total += np.where(cens == 1, censored, quantified).sum()
     assert value == pytest.approx(total, rel=1e-6)
+
+
+def test_random_effects_map_is_non_centred_without_information():
+    import pytensor
+    import pytensor.tensor as pt
+
+    from pkpd.fit.population import _random_effects
+
+    u, typical, omega = pt.dmatrix("u"), pt.dmatrix("typical"), pt.dvector("omega")
+    centre, information = pt.dmatrix("centre"), pt.tensor3("information")
+    individual, log_prior = _random_effects(u, typical, omega, None, centre, information)
+    f = pytensor.function([u, typical, omega, centre, information], [individual, log_prior])
+    rng = np.random.default_rng(0)
+    uu, tt, om = rng.standard_normal((4, 3)), rng.standard_normal((4, 3)), np.array([0.2, 0.5, 1.0])
+    value, density = f(uu, tt, om, rng.standard_normal((4, 3)), np.zeros((4, 3, 3)))
+    np.testing.assert_allclose(value, tt + om * uu)
+    assert density == pytest.approx(st.norm.logpdf(uu).sum())  # N(0, 1) in u: the Jacobian cancels omega
 
 
 def test_numba_and_python_implementations_of_the_op_agree(small):

@@ -1,15 +1,19 @@
 """The Bayesian hierarchical population model, built from any model definition.
 
-    log theta_ik = mu_k + sum_c beta_c * X_ic + omega_k * z_ik      (non-centred)
-    z_ik ~ N(0, 1)  (or correlated through an LKJ prior: eta_i = L z_i)
+    log theta_ik = mu_k + sum_c beta_c * X_ic + eta_ik
+    eta_i ~ N(0, diag(omega)) (or N(0, Omega) with an LKJ prior on its correlations)
     mu_k ~ N(log prior median, prior sigma)      from the model's parameter priors (overridable)
     omega_k ~ HalfNormal(max(0.5, 2 * default IIV SD))
     beta_c ~ N(0, 1)                              covariate effects on typical values
     sigma_a ~ LogNormal(log model default, 0.5)  per-analyte residual error
     y ~ residual-error model around the predictions; below the LLOQ: M3 (or M4)
 
-Predictions and their gradient come from the compiled fixed-step solver (closed forms where the
-model has them) through `PredictionsOp`; the sampler is nutpie (numba backend).
+The sampler does not see eta: it sees u, which `_random_effects` maps to eta by whitening each
+subject's conditional posterior with the information its data carry (from the individual fits).
+Without individual fits the map is the usual non-centred one, eta = omega * u.
+
+Predictions and their gradient come from the compiled solver (closed forms where the model has
+them) through `PredictionsOp`; the sampler is nutpie (numba backend).
 """
 
 from __future__ import annotations
@@ -207,6 +211,7 @@ def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str,
     fixed = np.tile([p.typical for p in model.parameters], (N, 1))
     op = PredictionsOp(design, estimated, fixed, spec.steps)
     initial = dict(initial or {})
+    pieces = {"design": design, "records": records, "op": op, "X": X, "covariate_labels": cov_labels}
     coords = {"subject": cohort.subject_ids, "parameter": estimated, "iiv_parameter": list(spec.iiv),
               "analyte": records["observed"], "covariate_effect": cov_labels}
     error_models = {a: model.observations[a] for a in records["observed"]}
@@ -222,17 +227,23 @@ def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str,
             log_theta = log_theta + pt.dot(X * beta[None, :], owner)
         if spec.iiv:
             scale = np.array([max(0.5, 2 * (model.parameter(n).iiv or 0.25)) for n in spec.iiv])
-            z = pm.Normal("z", 0.0, 1.0, dims=("subject", "iiv_parameter"), initval=initial.get("z"))
             if spec.correlated and len(spec.iiv) > 1:
                 chol, _, omega = pm.LKJCholeskyCov("chol", n=len(spec.iiv), eta=2.0,
                                                    sd_dist=pm.HalfNormal.dist(sigma=scale, shape=len(spec.iiv)),
                                                    compute_corr=True)
                 pm.Deterministic("omega", omega, dims="iiv_parameter")
-                eta = pt.dot(z, chol.T)
             else:
                 omega = pm.HalfNormal("omega", sigma=scale, dims="iiv_parameter", initval=initial.get("omega"))
-                eta = z * omega[None, :]
-            log_theta = pt.inc_subtensor(log_theta[:, iiv_index], eta)
+                chol = None
+            typical_iiv = log_theta[:, iiv_index]
+            centres = random_effect_centres(spec, pieces, initial)
+            centre = pm.Data("eta_centre", centres["eta_centre"])
+            information = pm.Data("eta_information", centres["eta_information"])
+            u = pm.Flat("u", dims=("subject", "iiv_parameter"), initval=np.zeros((N, len(spec.iiv))))
+            individual_iiv, log_prior = _random_effects(u, typical_iiv, omega, chol, centre, information)
+            pm.Potential("random_effects", log_prior)
+            pm.Deterministic("eta", individual_iiv - typical_iiv, dims=("subject", "iiv_parameter"))
+            log_theta = pt.set_subtensor(log_theta[:, iiv_index], individual_iiv)
         pm.Deterministic("typical", pt.exp(mu), dims="parameter")
         pm.Deterministic("theta", pt.exp(log_theta), dims=("subject", "parameter"))
         sigma = pm.LogNormal("sigma", mu=np.log([e.sigma for e in error_models.values()]), sigma=0.5,
@@ -246,12 +257,56 @@ def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str,
                                     censored, records["error"], sigma[records["slot"]],
                                     additive[records["slot"]], m4=spec.censoring == "M4")
         pm.Potential("loglik", pt.sum(logp))
-    return pm_model, {"design": design, "records": records, "op": op, "X": X, "covariate_labels": cov_labels}
+    return pm_model, pieces
+
+
+def _random_effects(u, typical, omega, chol, centre, information):
+    """Individual log values of the parameters with variability from the sampler's free `u`,
+    and their log prior density (with the Jacobian of the map).
+
+    The map whitens each subject's conditional posterior under a Gaussian approximation: with
+    the population prior eta_i ~ N(0, Omega) around `typical` (N, Q) and the data's information
+    about subject i's log parameters H_i (Gauss-Newton, from the individual fits) around the
+    individual estimates c_i,
+        Lambda_i = H_i + Omega^-1 = C_i C_i^T,
+        log theta_i = Lambda_i^-1 (H_i c_i + Omega^-1 typical_i) + C_i^-T u_i.
+    Where the data say little (H_i -> 0) this is the non-centred parameterisation
+    (typical + omega * u); where they say much it is the centred one, whitened by the data. The
+    posterior of u is then near N(0, I) whatever omega is: no funnel either way, and no
+    within-subject correlation for a diagonal mass matrix to miss. The posterior of the model's
+    parameters is exactly that of the hierarchical model (the Jacobian, -sum log diag C_i, is
+    included); only the sampler's coordinates change."""
+    import pytensor.tensor as pt
+    from pytensor.tensor.linalg import cholesky, solve_triangular
+
+    Q = u.shape[1]
+    if chol is None:
+        omega_inv = pt.eye(Q) / pt.square(omega)[None, :]
+    else:
+        chol_inv = solve_triangular(chol, pt.eye(Q), lower=True)
+        omega_inv = pt.dot(chol_inv.T, chol_inv)
+    precision = information + omega_inv[None, :, :]
+    C = cholesky(precision)
+    rhs = pt.sum(information * centre[:, None, :], axis=2) + pt.dot(typical, omega_inv)
+    w = solve_triangular(C, rhs[..., None], lower=True)[..., 0] + u
+    individual = solve_triangular(C.transpose(0, 2, 1), w[..., None], lower=False)[..., 0]
+    eta = individual - typical
+    if chol is None:
+        standard = eta / omega[None, :]
+        log_det_omega = pt.sum(pt.log(omega))
+    else:
+        standard = solve_triangular(chol, eta.T, lower=True).T
+        log_det_omega = pt.sum(pt.log(pt.diagonal(chol)))
+    n = eta.shape[0]
+    log_prior = (-0.5 * pt.sum(pt.square(standard)) - n * log_det_omega - 0.5 * n * Q * np.log(2 * np.pi)
+                 - pt.sum(pt.log(pt.diagonal(C, axis1=1, axis2=2))))
+    return individual, log_prior
 
 
 def initial_values(spec: PopulationSpec, individual) -> dict[str, np.ndarray]:
     """Starting point from individual fits (converged, or stopped by their evaluation budget):
-    mu = median of log estimates, omega = their SD, z = standardised deviations (clipped to +-3)."""
+    mu = median of log estimates, omega = their SD; and the centre of each subject's random
+    effects (its log estimates; `usable` marks the subjects that have them)."""
     estimated = spec.estimated
     N = individual.sizes["subject"]
     logs = np.full((N, len(estimated)), np.nan)
@@ -273,12 +328,47 @@ def initial_values(spec: PopulationSpec, individual) -> dict[str, np.ndarray]:
     out = {"mu": mu}
     if spec.iiv:
         cols = [estimated.index(n) for n in spec.iiv]
-        sd = sd[cols]
-        omega = np.clip(np.where(np.isfinite(sd), sd, 0.3), 0.05, 1.5)
-        z = (logs[:, cols] - mu[cols]) / omega
-        out["omega"] = omega
-        out["z"] = np.clip(np.nan_to_num(z, nan=0.0), -3, 3)
+        out["omega"] = np.clip(np.where(np.isfinite(sd[cols]), sd[cols], 0.3), 0.05, 1.5)
+        centre = logs[:, cols]
+        out["usable"] = np.isfinite(centre).all(axis=1)
+        out["centre"] = np.where(np.isfinite(centre), centre, mu[cols][None, :])
     return out
+
+
+def random_effect_centres(spec: PopulationSpec, pieces: dict, initial: Mapping[str, np.ndarray]) -> dict:
+    """The data of the random-effects map: each subject's centre (N, Q) and its data's
+    information (N, Q, Q) there, from `initial_values`; zero information (the non-centred map)
+    where a subject has no individual estimate, or for all subjects without initial values."""
+    N, Q = len(pieces["design"].subjects), len(spec.iiv)
+    if "centre" not in initial:
+        return {"eta_centre": np.zeros((N, Q)), "eta_information": np.zeros((N, Q, Q))}
+    at = np.tile(initial["mu"], (N, 1))
+    at[:, [spec.estimated.index(n) for n in spec.iiv]] = initial["centre"]
+    information = data_information(spec, pieces, at) * initial["usable"][:, None, None]
+    return {"eta_centre": np.asarray(initial["centre"], float), "eta_information": information}
+
+
+def data_information(spec: PopulationSpec, pieces: dict, log_theta: np.ndarray) -> np.ndarray:
+    """(N, Q, Q) Gauss-Newton information of each subject's data about its log parameters with
+    variability, at log_theta (N, K): sum over quantified records of w^2 g g^T, with g the
+    derivative of the log prediction and w^2 the Fisher information of the record about it
+    under the model's residual error at its default SD (censored records are left out)."""
+    op, rec, design = pieces["op"], pieces["records"], pieces["design"]
+    model = spec.model
+    pred, jac = op.values(log_theta)
+    cols = [spec.estimated.index(n) for n in spec.iiv]
+    f = np.maximum(pred, 1e-300)
+    g = jac[:, cols] / f[:, None]
+    sigma = np.array([model.observations[a].sigma for a in rec["observed"]])[rec["slot"]]
+    additive = np.array([model.observations[a].additive for a in rec["observed"]])[rec["slot"]]
+    sd = np.where(rec["error"] == 0, sigma * f, np.sqrt(np.square(additive) + np.square(sigma * f)))
+    weight = np.square(f / sd)  # 1/sigma^2 for the log and proportional error models
+    weight[(rec["censored"] != 0) | ~np.isfinite(weight)] = 0.0
+    g = np.where(np.isfinite(g), g, 0.0)
+    N, Q = log_theta.shape[0], len(cols)
+    information = np.zeros((N, Q, Q))
+    np.add.at(information, design.subject_index, weight[:, None, None] * g[:, :, None] * g[:, None, :])
+    return information
 
 
 def pointwise_loglik(spec: PopulationSpec, pieces: dict, theta: np.ndarray, sigma: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ The model is compiled once; each replication swaps in its data.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from scipy import stats
 
 from ..models import Model, load
 from ..simulate import simulate
-from ..simulate.compiled import predict_compiled
-from .population import PopulationSpec, build_pymc_model
+from ..simulate.compiled import StepSizes, predict_compiled
+from .individual import fit_individual
+from .population import PopulationSpec, build_pymc_model, initial_values, random_effect_centres
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,12 @@ def sbc(model: Model | str, *, replications: int = 100, subjects: int = 8, dose:
         P[:, op.est] = np.exp(log_theta)
         pred, _ = predict_compiled(design, P, [], spec.steps)
         y, censored = _observe(model, observed, records, pred, sigma, rng)
-        trace = nutpie.sample(compiled.with_data(y_obs=y, censored_obs=censored), chains=chains, draws=draws,
-                              tune=tune, seed=int(rng.integers(2**31)), progress_bar=False)
+        # as pkpd.fit does: individual fits of this replication's data centre the random effects
+        data = _with_values(template, design.records, y, censored)
+        individual = fit_individual(model, data, estimate=estimated, steps=StepSizes())
+        centres = random_effect_centres(spec, pieces, initial_values(spec, individual)) if spec.iiv else {}
+        trace = nutpie.sample(compiled.with_data(y_obs=y, censored_obs=censored, **centres), chains=chains,
+                              draws=draws, tune=tune, seed=int(rng.integers(2**31)), progress_bar=False)
         post = trace["posterior"]
         truth = np.concatenate([mu, omega, np.log(sigma)])
         samples = np.concatenate([
@@ -110,6 +116,14 @@ def sbc(model: Model | str, *, replications: int = 100, subjects: int = 8, dose:
         chi2, p = stats.chisquare(counts)
         summary.append({"parameter": col, "chi2": float(chi2), "p_value": float(p), "replications": replications})
     return SBCResult(ranks, pd.DataFrame(summary), thin_to, bins)
+
+
+def _with_values(template, records, y, censored):
+    """The template cohort with new values (and censoring flags) at its model records."""
+    obs = template.observations.copy()
+    obs.loc[records, "value"] = y
+    obs.loc[records, "censored"] = censored
+    return dataclasses.replace(template, observations=obs)
 
 
 def _observe(model, observed, records, pred, sigma, rng):

@@ -31,19 +31,11 @@ _HEADER = "import math\nimport numba\nimport numpy as np\n\n"
 # observation time. `predict_all_<pair>` (below): adaptive embedded pairs, same sensitivities.
 _KERNEL = """
 @numba.njit(cache=True, error_model="numpy", inline="always")
-def _derivs(t, y, S, p, c, est, f, dS, Jy, Jp):
-    rhs(t, y, p, c, f)
-    K = est.shape[0]
-    if K > 0:
-        jac_y(t, y, p, c, Jy)
-        jac_p(t, y, p, c, Jp)
-        n = y.shape[0]
-        for i in range(n):
-            for k in range(K):
-                acc = Jp[i, est[k]]
-                for m in range(n):
-                    acc += Jy[i, m] * S[m, k]
-                dS[i, k] = acc
+def _derivs(t, y, S, p, c, est, f, dS, Jp):
+    if est.shape[0] > 0:
+        rhs_sens(t, y, S, p, c, est, f, dS, Jp)
+    else:
+        rhs(t, y, p, c, f)
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
@@ -93,7 +85,7 @@ def predict_all(P, C, est, obs_subject_start, obs_time, obs_analyte, dt_early, d
     yt = np.zeros(n); St = np.zeros((n, K))
     f1 = np.zeros(n); f2 = np.zeros(n); f3 = np.zeros(n); f4 = np.zeros(n)
     s1 = np.zeros((n, K)); s2 = np.zeros((n, K)); s3 = np.zeros((n, K)); s4 = np.zeros((n, K))
-    Jy = np.zeros((n, n)); Jp = np.zeros((n, n_par)); J0 = np.zeros((n, n_par))
+    Jp = np.zeros((n, n_par)); J0 = np.zeros((n, n_par))
     g = np.zeros(1); gy = np.zeros(n); gp = np.zeros(n_par)
     for i in range(N):
         p = P[i]
@@ -112,22 +104,22 @@ def predict_all(P, C, est, obs_subject_start, obs_time, obs_analyte, dt_early, d
                     h = t_switch - t
                 if t + h > target:
                     h = target - t
-                _derivs(t, y, S, p, c, est, f1, s1, Jy, Jp)
+                _derivs(t, y, S, p, c, est, f1, s1, Jp)
                 for a2 in range(n):
                     yt[a2] = y[a2] + 0.5 * h * f1[a2]
                     for k in range(K):
                         St[a2, k] = S[a2, k] + 0.5 * h * s1[a2, k]
-                _derivs(t + 0.5 * h, yt, St, p, c, est, f2, s2, Jy, Jp)
+                _derivs(t + 0.5 * h, yt, St, p, c, est, f2, s2, Jp)
                 for a2 in range(n):
                     yt[a2] = y[a2] + 0.5 * h * f2[a2]
                     for k in range(K):
                         St[a2, k] = S[a2, k] + 0.5 * h * s2[a2, k]
-                _derivs(t + 0.5 * h, yt, St, p, c, est, f3, s3, Jy, Jp)
+                _derivs(t + 0.5 * h, yt, St, p, c, est, f3, s3, Jp)
                 for a2 in range(n):
                     yt[a2] = y[a2] + h * f3[a2]
                     for k in range(K):
                         St[a2, k] = S[a2, k] + h * s3[a2, k]
-                _derivs(t + h, yt, St, p, c, est, f4, s4, Jy, Jp)
+                _derivs(t + h, yt, St, p, c, est, f4, s4, Jp)
                 for a2 in range(n):
                     y[a2] += h / 6.0 * (f1[a2] + 2.0 * f2[a2] + 2.0 * f3[a2] + f4[a2])
                     for k in range(K):
@@ -195,7 +187,7 @@ def predict_all_@NAME@(P, C, est, obs_subject_start, obs_time, obs_analyte, rtol
     peak = np.zeros(n); speak = np.zeros((n, K))
 @ALLOC@
     f0 = np.zeros(n); f1 = np.zeros(n)
-    Jy = np.zeros((n, n)); Jp = np.zeros((n, n_par)); J0 = np.zeros((n, n_par))
+    Jp = np.zeros((n, n_par)); J0 = np.zeros((n, n_par))
     g = np.zeros(1); gy = np.zeros(n); gp = np.zeros(n_par)
     order = @ORDER@
     alpha = 0.7 / order  # PI controller (Gustafsson; Hairer & Wanner II, IV.2)
@@ -223,7 +215,7 @@ def predict_all_@NAME@(P, C, est, obs_subject_start, obs_time, obs_analyte, rtol
                 continue
             while n > 0 and not failed and t < target - 1e-12:
                 if not have_k0:
-                    _derivs(t, y, S, p, c, est, k0, kS0, Jy, Jp)
+                    _derivs(t, y, S, p, c, est, k0, kS0, Jp)
                     have_k0 = True
                 if h == 0.0:  # initial step (Hairer, Norsett & Wanner I, II.4)
                     d0 = 0.0
@@ -327,7 +319,7 @@ def _adaptive_source(method: str) -> str:
         stages += _combination("yt[m]", "y[m]", A[s, :s], "k{r}[m]", " " * 20)
         stages += ["                    for q in range(K):"]
         stages += _combination("St[m, q]", "S[m, q]", A[s, :s], "kS{r}[m, q]", " " * 24)
-        stages += [f"                _derivs(t + {float(c[s])!r} * h, yt, St, p, c, est, k{s}, kS{s}, Jy, Jp)"]
+        stages += [f"                _derivs(t + {float(c[s])!r} * h, yt, St, p, c, est, k{s}, kS{s}, Jp)"]
     stages += ["                # new solution (yn, Sn) and its error estimate (yt, St)",
                "                for m in range(n):"]
     stages += _combination("yn[m]", "y[m]", b, "k{r}[m]", " " * 20)
@@ -379,6 +371,32 @@ def _body(assignments: list[tuple[str, sp.Expr]], names: dict, printer: _Printer
     return head + lines
 
 
+def _sensitivity_function(rhs: list, states: list, params: list, names: dict, printer) -> list[str]:
+    """`rhs_sens`: the right-hand side f and the forward sensitivities dS = (df/dy) S + df/dtheta
+    in one body, sharing subexpressions, the state Jacobian's structural zeros left out.
+
+    df/dtheta goes to the caller's buffer Jp (n, n_parameters), zero except where written, and is
+    read at the estimated columns `est`; the nonzero df/dy entries stay local scalars."""
+    n = len(states)
+    assignments = [(f"f[{i}]", e) for i, e in enumerate(rhs)]
+    terms: list[list[tuple[str, int]]] = [[] for _ in range(n)]
+    for i, e in enumerate(rhs):
+        for m, y in enumerate(states):
+            d = sp.diff(e, y)
+            if d != 0:
+                assignments.append((f"_jy_{i}_{m}", d))
+                terms[i].append((f"_jy_{i}_{m}", m))
+    assignments += [(f"Jp[{i}, {k}]", sp.diff(e, q)) for i, e in enumerate(rhs) for k, q in enumerate(params)]
+    lines = ["@numba.njit(cache=True, error_model=\"numpy\", inline=\"always\")",
+             "def rhs_sens(t, y, S, p, c, est, f, dS, Jp):",
+             *_body(assignments, names, printer, zero_first=False),
+             "    for k in range(est.shape[0]):", "        e = est[k]"]
+    for i in range(n):
+        products = "".join(f" + {name} * S[{m}, k]" for name, m in terms[i])
+        lines.append(f"        dS[{i}, k] = Jp[{i}, e]{products}")
+    return lines + [""]
+
+
 def _source(model: Model) -> str:
     s = model.symbols
     printer = _Printer({"fully_qualified_modules": True, "standard": "python3"})
@@ -399,10 +417,7 @@ def _source(model: Model) -> str:
 
     src = [_HEADER]
     src += fn("rhs", "t, y, p, c, out", [(f"out[{i}]", e) for i, e in enumerate(s["rhs"])])
-    src += fn("jac_y", "t, y, p, c, out",
-              [(f"out[{i}, {k}]", sp.diff(e, states[k])) for i, e in enumerate(s["rhs"]) for k in range(n)])
-    src += fn("jac_p", "t, y, p, c, out",
-              [(f"out[{i}, {k}]", sp.diff(e, params[k])) for i, e in enumerate(s["rhs"]) for k in range(P)])
+    src += _sensitivity_function(s["rhs"], states, params, names, printer)
     # the state vector is reused from subject to subject: clear it
     src += fn("init", "p, c, out", [(f"out[{i}]", e) for i, e in enumerate(s["initial"])], zero_first=True)
     src += fn("init_p", "p, c, out",
