@@ -198,12 +198,12 @@ def _print_frame(frame: pd.DataFrame, title: str) -> None:
 
 
 #: the demo's PK/PD fit: transgene, B cells, IL-6 and IgG jointly, variability on the five
-#: parameters the example cohort informs best, 2 chains x (300 + 300) so that the whole chain
-#: stays within 15 minutes on 2 cores (run `pkpd fit` with --chains 4 --draws 1000 for a full fit)
+#: parameters the example cohort informs best, 4 chains x (500 + 500) so that the whole chain
+#: stays within 15 minutes on 2 cores (run `pkpd fit` with --draws 1000 --tune 1000 for a full fit)
 DEMO_MODEL = "antigen_driven+cytokines_qss+igg"
 DEMO_ANALYTES = ("transgene", "bcells", "il6", "igg")
 DEMO_IIV = ("rho", "b0", "kkills", "emax_il6", "igg0")
-DEMO_SAMPLER = {"chains": 2, "tune": 300, "draws": 300, "seed": 20261122}
+DEMO_SAMPLER = {"chains": 4, "tune": 500, "draws": 500, "seed": 20261122}
 DEMO_COMPARE_DRAWS = 500
 
 

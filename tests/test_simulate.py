@@ -194,7 +194,9 @@ def test_adaptive_sensitivities_match_finite_differences(adaptive_case):
     estimated = ["rho", "alpha", "fblood", "b0", "kkill", "kexh"]
     pred, dpred = predict_compiled(design, P, estimated, Tolerances())
     same, _ = predict_compiled(design, P, [], Tolerances())
-    np.testing.assert_array_equal(pred, same)  # the steps do not depend on the sensitivities
+    # the steps do not depend on the sensitivities (f is computed with them, sharing
+    # subexpressions, so the values agree to rounding)
+    np.testing.assert_allclose(pred, same, rtol=1e-12)
     ok = pred > 1e-3
     eps = 1e-4
     for k, name in enumerate(estimated):
@@ -230,5 +232,7 @@ def test_sampler_op_runs_the_adaptive_solver(adaptive_case):
     log_theta = np.log(P[:, [model.parameter_names.index(n) for n in estimated]])
     pred, jac = op.values(log_theta)
     pred2, jac2 = _numba_predictions(op)(log_theta)
+    # the same kernel compiled twice (inlined differently): equal up to rounding, which
+    # sensitivities that cross zero amplify
     np.testing.assert_allclose(pred2, pred, rtol=1e-12)
-    np.testing.assert_allclose(jac2, jac, rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(jac2, jac, rtol=1e-9, atol=1e-12 * np.abs(jac).max())

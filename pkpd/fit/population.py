@@ -8,7 +8,7 @@
     sigma_a ~ LogNormal(log model default, 0.5)  per-analyte residual error
     y ~ residual-error model around the predictions; below the LLOQ: M3 (or M4)
 
-The sampler does not see eta: it sees u, which `_random_effects` maps to eta by whitening each
+The sampler does not see eta: it sees u, which `random_effects` maps to eta by whitening each
 subject's conditional posterior with the information its data carry (from the individual fits).
 Without individual fits the map is the usual non-centred one, eta = omega * u.
 
@@ -197,6 +197,7 @@ def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str,
     import pytensor.tensor as pt
 
     from .op import PredictionsOp
+    from .random_effects import random_effects
 
     model = spec.model
     design = Design(model, cohort)
@@ -240,7 +241,7 @@ def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str,
             centre = pm.Data("eta_centre", centres["eta_centre"])
             information = pm.Data("eta_information", centres["eta_information"])
             u = pm.Flat("u", dims=("subject", "iiv_parameter"), initval=np.zeros((N, len(spec.iiv))))
-            individual_iiv, log_prior = _random_effects(u, typical_iiv, omega, chol, centre, information)
+            individual_iiv, log_prior = random_effects(u, typical_iiv, omega, chol, centre, information)
             pm.Potential("random_effects", log_prior)
             pm.Deterministic("eta", individual_iiv - typical_iiv, dims=("subject", "iiv_parameter"))
             log_theta = pt.set_subtensor(log_theta[:, iiv_index], individual_iiv)
@@ -258,49 +259,6 @@ def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str,
                                     additive[records["slot"]], m4=spec.censoring == "M4")
         pm.Potential("loglik", pt.sum(logp))
     return pm_model, pieces
-
-
-def _random_effects(u, typical, omega, chol, centre, information):
-    """Individual log values of the parameters with variability from the sampler's free `u`,
-    and their log prior density (with the Jacobian of the map).
-
-    The map whitens each subject's conditional posterior under a Gaussian approximation: with
-    the population prior eta_i ~ N(0, Omega) around `typical` (N, Q) and the data's information
-    about subject i's log parameters H_i (Gauss-Newton, from the individual fits) around the
-    individual estimates c_i,
-        Lambda_i = H_i + Omega^-1 = C_i C_i^T,
-        log theta_i = Lambda_i^-1 (H_i c_i + Omega^-1 typical_i) + C_i^-T u_i.
-    Where the data say little (H_i -> 0) this is the non-centred parameterisation
-    (typical + omega * u); where they say much it is the centred one, whitened by the data. The
-    posterior of u is then near N(0, I) whatever omega is: no funnel either way, and no
-    within-subject correlation for a diagonal mass matrix to miss. The posterior of the model's
-    parameters is exactly that of the hierarchical model (the Jacobian, -sum log diag C_i, is
-    included); only the sampler's coordinates change."""
-    import pytensor.tensor as pt
-    from pytensor.tensor.linalg import cholesky, solve_triangular
-
-    Q = u.shape[1]
-    if chol is None:
-        omega_inv = pt.eye(Q) / pt.square(omega)[None, :]
-    else:
-        chol_inv = solve_triangular(chol, pt.eye(Q), lower=True)
-        omega_inv = pt.dot(chol_inv.T, chol_inv)
-    precision = information + omega_inv[None, :, :]
-    C = cholesky(precision)
-    rhs = pt.sum(information * centre[:, None, :], axis=2) + pt.dot(typical, omega_inv)
-    w = solve_triangular(C, rhs[..., None], lower=True)[..., 0] + u
-    individual = solve_triangular(C.transpose(0, 2, 1), w[..., None], lower=False)[..., 0]
-    eta = individual - typical
-    if chol is None:
-        standard = eta / omega[None, :]
-        log_det_omega = pt.sum(pt.log(omega))
-    else:
-        standard = solve_triangular(chol, eta.T, lower=True).T
-        log_det_omega = pt.sum(pt.log(pt.diagonal(chol)))
-    n = eta.shape[0]
-    log_prior = (-0.5 * pt.sum(pt.square(standard)) - n * log_det_omega - 0.5 * n * Q * np.log(2 * np.pi)
-                 - pt.sum(pt.log(pt.diagonal(C, axis1=1, axis2=2))))
-    return individual, log_prior
 
 
 def initial_values(spec: PopulationSpec, individual) -> dict[str, np.ndarray]:
