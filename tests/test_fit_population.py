@@ -239,3 +239,27 @@ def test_fit_command_strict(tmp_path):
     assert result.exit_code == 1  # 50 draws cannot pass the ESS check: --strict fails the run
     for name in ("posterior.nc", "parameters.csv", "diagnostics.txt"):
         assert (tmp_path / "run" / name).exists()
+
+
+@pytest.mark.parametrize("code", [0, 1, 2])
+@pytest.mark.parametrize("m4", [False, True])
+def test_likelihood_for_one_error_model_equals_the_general_expression(code, m4):
+    """With a single error model the likelihood drops the other models' branches; the values
+    must be those of the general (per-record switch) expression."""
+    from pkpd.fit import likelihood
+
+    rng = np.random.default_rng(code)
+    n = 12
+    pred, y = np.exp(rng.normal(2, 1, n)), np.exp(rng.normal(2, 1, n))
+    lloq = np.full(n, 3.0)
+    censored = np.where(y < lloq, 1, 0)
+    censored[0] = -1
+    y = np.where(censored == 1, lloq, y)
+    sigma, additive = np.full(n, 0.4), np.full(n, 0.5)
+    single = likelihood.pointwise(likelihood.NUMPY, pred, y, lloq, censored, np.full(n, code), sigma, additive, m4=m4)
+    # the general expression: the same records mixed with one of another error model, left out
+    mixed_codes = np.append(np.full(n, code), (code + 1) % 3)
+    general = likelihood.pointwise(likelihood.NUMPY, np.append(pred, 1.0), np.append(y, 1.0), np.append(lloq, 0.0),
+                                   np.append(censored, 0), mixed_codes, np.append(sigma, 0.4),
+                                   np.append(additive, 0.5), m4=m4)[:n]
+    np.testing.assert_allclose(single, general, rtol=1e-12)

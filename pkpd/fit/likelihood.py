@@ -40,31 +40,50 @@ def _pytensor_namespace():
 NUMPY = _numpy_namespace()
 
 
+def _single_code(error):
+    """The error-model code shared by every record, or None (mixed, or not known in advance).
+    With one code the expressions below carry no branch for the other error models, which
+    keeps the sampler's compiled log density small (its compile time is mostly LLVM's)."""
+    error = np.asarray(error) if isinstance(error, (np.ndarray, list, tuple)) else None
+    if error is not None and error.size and np.all(error == error.flat[0]):
+        return int(error.flat[0])
+    return None
+
+
 def standardise(xp, pred, y, lloq, error, sigma, additive):
     """(z, z_lloq, mean, sd, yy): the value and the LLOQ standardised on the scale of each
     record's error model (log scale for 'log'), with that scale's mean, SD and value."""
     tiny = 1e-300
     f = xp.maximum(pred, tiny)
-    is_log = xp.eq(error, 0)
-    sd = xp.where(is_log, sigma,
-                  xp.where(xp.eq(error, 1), sigma * f, xp.sqrt(xp.square(additive) + xp.square(sigma * f))))
-    mean = xp.where(is_log, xp.log(f), f)
-    yy = xp.where(is_log, xp.log(xp.maximum(y, tiny)), y)
-    limit = xp.where(is_log, xp.log(xp.maximum(lloq, tiny)), lloq)
+    code = _single_code(error)
+    if code == 0:
+        sd, mean, yy, limit = sigma, xp.log(f), xp.log(xp.maximum(y, tiny)), xp.log(xp.maximum(lloq, tiny))
+    elif code in (1, 2):
+        sd = sigma * f if code == 1 else xp.sqrt(xp.square(additive) + xp.square(sigma * f))
+        mean, yy, limit = f, y, lloq
+    else:
+        is_log = xp.eq(error, 0)
+        sd = xp.where(is_log, sigma,
+                      xp.where(xp.eq(error, 1), sigma * f, xp.sqrt(xp.square(additive) + xp.square(sigma * f))))
+        mean = xp.where(is_log, xp.log(f), f)
+        yy = xp.where(is_log, xp.log(xp.maximum(y, tiny)), y)
+        limit = xp.where(is_log, xp.log(xp.maximum(lloq, tiny)), lloq)
     return (yy - mean) / sd, (limit - mean) / sd, mean, sd, yy
 
 
 def pointwise(xp, pred, y, lloq, censored, error, sigma, additive, m4: bool = False):
     """Log-likelihood of each record (arrays aligned by record; `error` holds ERROR_CODE)."""
     tiny = 1e-300
-    is_log = xp.eq(error, 0)
+    code = _single_code(error)
+    is_log = xp.eq(error, 0) if code is None else code == 0
     z, z_lloq, mean, sd, yy = standardise(xp, pred, y, lloq, error, sigma, additive)
-    density = -0.5 * xp.square(z) - xp.log(sd) - _LOG_SQRT_2PI - xp.where(is_log, yy, 0.0)
+    log_jacobian = yy if code == 0 else 0.0 if code is not None else xp.where(is_log, yy, 0.0)
+    density = -0.5 * xp.square(z) - xp.log(sd) - _LOG_SQRT_2PI - log_jacobian
     below = xp.log_ndtr(z_lloq)
-    if m4:  # normal error models: condition on y > 0
+    if m4 and code != 0:  # normal error models: condition on y > 0 ('log' has no mass below 0)
         positive = xp.log_ndtr(mean / sd)
         below_m4 = xp.log(xp.maximum(xp.exp(below) - xp.exp(xp.log_ndtr(-mean / sd)), tiny)) - positive
-        below = xp.where(is_log, below, below_m4)
+        below = below_m4 if code is not None else xp.where(is_log, below, below_m4)
     above = xp.log_ndtr(-z)  # y holds the upper limit: P(Y > limit) = Phi(-z)
     return xp.where(xp.eq(censored, 1), below, xp.where(xp.eq(censored, -1), above, density))
 
