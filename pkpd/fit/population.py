@@ -319,8 +319,10 @@ def data_information(spec: PopulationSpec, pieces: dict, log_theta: np.ndarray) 
     g = jac[:, cols] / f[:, None]
     sigma = np.array([model.observations[a].sigma for a in rec["observed"]])[rec["slot"]]
     additive = np.array([model.observations[a].additive for a in rec["observed"]])[rec["slot"]]
-    sd = np.where(rec["error"] == 0, sigma * f, np.sqrt(np.square(additive) + np.square(sigma * f)))
-    weight = np.square(f / sd)  # 1/sigma^2 for the log and proportional error models
+    _, _, _, sd, _ = likelihood.standardise(likelihood.NUMPY, pred, rec["value"], rec["lloq"], rec["error"],
+                                            sigma, additive)
+    # the mean of each record's scale moves with log f at rate 1 ('log') or f (normal models)
+    weight = np.square(np.where(rec["error"] == 0, 1.0, f) / sd)
     weight[(rec["censored"] != 0) | ~np.isfinite(weight)] = 0.0
     g = np.where(np.isfinite(g), g, 0.0)
     N, Q = log_theta.shape[0], len(cols)

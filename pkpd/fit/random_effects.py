@@ -106,7 +106,8 @@ def whiten_pullback(u, t, omega_inv, c, H, gx, g_log_det):
     C = np.zeros((Q, Q))
     b, w, x1, v = np.empty(Q), np.empty(Q), np.empty(Q), np.empty(Q)
     a, gb = np.empty(Q), np.empty(Q)
-    P = np.zeros((Q, Q))
+    P = np.zeros((Q, Q))  # lower triangle used
+    PC = np.zeros((Q, Q))
     C_inv = np.zeros((Q, Q))
     e = np.zeros(Q)
     col = np.empty(Q)
@@ -123,23 +124,27 @@ def whiten_pullback(u, t, omega_inv, c, H, gx, g_log_det):
         _solve_upper(C, a, gb)  # gb = Lambda^-1 gx: the gradient with respect to b
         for j in range(Q):
             gu[i, j] = a[j]
-        # with respect to C, through v = C^-T u: -v a^T (lower triangle); P = Phi(C^T gC)
+        # with respect to C, through v = C^-T u: gC = -v a^T (lower triangle); P = Phi(C^T gC)
         for j in range(Q):
             for k in range(j + 1):
                 s = 0.0
-                for m in range(j, Q):  # (C^T)[j, m] = C[m, j], nonzero for m >= j
-                    s += C[m, j] * (-v[m] * a[k]) if m >= k else 0.0
+                for m in range(j, Q):  # (C^T)[j, m] = C[m, j], nonzero for m >= j (>= k)
+                    s -= C[m, j] * v[m] * a[k]
                 P[j, k] = 0.5 * s if j == k else s
-            for k in range(j + 1, Q):
-                P[j, k] = 0.0
+        # PC = P C^-1, so that C^-T P C^-1 costs two products, not a quadruple loop
+        for m in range(Q):
+            for k in range(Q):
+                s = 0.0
+                for n in range(m + 1):  # P is lower triangular
+                    s += P[m, n] * C_inv[n, k]
+                PC[m, k] = s
         # gLambda = C^-T P C^-1 (through C) - gb x1^T (through x1 = Lambda^-1 b)
         #           + 0.5 g_log_det Lambda^-1 (log det C = 0.5 log det Lambda)
         for j in range(Q):
             for k in range(Q):
                 s = 0.0
                 for m in range(Q):
-                    for n in range(Q):
-                        s += C_inv[m, j] * P[m, n] * C_inv[n, k]
+                    s += C_inv[m, j] * PC[m, k]
                 lam_inv = 0.0
                 for m in range(Q):
                     lam_inv += C_inv[m, j] * C_inv[m, k]
