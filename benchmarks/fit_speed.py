@@ -10,6 +10,7 @@ ESS per second of sampling over the population parameters (typical values, IIV S
 SDs), then the ratio ours / Stan and whether the posteriors agree (typical values: difference of
 medians within 0.5 posterior SD). Both engines run side by side on this machine; the ratio is
 what compares across machines. The Stan run may be shorter (ESS per second is comparable).
+Both engines start from the same point: pkpd.fit's, from the individual fits.
 
 pystan is not a dependency of cart-pkpd: `pip install pystan` (it bundles Stan and its compiler;
 needs g++). The last line is machine-readable:
@@ -24,10 +25,11 @@ import time
 
 import numpy as np
 
-from pkpd.fit import PopulationSpec, fit
+from pkpd.fit import PopulationSpec, fit, fit_individual
+from pkpd.fit.population import initial_values
 from pkpd.models import load
 from pkpd.simulate import simulate
-from pkpd.simulate.compiled import Design
+from pkpd.simulate.compiled import Design, StepSizes
 
 def _option(name: str, default):
     if name in sys.argv:
@@ -56,7 +58,11 @@ def min_ess(draws: dict[str, np.ndarray]) -> float:
 
 def ours(model, cohort) -> dict:
     t0 = time.perf_counter()
-    result = fit(model, cohort, seed=1, progress=False, **OURS)
+    # the individual fits are part of pkpd.fit (and of its wall time); made here so that Stan
+    # starts from the same point
+    spec = PopulationSpec.default(model)
+    individual = fit_individual(model, cohort, estimate=spec.estimated, steps=StepSizes())
+    result = fit(model, cohort, seed=1, progress=False, individual=individual, **OURS)
     wall = time.perf_counter() - t0
     post = result.posterior
     draws = {k: post[k].transpose("chain", "draw", ...).to_numpy() for k in ("mu", "omega", "sigma")}
@@ -64,17 +70,26 @@ def ours(model, cohort) -> dict:
     return {"compile_s": attrs["compile_seconds"], "sample_s": attrs["sampling_seconds"], "wall_s": wall,
             "steps": result.steps_per_draw(), "divergences": result.divergences(), "min_ess": min_ess(draws),
             "typical": post["mu"].transpose("chain", "draw", "parameter").to_numpy(),
-            "solver_error": attrs["solver_max_log_error"]}
+            "solver_error": attrs["solver_max_log_error"], "initial": initial_values(spec, individual)}
 
 
-def stan(code: str, data: dict, names: list[str]) -> dict:
+def stan_inits(initial: dict, data: dict, chains: int) -> list[dict]:
+    """pkpd.fit's starting point (from the individual fits) in the Stan model's parameters."""
+    assert len(initial["omega"]) == len(initial["mu"]), "the Stan models give every parameter variability"
+    z = (initial["centre"] - initial["mu"][None, :]) / initial["omega"][None, :]
+    point = {"mu": initial["mu"].tolist(), "omega": initial["omega"].tolist(), "z": z.tolist(),
+             "sigma": data["sigma_default"]}
+    return [point] * chains
+
+
+def stan(code: str, data: dict, names: list[str], initial: dict) -> dict:
     import stan as pystan
 
     t0 = time.perf_counter()
     posterior = pystan.build(code, data=data, random_seed=1)
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    fit_ = posterior.sample(**STAN)
+    fit_ = posterior.sample(**STAN, init=stan_inits(initial, data, STAN["num_chains"]))
     sample_s = time.perf_counter() - t0
     chains = STAN["num_chains"]
 
@@ -132,7 +147,10 @@ def case_antigen_driven():
             "time": d.time.tolist(), "y": d.value.tolist(), "censored": d.censored.tolist(),
             "dose": covs[:, 0].tolist(), "ld": covs[:, 1].tolist(),
             "k": [model.parameter(n).typical for n in k_names], "scale": model.parameter("scale").typical,
-            "sigma_default": [model.observations[a].sigma for a in ("transgene", "bcells")], **common_priors(spec)}
+            "sigma_default": [model.observations[a].sigma for a in ("transgene", "bcells")], **common_priors(spec),
+            # rk45 at a relative tolerance 3x tighter than pkpd's adaptive solver (3e-5 of each
+            # state's running peak); the absolute one is far below every state's scale
+            "rtol": 1e-5, "atol": 1e-6}
     assert spec.estimated == ["rho", "alpha", "fblood", "b0", "kkills", "ks"]
     return model, cohort, ANTIGEN_DRIVEN, data, spec.estimated
 
@@ -163,7 +181,7 @@ def main() -> None:
         a = ours(model, cohort)
         print(f"[{label}] pkpd: sampling {a['sample_s']:.1f} s, {a['steps']:.1f} steps/draw, min ESS "
               f"{a['min_ess']:.0f}, divergences {a['divergences']}", flush=True)
-        b = stan(code, data, names)
+        b = stan(code, data, names, a["initial"])
         results[label] = (report(label, a, b), a)
     (r1, _), (r2, a2) = results.values()
     print(f"fit_speed: multiphasic_ratio={r1:.2f} antigen_driven_ratio={r2:.2f} "

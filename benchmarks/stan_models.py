@@ -84,6 +84,8 @@ data {
   vector<lower=0>[6] prior_sd;
   vector<lower=0>[6] omega_scale;
   vector<lower=0>[2] sigma_default;
+  real<lower=0> rtol;
+  real<lower=0> atol;
 }
 parameters {
   vector[6] mu;
@@ -111,7 +113,7 @@ model {
       for (j in 1:n_zero) states[j] = y0;
       if (n_post > n_zero) {
         array[n_post - n_zero] real ts = to_array_1d(time[(first_post + n_zero):(start[i] + count[i] - 1)]);
-        array[n_post - n_zero] vector[4] sol = ode_rk45_tol(rhs, y0, 0.0, ts, 1e-6, 1e-8, 100000, p, k, ld[i]);
+        array[n_post - n_zero] vector[4] sol = ode_rk45_tol(rhs, y0, 0.0, ts, rtol, atol, 100000, p, k, ld[i]);
         for (j in 1:(n_post - n_zero)) states[n_zero + j] = sol[j];
       }
     }

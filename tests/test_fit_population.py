@@ -173,15 +173,19 @@ def test_numba_and_python_implementations_of_the_op_agree(small):
     import pytensor
     import pytensor.tensor as pt
 
-    _, _, _, _, pieces = small
-    op = pieces["op"]
-    x = pt.dmatrix("x")
-    pred, jac = op(x)
-    value = np.log(op.fixed[:, op.est]) + 0.05
-    fast = pytensor.function([x], [pred, jac], mode="NUMBA")(value)
-    slow = op.values(value)
-    np.testing.assert_allclose(fast[0], slow[0], rtol=1e-12)
-    np.testing.assert_allclose(fast[1], slow[1], rtol=1e-12)
+    from pkpd.fit.op import LogLikelihoodOp
+
+    _, _, spec, _, pieces = small
+    records, predictions = pieces["records"], pieces["predictions"]
+    op = LogLikelihoodOp(predictions, records, np.zeros(len(records["value"])), m4=False)
+    x, sigma = pt.dmatrix("x"), pt.dvector("sigma")
+    outputs = op(x, sigma, records["value"], records["censored"])
+    values = (np.log(predictions.fixed[:, predictions.est]) + 0.05, np.array([0.5, 0.3]))
+    fast = pytensor.function([x, sigma], outputs, mode="NUMBA")(*values)
+    slow = pytensor.function([x, sigma], outputs, mode="FAST_COMPILE")(*values)
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    assert np.isfinite(fast[0]) and np.abs(fast[1]).max() > 0
 
 
 def test_bad_specifications_are_clear_errors():
@@ -241,25 +245,63 @@ def test_fit_command_strict(tmp_path):
         assert (tmp_path / "run" / name).exists()
 
 
-@pytest.mark.parametrize("code", [0, 1, 2])
-@pytest.mark.parametrize("m4", [False, True])
-def test_likelihood_for_one_error_model_equals_the_general_expression(code, m4):
-    """With a single error model the likelihood drops the other models' branches; the values
-    must be those of the general (per-record switch) expression."""
-    from pkpd.fit import likelihood
-
-    rng = np.random.default_rng(code)
-    n = 12
+def _likelihood_case(code, seed=0):
+    rng = np.random.default_rng(seed)
+    n = 16
     pred, y = np.exp(rng.normal(2, 1, n)), np.exp(rng.normal(2, 1, n))
     lloq = np.full(n, 3.0)
     censored = np.where(y < lloq, 1, 0)
-    censored[0] = -1
+    censored[:2] = -1  # above a limit
+    censored[2:4] = 1
     y = np.where(censored == 1, lloq, y)
-    sigma, additive = np.full(n, 0.4), np.full(n, 0.5)
-    single = likelihood.pointwise(likelihood.NUMPY, pred, y, lloq, censored, np.full(n, code), sigma, additive, m4=m4)
-    # the general expression: the same records mixed with one of another error model, left out
-    mixed_codes = np.append(np.full(n, code), (code + 1) % 3)
-    general = likelihood.pointwise(likelihood.NUMPY, np.append(pred, 1.0), np.append(y, 1.0), np.append(lloq, 0.0),
-                                   np.append(censored, 0), mixed_codes, np.append(sigma, 0.4),
-                                   np.append(additive, 0.5), m4=m4)[:n]
-    np.testing.assert_allclose(single, general, rtol=1e-12)
+    return pred, y, lloq, censored, np.full(n, code), np.full(n, 0.4), np.full(n, 0.5)
+
+
+@pytest.mark.parametrize("code", [0, 1, 2])
+@pytest.mark.parametrize("m4", [False, True])
+def test_likelihood_kernel_matches_scipy_stats(code, m4):
+    """Each record's log-likelihood against scipy.stats, written from the definitions."""
+    from pkpd.fit import likelihood
+
+    pred, y, lloq, censored, error, sigma, additive = _likelihood_case(code)
+    value = likelihood.pointwise(pred, y, lloq, censored, error, sigma, additive, m4=m4)
+    if code == 0:
+        dist, v, limit = st.norm(np.log(pred), sigma), np.log(y), np.log(lloq)
+        density = dist.logpdf(v) - np.log(y)
+        below = dist.logcdf(limit)
+    else:
+        sd = sigma * pred if code == 1 else np.sqrt(additive ** 2 + (sigma * pred) ** 2)
+        dist, v = st.norm(pred, sd), y
+        density = dist.logpdf(v)
+        below = np.log(dist.cdf(lloq) - dist.cdf(0)) - dist.logsf(0) if m4 else dist.logcdf(lloq)
+    expected = np.where(censored == 0, density, np.where(censored == 1, below, dist.logsf(v)))
+    np.testing.assert_allclose(value, expected, rtol=1e-10)
+
+
+def test_log_normal_cdf_is_accurate_in_both_tails():
+    import scipy.special as sc
+
+    from pkpd.fit.likelihood import log_ndtr
+
+    for z in (-200.0, -38.0, -20.5, -19.5, -5.0, 0.0, 3.0, 6.5, 12.0, 40.0):
+        assert log_ndtr(z) == pytest.approx(sc.log_ndtr(z), rel=1e-9, abs=1e-300), z
+
+
+@pytest.mark.parametrize("code", [0, 1, 2])
+@pytest.mark.parametrize("m4", [False, True])
+def test_likelihood_kernel_derivatives_match_finite_differences(code, m4):
+    from pkpd.fit import likelihood
+
+    pred, y, lloq, censored, error, sigma, additive = _likelihood_case(code, seed=3)
+    n = len(pred)
+    out, d_pred, d_sigma = np.empty(n), np.empty(n), np.empty(n)
+    likelihood.record_terms(pred, y, lloq, censored, error, sigma, additive, m4, out, d_pred, d_sigma)
+
+    def value(p=pred, s=sigma):
+        return likelihood.pointwise(p, y, lloq, censored, error, s, additive, m4=m4)
+
+    h = 1e-6
+    fd_pred = (value(p=pred * (1 + h)) - value(p=pred * (1 - h))) / (2 * h * pred)
+    fd_sigma = (value(s=sigma + h) - value(s=sigma - h)) / (2 * h)
+    np.testing.assert_allclose(d_pred, fd_pred, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(d_sigma, fd_sigma, rtol=1e-5, atol=1e-7)

@@ -223,15 +223,15 @@ def test_adaptive_solver_gives_up_with_nan_instead_of_looping(adaptive_case):
 
 
 def test_sampler_op_runs_the_adaptive_solver(adaptive_case):
-    from pkpd.fit.op import PredictionsOp, _numba_predictions
+    from pkpd.fit.op import Predictions
     from pkpd.simulate.compiled import Tolerances
 
     model, _, design, _, P = adaptive_case
     estimated = ["rho", "b0"]
-    op = PredictionsOp(design, estimated, P, Tolerances())
+    predictions = Predictions(design, estimated, P, Tolerances())
     log_theta = np.log(P[:, [model.parameter_names.index(n) for n in estimated]])
-    pred, jac = op.values(log_theta)
-    pred2, jac2 = _numba_predictions(op)(log_theta)
+    pred, jac = predictions.values(log_theta)
+    pred2, jac2 = predictions.compiled()(log_theta)
     # the same kernel compiled twice (inlined differently): equal up to rounding, which
     # sensitivities that cross zero amplify
     np.testing.assert_allclose(pred2, pred, rtol=1e-12)

@@ -113,13 +113,12 @@ def _complete(tree, spec: PopulationSpec, cohort: Cohort, pieces: dict):
 
 def _solver_error(spec, cohort, tree, pieces, n_draws: int = 8) -> float:
     """Largest |log(compiled / LSODA)| over records at a few posterior draws."""
-    design, op = pieces["design"], pieces["op"]
+    design, predictions = pieces["design"], pieces["predictions"]
     theta = tree["posterior"]["theta"].stack(sample=("chain", "draw")).transpose("sample", "subject", "parameter")
     picks = np.linspace(0, theta.sizes["sample"] - 1, min(n_draws, theta.sizes["sample"])).astype(int)
     worst = 0.0
     for s in picks:
-        P = op.fixed.copy()
-        P[:, op.est] = theta.isel(sample=int(s)).to_numpy()
+        P = predictions.individual(theta.isel(sample=int(s)).to_numpy())
         fast, _ = predict_compiled(design, P, [], spec.steps)
         params = {name: P[:, i] for i, name in enumerate(spec.model.parameter_names)}
         exact = predict(spec.model, cohort, _frame(params, cohort), rtol=1e-10, atol=1e-13)

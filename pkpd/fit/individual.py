@@ -93,8 +93,7 @@ class _Problem:
     def minus_two_log_lik(self, pred: np.ndarray) -> np.ndarray:
         """-2 log L of each record, with the model's residual SDs."""
         error, sigma, additive = self._error_arrays()
-        return -2 * likelihood.pointwise(likelihood.NUMPY, pred, self.value, np.nan_to_num(self.lloq),
-                                         self.censored, error, sigma, additive)
+        return -2 * likelihood.pointwise(pred, self.value, self.lloq, self.censored, error, sigma, additive)
 
 
 def fit_individual(model: Model, cohort: Cohort, *, estimate: Sequence[str] | None = None,

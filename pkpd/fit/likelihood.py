@@ -1,97 +1,145 @@
-"""The observation log-likelihood, written once for numpy and for pytensor.
+"""The observation log-likelihood: one compiled kernel for the sampler, the LOO log-likelihood
+and the individual fits.
 
 Per record: residual-error model 'log' (ln y ~ N(ln f, s), density on the y scale, so that
 models with different error models compare on one scale), 'proportional' (y ~ N(f, s*f)) or
 'combined' (y ~ N(f, sqrt(a^2 + (s*f)^2))); below the LLOQ: M3 (P(y < LLOQ)) or M4 (M3
 conditioned on y > 0, for the normal error models; for 'log' M4 equals M3); above a limit
 (CENS = -1): P(y > limit).
+
+The kernel branches per record, so that a quantified value costs one density and a censored
+one one normal CDF (a vectorised expression evaluates every branch for every record).
 """
 
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
+import numba
 import numpy as np
 import scipy.special as sc
 
 ERROR_CODE = {"log": 0, "proportional": 1, "combined": 2}
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+_SQRT_HALF = math.sqrt(0.5)
+_TINY = 1e-300  # predictions are clamped here (log of 0); below it they carry no gradient
 
 
-def _numpy_namespace():
-    return SimpleNamespace(log=np.log, sqrt=np.sqrt, where=np.where, square=np.square, eq=np.equal,
-                           maximum=np.maximum, log_ndtr=sc.log_ndtr, exp=np.exp)
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _tail_series(z):
+    # Phi(z) = phi(z) / -z * series(z) for z -> -inf; five terms: relative error < 1e-10 below -20
+    w = 1.0 / (z * z)
+    return 1.0 - w * (1.0 - 3.0 * w * (1.0 - 5.0 * w * (1.0 - 7.0 * w)))
 
 
-def _pytensor_namespace():
-    import pytensor.tensor as pt
-
-    def log_ndtr(z):
-        # log Phi(z), stable in both tails: erfcx for z < 0, log1p for z >= 0
-        neg = pt.log(0.5 * pt.erfcx(-z / math.sqrt(2))) - 0.5 * z * z
-        pos = pt.log1p(-0.5 * pt.erfc(z / math.sqrt(2)))
-        return pt.switch(z < 0, neg, pos)
-
-    return SimpleNamespace(log=pt.log, sqrt=pt.sqrt, where=pt.switch, square=pt.sqr, maximum=pt.maximum,
-                           eq=pt.eq, log_ndtr=log_ndtr, exp=pt.exp)
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def log_ndtr(z):
+    """log Phi(z), accurate in both tails (as scipy.special.log_ndtr)."""
+    if z > 6.0:
+        return math.log1p(-0.5 * math.erfc(z * _SQRT_HALF))
+    if z > -20.0:
+        return math.log(0.5 * math.erfc(-z * _SQRT_HALF))
+    return -0.5 * z * z - math.log(-z) - _LOG_SQRT_2PI + math.log(_tail_series(z))
 
 
-NUMPY = _numpy_namespace()
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _d_log_ndtr(z):
+    # d/dz log Phi(z) = phi(z) / Phi(z) (the inverse Mills ratio)
+    if z > -20.0:
+        return math.exp(-0.5 * z * z - _LOG_SQRT_2PI - log_ndtr(z))
+    return -z / _tail_series(z)
 
 
-def _single_code(error):
-    """The error-model code shared by every record, or None (mixed, or not known in advance).
-    With one code the expressions below carry no branch for the other error models, which
-    keeps the sampler's compiled log density small (its compile time is mostly LLVM's)."""
-    error = np.asarray(error) if isinstance(error, (np.ndarray, list, tuple)) else None
-    if error is not None and error.size and np.all(error == error.flat[0]):
-        return int(error.flat[0])
-    return None
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _normal_pdf(z):
+    return math.exp(-0.5 * z * z - _LOG_SQRT_2PI)
 
 
-def standardise(xp, pred, y, lloq, error, sigma, additive):
-    """(z, z_lloq, mean, sd, yy): the value and the LLOQ standardised on the scale of each
-    record's error model (log scale for 'log'), with that scale's mean, SD and value."""
-    tiny = 1e-300
-    f = xp.maximum(pred, tiny)
-    code = _single_code(error)
-    if code == 0:
-        sd, mean, yy, limit = sigma, xp.log(f), xp.log(xp.maximum(y, tiny)), xp.log(xp.maximum(lloq, tiny))
-    elif code in (1, 2):
-        sd = sigma * f if code == 1 else xp.sqrt(xp.square(additive) + xp.square(sigma * f))
-        mean, yy, limit = f, y, lloq
-    else:
-        is_log = xp.eq(error, 0)
-        sd = xp.where(is_log, sigma,
-                      xp.where(xp.eq(error, 1), sigma * f, xp.sqrt(xp.square(additive) + xp.square(sigma * f))))
-        mean = xp.where(is_log, xp.log(f), f)
-        yy = xp.where(is_log, xp.log(xp.maximum(y, tiny)), y)
-        limit = xp.where(is_log, xp.log(xp.maximum(lloq, tiny)), lloq)
-    return (yy - mean) / sd, (limit - mean) / sd, mean, sd, yy
+@numba.njit(cache=True, error_model="numpy")
+def record_terms(pred, y, lloq, censored, error, sigma, additive, m4, out, d_pred, d_sigma):
+    """Each record's log-likelihood (out) and its derivatives with respect to the record's
+    prediction (d_pred) and residual SD parameter (d_sigma); arrays aligned by record."""
+    for j in range(pred.shape[0]):
+        f = pred[j]
+        live = f > _TINY
+        if not live:
+            f = _TINY
+        s, code = sigma[j], error[j]
+        # the record's scale: mean, SD, value and limit on it, and their derivatives
+        if code == 0:
+            mean, sd = math.log(f), s
+            yy, limit = math.log(max(y[j], _TINY)), math.log(max(lloq[j], _TINY))
+            dmean_df, dsd_df, dsd_ds = 1.0 / f, 0.0, 1.0
+        else:
+            mean, yy, limit, dmean_df = f, y[j], lloq[j], 1.0
+            if code == 1:
+                sd, dsd_df, dsd_ds = s * f, s, f
+            else:
+                sd = math.sqrt(additive[j] * additive[j] + s * s * f * f)
+                dsd_df, dsd_ds = s * s * f / sd, s * f * f / sd
+        c = censored[j]
+        if c == 0:
+            z = (yy - mean) / sd
+            value = -0.5 * z * z - math.log(sd) - _LOG_SQRT_2PI - (yy if code == 0 else 0.0)
+            g_mean, g_sd = z / sd, (z * z - 1.0) / sd
+        elif c == 1 and m4 and code != 0:
+            # M4: P(0 < Y < LLOQ) / P(Y > 0)
+            zl, q = (limit - mean) / sd, mean / sd
+            mass = math.exp(log_ndtr(zl)) - math.exp(log_ndtr(-q))
+            r_q = _d_log_ndtr(q)
+            value = math.log(max(mass, _TINY)) - log_ndtr(q)
+            g_mean, g_sd = -r_q / sd, r_q * q / sd
+            if mass > _TINY:
+                pl, p0 = _normal_pdf(zl), _normal_pdf(q)
+                g_mean += (p0 - pl) / sd / mass
+                g_sd += (-zl * pl - q * p0) / sd / mass
+        elif c == 1:
+            zl = (limit - mean) / sd
+            r = _d_log_ndtr(zl)
+            value = log_ndtr(zl)
+            g_mean, g_sd = -r / sd, -r * zl / sd
+        else:  # above a limit: y holds the limit, P(Y > limit) = Phi(-z)
+            z = (yy - mean) / sd
+            r = _d_log_ndtr(-z)
+            value = log_ndtr(-z)
+            g_mean, g_sd = r / sd, r * z / sd
+        out[j] = value
+        d_pred[j] = (g_mean * dmean_df + g_sd * dsd_df) if live else 0.0
+        d_sigma[j] = g_sd * dsd_ds
 
 
-def pointwise(xp, pred, y, lloq, censored, error, sigma, additive, m4: bool = False):
+def _per_record(n, *arrays):
+    return [np.ascontiguousarray(np.broadcast_to(a, (n,))) for a in arrays]
+
+
+def pointwise(pred, y, lloq, censored, error, sigma, additive, m4: bool = False) -> np.ndarray:
     """Log-likelihood of each record (arrays aligned by record; `error` holds ERROR_CODE)."""
-    tiny = 1e-300
-    code = _single_code(error)
-    is_log = xp.eq(error, 0) if code is None else code == 0
-    z, z_lloq, mean, sd, yy = standardise(xp, pred, y, lloq, error, sigma, additive)
-    log_jacobian = yy if code == 0 else 0.0 if code is not None else xp.where(is_log, yy, 0.0)
-    density = -0.5 * xp.square(z) - xp.log(sd) - _LOG_SQRT_2PI - log_jacobian
-    below = xp.log_ndtr(z_lloq)
-    if m4 and code != 0:  # normal error models: condition on y > 0 ('log' has no mass below 0)
-        positive = xp.log_ndtr(mean / sd)
-        below_m4 = xp.log(xp.maximum(xp.exp(below) - xp.exp(xp.log_ndtr(-mean / sd)), tiny)) - positive
-        below = below_m4 if code is not None else xp.where(is_log, below, below_m4)
-    above = xp.log_ndtr(-z)  # y holds the upper limit: P(Y > limit) = Phi(-z)
-    return xp.where(xp.eq(censored, 1), below, xp.where(xp.eq(censored, -1), above, density))
+    pred = np.asarray(pred, dtype=float)
+    n = len(pred)
+    y, lloq, sigma, additive = _per_record(n, *(np.asarray(a, dtype=float) for a in (y, lloq, sigma, additive)))
+    censored, error = _per_record(n, np.asarray(censored, dtype=np.int64), np.asarray(error, dtype=np.int64))
+    out, d_pred, d_sigma = np.empty(n), np.empty(n), np.empty(n)
+    record_terms(np.ascontiguousarray(pred), y, np.nan_to_num(lloq), censored, error, sigma, additive, bool(m4),
+                 out, d_pred, d_sigma)
+    return out
+
+
+def standardise(pred, y, lloq, error, sigma, additive):
+    """(z, z_lloq, sd): the value and the LLOQ standardised on the scale of each record's error
+    model (log scale for 'log'), and that scale's SD."""
+    f = np.maximum(pred, _TINY)
+    is_log = error == 0
+    sd = np.where(is_log, sigma, np.where(error == 1, sigma * f, np.sqrt(np.square(additive) + np.square(sigma * f))))
+    mean = np.where(is_log, np.log(f), f)
+    yy = np.where(is_log, np.log(np.maximum(y, _TINY)), y)
+    limit = np.where(is_log, np.log(np.maximum(lloq, _TINY)), lloq)
+    return (yy - mean) / sd, (limit - mean) / sd, sd
 
 
 def residuals(pred, y, lloq, censored, error, sigma, additive) -> np.ndarray:
     """Least-squares residuals whose squares sum to -2 log L up to constants: the standardised
     residual of a quantified value, sqrt(-2 log P) of a censored one (M3)."""
-    z, z_lloq, *_ = standardise(NUMPY, pred, y, lloq, error, sigma, additive)
+    z, z_lloq, _ = standardise(pred, y, lloq, error, sigma, additive)
     r = np.where(censored == 0, z, 0.0)
     left, right = censored == 1, censored == -1
     r[left] = np.sqrt(-2 * sc.log_ndtr(z_lloq[left]))

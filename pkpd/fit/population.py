@@ -12,8 +12,9 @@ The sampler does not see eta: it sees u, which `random_effects` maps to eta by w
 subject's conditional posterior with the information its data carry (from the individual fits).
 Without individual fits the map is the usual non-centred one, eta = omega * u.
 
-Predictions and their gradient come from the compiled solver (closed forms where the model has
-them) through `PredictionsOp`; the sampler is nutpie (numba backend).
+The data's log-likelihood and its gradient come from one compiled Op (the solver, closed forms
+where the model has them, fused with the likelihood kernel: `op.LogLikelihoodOp`); the sampler
+is nutpie (numba backend).
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str,
     import pymc as pm
     import pytensor.tensor as pt
 
-    from .op import PredictionsOp
+    from .op import LogLikelihoodOp, Predictions
     from .random_effects import random_effects
 
     model = spec.model
@@ -210,9 +211,10 @@ def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str,
     X, cov_labels, owners = covariate_design(spec, cohort)
     N, K = len(cohort.subject_ids), len(estimated)
     fixed = np.tile([p.typical for p in model.parameters], (N, 1))
-    op = PredictionsOp(design, estimated, fixed, spec.steps)
+    predictions = Predictions(design, estimated, fixed, spec.steps)
     initial = dict(initial or {})
-    pieces = {"design": design, "records": records, "op": op, "X": X, "covariate_labels": cov_labels}
+    pieces = {"design": design, "records": records, "predictions": predictions, "X": X,
+              "covariate_labels": cov_labels}
     coords = {"subject": cohort.subject_ids, "parameter": estimated, "iiv_parameter": list(spec.iiv),
               "analyte": records["observed"], "covariate_effect": cov_labels}
     error_models = {a: model.observations[a] for a in records["observed"]}
@@ -250,14 +252,12 @@ def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str,
         sigma = pm.LogNormal("sigma", mu=np.log([e.sigma for e in error_models.values()]), sigma=0.5,
                              dims="analyte", initval=initial.get("sigma"))
         additive = np.array([e.additive for e in error_models.values()])
-        pred, _ = op(log_theta)
         # observed values as data, so that a compiled model can be refitted to new values (SBC)
         y = pm.Data("y_obs", records["value"])
         censored = pm.Data("censored_obs", records["censored"].astype("int64"))
-        logp = likelihood.pointwise(likelihood._pytensor_namespace(), pred, y, records["lloq"],
-                                    censored, records["error"], sigma[records["slot"]],
-                                    additive[records["slot"]], m4=spec.censoring == "M4")
-        pm.Potential("loglik", pt.sum(logp))
+        data_loglik = LogLikelihoodOp(predictions, records, additive[records["slot"]], m4=spec.censoring == "M4")
+        total, _, _ = data_loglik(log_theta, sigma, y, censored)
+        pm.Potential("loglik", total)
     return pm_model, pieces
 
 
@@ -311,16 +311,15 @@ def data_information(spec: PopulationSpec, pieces: dict, log_theta: np.ndarray) 
     variability, at log_theta (N, K): sum over quantified records of w^2 g g^T, with g the
     derivative of the log prediction and w^2 the Fisher information of the record about it
     under the model's residual error at its default SD (censored records are left out)."""
-    op, rec, design = pieces["op"], pieces["records"], pieces["design"]
+    rec, design = pieces["records"], pieces["design"]
     model = spec.model
-    pred, jac = op.values(log_theta)
+    pred, jac = pieces["predictions"].values(log_theta)
     cols = [spec.estimated.index(n) for n in spec.iiv]
     f = np.maximum(pred, 1e-300)
     g = jac[:, cols] / f[:, None]
     sigma = np.array([model.observations[a].sigma for a in rec["observed"]])[rec["slot"]]
     additive = np.array([model.observations[a].additive for a in rec["observed"]])[rec["slot"]]
-    _, _, _, sd, _ = likelihood.standardise(likelihood.NUMPY, pred, rec["value"], rec["lloq"], rec["error"],
-                                            sigma, additive)
+    _, _, sd = likelihood.standardise(pred, rec["value"], rec["lloq"], rec["error"], sigma, additive)
     # the mean of each record's scale moves with log f at rate 1 ('log') or f (normal models)
     weight = np.square(np.where(rec["error"] == 0, 1.0, f) / sd)
     weight[(rec["censored"] != 0) | ~np.isfinite(weight)] = 0.0
@@ -337,14 +336,11 @@ def pointwise_loglik(spec: PopulationSpec, pieces: dict, theta: np.ndarray, sigm
     theta: (N, K) individual values; sigma: (n_analytes,)."""
     from ..simulate.compiled import predict_compiled
 
-    op, rec = pieces["op"], pieces["records"]
-    P = op.fixed.copy()
-    P[:, op.est] = theta
-    pred, _ = predict_compiled(pieces["design"], P, [], spec.steps)
+    rec = pieces["records"]
+    pred, _ = predict_compiled(pieces["design"], pieces["predictions"].individual(theta), [], spec.steps)
     additive = np.array([spec.model.observations[a].additive for a in rec["observed"]])
-    return likelihood.pointwise(likelihood.NUMPY, pred, rec["value"], rec["lloq"], rec["censored"],
-                                rec["error"], sigma[rec["slot"]], additive[rec["slot"]],
-                                m4=spec.censoring == "M4")
+    return likelihood.pointwise(pred, rec["value"], rec["lloq"], rec["censored"], rec["error"],
+                                sigma[rec["slot"]], additive[rec["slot"]], m4=spec.censoring == "M4")
 
 
 __all__ = ["CovariateEffect", "PopulationSpec", "build_pymc_model", "initial_values", "pointwise_loglik",

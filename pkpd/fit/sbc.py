@@ -74,7 +74,7 @@ def sbc(model: Model | str, *, replications: int = 100, subjects: int = 8, dose:
     template = simulate(model, [dose], n=subjects, seed=seed)
     pm_model, pieces = build_pymc_model(spec, template)
     compiled = nutpie.compile_pymc_model(pm_model)
-    design, op, records = pieces["design"], pieces["op"], pieces["records"]
+    design, predictions, records = pieces["design"], pieces["predictions"], pieces["records"]
     estimated, iiv_cols = spec.estimated, [spec.estimated.index(n) for n in spec.iiv]
     observed = records["observed"]
     sigma_default = np.array([model.observations[a].sigma for a in observed])
@@ -89,9 +89,7 @@ def sbc(model: Model | str, *, replications: int = 100, subjects: int = 8, dose:
         sigma = np.exp(rng.normal(np.log(sigma_default), 0.5))
         log_theta = np.tile(mu, (len(template.subject_ids), 1))
         log_theta[:, iiv_cols] += rng.standard_normal((len(template.subject_ids), len(iiv_cols))) * omega
-        P = op.fixed.copy()
-        P[:, op.est] = np.exp(log_theta)
-        pred, _ = predict_compiled(design, P, [], spec.steps)
+        pred, _ = predict_compiled(design, predictions.individual(np.exp(log_theta)), [], spec.steps)
         y, censored = _observe(model, observed, records, pred, sigma, rng)
         # as pkpd.fit does: individual fits of this replication's data centre the random effects
         data = _with_values(template, design.records, y, censored)

@@ -74,9 +74,37 @@ def _record(j, a, t, y, S, p, c, est, g, gy, gp, pred, dpred):
             dpred[j, k] = acc
 
 
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred):
+    # A model of closed forms only: each record is its observation function, nothing to step
+    # (the solvers' per-record bookkeeping would double its cost).
+    K = est.shape[0]
+    g = np.zeros(1); gp = np.zeros(P.shape[1]); y = np.zeros(0)
+    for i in range(P.shape[0]):
+        p = P[i]
+        c = C[i]
+        for j in range(obs_subject_start[i], obs_subject_start[i + 1]):
+            t = obs_time[j]
+            a = obs_analyte[j]
+            if t < 0.0:
+                base(a, t, p, c, g)
+                if K > 0:
+                    base_p(a, t, p, c, gp)
+            elif K > 0:
+                obs_vp(a, t, y, p, c, g, gp)
+            else:
+                obs(a, t, y, p, c, g)
+            pred[j] = g[0]
+            for k in range(K):
+                dpred[j, k] = gp[est[k]]
+
+
 @numba.njit(cache=True, error_model="numpy")
 def predict_all(P, C, est, obs_subject_start, obs_time, obs_analyte, dt_early, dt_late, t_switch,
                 n_states, pred, dpred):
+    if n_states == 0:
+        _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred)
+        return
     N = P.shape[0]
     n_par = P.shape[1]
     n = n_states
@@ -177,6 +205,9 @@ _ADAPTIVE = """
 @numba.njit(cache=True, error_model="numpy")
 def predict_all_@NAME@(P, C, est, obs_subject_start, obs_time, obs_analyte, rtol, atol, h_max,
                        max_steps, control_sens, n_states, pred, dpred, n_steps):
+    if n_states == 0:
+        _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred)
+        return
     N = P.shape[0]
     n_par = P.shape[1]
     n = n_states
@@ -353,13 +384,14 @@ def _cache_dir() -> Path:
 
 
 def _body(assignments: list[tuple[str, sp.Expr]], names: dict, printer: _Printer,
-          zero_first: bool) -> list[str]:
+          zero_first: bool | tuple[str, ...]) -> list[str]:
     """Lines computing each target from shared subexpressions.
 
     Structurally zero entries are not written: callers own a buffer per function and zero it
-    once, or (zero_first) the function clears its output, for buffers shared between functions."""
+    once, or (zero_first) the function clears its output buffers (True: `out`; or the names
+    given), for buffers shared between functions."""
     targets = [(t, e) for t, e in assignments if e != 0]
-    head = ["    out[:] = 0.0"] if zero_first else []
+    head = [f"    {b}[:] = 0.0" for b in (("out",) if zero_first is True else zero_first or ())]
     if not targets:
         return head or ["    pass"]
     subs, reduced = sp.cse([e for _, e in targets], symbols=sp.numbered_symbols("_x"))
@@ -429,11 +461,14 @@ def _source(model: Model) -> str:
         src += fn(f"obs_{a}", "t, y, p, c, out", [("out[0]", g)], zero_first=True)
         src += fn(f"obs_{a}_y", "t, y, p, c, out", [(f"out[{k}]", sp.diff(g, states[k])) for k in range(n)], True)
         src += fn(f"obs_{a}_p", "t, y, p, c, out", [(f"out[{k}]", sp.diff(g, params[k])) for k in range(P)], True)
+        # value and parameter derivatives together: one set of common subexpressions (closed forms)
+        src += fn(f"obs_{a}_vp", "t, y, p, c, out, out_p",
+                  [("out[0]", g)] + [(f"out_p[{k}]", sp.diff(g, params[k])) for k in range(P)], ("out", "out_p"))
         src += fn(f"base_{a}", "t, p, c, out", [("out[0]", b)], zero_first=True)
         src += fn(f"base_{a}_p", "t, p, c, out", [(f"out[{k}]", sp.diff(b, params[k])) for k in range(P)], True)
     # one dispatcher per kind, by analyte index (numba cannot index a tuple of functions)
     for kind, args in (("obs", "t, y, p, c, out"), ("obs_y", "t, y, p, c, out"), ("obs_p", "t, y, p, c, out"),
-                       ("base", "t, p, c, out"), ("base_p", "t, p, c, out")):
+                       ("obs_vp", "t, y, p, c, out, out_p"), ("base", "t, p, c, out"), ("base_p", "t, p, c, out")):
         src += ["@numba.njit(cache=True, error_model=\"numpy\", inline=\"always\")", f"def {kind}(a, {args}):"]
         for a in range(len(model.analytes)):
             name = kind.replace("obs", f"obs_{a}").replace("base", f"base_{a}")
