@@ -21,10 +21,11 @@ def _inside(result, model, names):
 def test_multiphasic_recovery():
     model = load("multiphasic_smooth")
     cohort = simulate(model, ["1e6/kg"], n=24, seed=31)
-    result = fit(model, cohort, chains=4, draws=500, tune=500, seed=3, progress=False)
+    # the default length: omega_beta (about 50% shrinkage) mixes slowest, R-hat ~1.02 at 500 + 500
+    result = fit(model, cohort, chains=4, draws=1000, tune=1000, seed=3, progress=False)
     assert not _inside(result, model, ["cmax", "tmax", "foldx", "alpha", "fb", "beta"])
     table = result.parameter_table()
-    assert table["r_hat"].max() < 1.02 and result.divergences() <= 5
+    assert table["r_hat"].max() <= 1.01 and table["ess_bulk"].min() >= 400 and result.divergences() <= 5
 
 
 @pytest.mark.slow

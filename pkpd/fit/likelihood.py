@@ -66,9 +66,11 @@ def record_terms(pred, y, lloq, censored, error, sigma, additive, m4, out, d_pre
             f = _TINY
         s, code = sigma[j], error[j]
         # the record's scale: mean, SD, value and limit on it, and their derivatives
+        c = censored[j]
         if code == 0:
             mean, sd = math.log(f), s
-            yy, limit = math.log(max(y[j], _TINY)), math.log(max(lloq[j], _TINY))
+            yy = math.log(max(y[j], _TINY))
+            limit = math.log(max(lloq[j], _TINY)) if c == 1 else 0.0
             dmean_df, dsd_df, dsd_ds = 1.0 / f, 0.0, 1.0
         else:
             mean, yy, limit, dmean_df = f, y[j], lloq[j], 1.0
@@ -77,7 +79,6 @@ def record_terms(pred, y, lloq, censored, error, sigma, additive, m4, out, d_pre
             else:
                 sd = math.sqrt(additive[j] * additive[j] + s * s * f * f)
                 dsd_df, dsd_ds = s * s * f / sd, s * f * f / sd
-        c = censored[j]
         if c == 0:
             z = (yy - mean) / sd
             value = -0.5 * z * z - math.log(sd) - _LOG_SQRT_2PI - (yy if code == 0 else 0.0)

@@ -66,45 +66,41 @@ def _solve_upper(C, b, out):  # C^T out = b
 
 
 @numba.njit(cache=True)
-def _subject(u, t, omega_inv, c, H, C, b, w, x1, v):
-    """One subject: C, b = H c + Omega^-1 t, x1 = Lambda^-1 b, v = C^-T u (x = x1 + v)."""
-    Q = u.shape[0]
-    _cholesky(H + omega_inv, C)
-    for j in range(Q):
-        s = 0.0
-        for k in range(Q):
-            s += H[j, k] * c[k] + omega_inv[j, k] * t[k]
-        b[j] = s
-    _solve_lower(C, b, w)
-    _solve_upper(C, w, x1)
-    _solve_upper(C, u, v)
-
-
-@numba.njit(cache=True)
 def whiten(u, t, omega_inv, c, H):
-    """(x (N, Q), sum over subjects of log det C_i)."""
+    """(x (N, Q), sum over subjects of log det C_i, the factors C (N, Q, Q)), per subject:
+    C C^T = H + Omega^-1, x = Lambda^-1 (H c + Omega^-1 t) + C^-T u."""
     N, Q = u.shape
     x = np.empty((N, Q))
-    C = np.zeros((Q, Q))
-    b, w, x1, v = np.empty(Q), np.empty(Q), np.empty(Q), np.empty(Q)
+    C = np.zeros((N, Q, Q))
+    A, b, w, x1, v = np.empty((Q, Q)), np.empty(Q), np.empty(Q), np.empty(Q), np.empty(Q)
     log_det = 0.0
     for i in range(N):
-        _subject(u[i], t[i], omega_inv, c[i], H[i], C, b, w, x1, v)
+        for j in range(Q):
+            s = 0.0
+            for k in range(Q):
+                A[j, k] = H[i, j, k] + omega_inv[j, k]
+                s += H[i, j, k] * c[i, k] + omega_inv[j, k] * t[i, k]
+            b[j] = s
+        _cholesky(A, C[i])
+        _solve_lower(C[i], b, w)
+        _solve_upper(C[i], w, x1)
+        _solve_upper(C[i], u[i], v)
         for j in range(Q):
             x[i, j] = x1[j] + v[j]
-            log_det += np.log(C[j, j])
-    return x, log_det
+            log_det += np.log(C[i, j, j])
+    return x, log_det, C
 
 
 @numba.njit(cache=True)
-def whiten_pullback(u, t, omega_inv, c, H, gx, g_log_det):
-    """Gradients of <gx, x> + g_log_det * log_det with respect to u, t and Omega^-1."""
+def whiten_pullback(u, t, omega_inv, C_all, x, gx, g_log_det, diagonal):
+    """Gradients of <gx, x> + g_log_det * log_det with respect to u, t and Omega^-1, from the
+    forward pass's factors C and values x; `diagonal`: Omega is diagonal, so that only the
+    diagonal of the gradient with respect to Omega^-1 is needed (the rest is left at zero)."""
     N, Q = u.shape
     gu = np.empty((N, Q))
     gt = np.empty((N, Q))
     g_omega_inv = np.zeros((Q, Q))
-    C = np.zeros((Q, Q))
-    b, w, x1, v = np.empty(Q), np.empty(Q), np.empty(Q), np.empty(Q)
+    x1, v = np.empty(Q), np.empty(Q)
     a, gb = np.empty(Q), np.empty(Q)
     P = np.zeros((Q, Q))  # lower triangle used
     PC = np.zeros((Q, Q))
@@ -112,7 +108,10 @@ def whiten_pullback(u, t, omega_inv, c, H, gx, g_log_det):
     e = np.zeros(Q)
     col = np.empty(Q)
     for i in range(N):
-        _subject(u[i], t[i], omega_inv, c[i], H[i], C, b, w, x1, v)
+        C = C_all[i]
+        _solve_upper(C, u[i], v)  # v = C^-T u, x1 = x - v = Lambda^-1 b
+        for j in range(Q):
+            x1[j] = x[i, j] - v[j]
         # C^-1, column by column
         for k in range(Q):
             e[:] = 0.0
@@ -141,12 +140,11 @@ def whiten_pullback(u, t, omega_inv, c, H, gx, g_log_det):
         # gLambda = C^-T P C^-1 (through C) - gb x1^T (through x1 = Lambda^-1 b)
         #           + 0.5 g_log_det Lambda^-1 (log det C = 0.5 log det Lambda)
         for j in range(Q):
-            for k in range(Q):
+            for k in range(j if diagonal else 0, j + 1 if diagonal else Q):
                 s = 0.0
-                for m in range(Q):
-                    s += C_inv[m, j] * PC[m, k]
                 lam_inv = 0.0
                 for m in range(Q):
+                    s += C_inv[m, j] * PC[m, k]
                     lam_inv += C_inv[m, j] * C_inv[m, k]
                 g = s - gb[j] * x1[k] + 0.5 * g_log_det * lam_inv
                 # Lambda = H + Omega^-1 and b = H c + Omega^-1 t
@@ -161,40 +159,52 @@ def whiten_pullback(u, t, omega_inv, c, H, gx, g_log_det):
 
 
 class WhiteningOp(Op):
-    """(u, typical, Omega^-1, centre, information) -> (log theta with variability, sum log det C)."""
+    """(u, typical, Omega^-1, centre, information) -> (log theta with variability, sum log det C,
+    the factors C for the reverse pass). diagonal: Omega is diagonal."""
 
-    __props__ = ()
+    __props__ = ("diagonal",)
+
+    def __init__(self, diagonal: bool):
+        self.diagonal = bool(diagonal)
 
     def make_node(self, u, typical, omega_inv, centre, information):
         inputs = [pt.as_tensor_variable(v).astype("float64") for v in (u, typical, omega_inv, centre, information)]
-        return Apply(self, inputs, [pt.dmatrix(), pt.dscalar()])
+        return Apply(self, inputs, [pt.dmatrix(), pt.dscalar(), pt.dtensor3()])
 
     def perform(self, node, inputs, outputs):
-        x, log_det = whiten(*[np.asarray(v, dtype=float) for v in inputs])
+        x, log_det, C = whiten(*[np.asarray(v, dtype=float) for v in inputs])
         outputs[0][0] = x
         outputs[1][0] = np.asarray(log_det)
+        outputs[2][0] = C
 
     def connection_pattern(self, node):
-        return [[True, True], [True, True], [True, True], [False, False], [False, False]]
+        return [[True, True, True], [True, True, True], [True, True, True], [False, False, False],
+                [False, False, False]]
 
     def pullback(self, inputs, outputs, output_grads):
-        gx, g_log_det = output_grads
-        u = inputs[0]
+        gx, g_log_det, g_C = output_grads
+        if not isinstance(g_C.type, DisconnectedType):
+            raise NotImplementedError("the factors output of WhiteningOp cannot be differentiated")
+        u, t, omega_inv = inputs[:3]
+        x, _, C = outputs
         gx = pt.zeros_like(u) if isinstance(gx.type, DisconnectedType) else gx
         g_log_det = pt.as_tensor_variable(0.0) if isinstance(g_log_det.type, DisconnectedType) else g_log_det
-        gu, gt, g_omega_inv = WhiteningGradOp()(*inputs, gx, g_log_det)
+        gu, gt, g_omega_inv = WhiteningGradOp(self.diagonal)(u, t, omega_inv, C, x, gx, g_log_det)
         return [gu, gt, g_omega_inv, DisconnectedType()(), DisconnectedType()()]
 
 
 class WhiteningGradOp(Op):
-    __props__ = ()
+    __props__ = ("diagonal",)
+
+    def __init__(self, diagonal: bool):
+        self.diagonal = bool(diagonal)
 
     def make_node(self, *args):
         inputs = [pt.as_tensor_variable(v).astype("float64") for v in args]
         return Apply(self, inputs, [pt.dmatrix(), pt.dmatrix(), pt.dmatrix()])
 
     def perform(self, node, inputs, outputs):
-        values = whiten_pullback(*[np.asarray(v, dtype=float) for v in inputs[:6]], float(inputs[6]))
+        values = whiten_pullback(*[np.asarray(v, dtype=float) for v in inputs[:6]], float(inputs[6]), self.diagonal)
         for out, value in zip(outputs, values):
             out[0] = value
 
@@ -203,17 +213,19 @@ class WhiteningGradOp(Op):
 def _numba_whiten(op, node=None, **kwargs):
     @numba.njit
     def forward(u, t, omega_inv, c, H):
-        x, log_det = whiten(u, t, omega_inv, c, H)
-        return x, np.array(log_det)
+        x, log_det, C = whiten(u, t, omega_inv, c, H)
+        return x, np.array(log_det), C
 
     return forward
 
 
 @numba_funcify.register(WhiteningGradOp)
 def _numba_whiten_pullback(op, node=None, **kwargs):
+    diagonal = op.diagonal
+
     @numba.njit
-    def backward(u, t, omega_inv, c, H, gx, g_log_det):
-        return whiten_pullback(u, t, omega_inv, c, H, gx, g_log_det[()])
+    def backward(u, t, omega_inv, C, x, gx, g_log_det):
+        return whiten_pullback(u, t, omega_inv, C, x, gx, g_log_det[()], diagonal)
 
     return backward
 
@@ -232,7 +244,7 @@ def random_effects(u, typical, omega, chol, centre, information):
         chol_inv = solve_triangular(chol, pt.eye(Q), lower=True)
         omega_inv = pt.dot(chol_inv.T, chol_inv)
         half_log_det_omega = pt.sum(pt.log(pt.diagonal(chol)))
-    individual, log_det_C = WhiteningOp()(u, typical, omega_inv, centre, information)
+    individual, log_det_C, _ = WhiteningOp(diagonal=chol is None)(u, typical, omega_inv, centre, information)
     eta = individual - typical
     n = eta.shape[0]
     log_prior = (-0.5 * pt.sum(eta * pt.dot(eta, omega_inv)) - n * half_log_det_omega
