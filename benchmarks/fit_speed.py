@@ -119,12 +119,15 @@ def stan(code: str, data: dict, names: list[str], initial: dict) -> dict:
     try:
         sample_s, fit_ = results.get(timeout=STAN_TIMEOUT)
     except queues.Empty:
-        os.killpg(child.pid, signal.SIGKILL)
+        fit_ = None
+    # pystan's worker processes outlive the run (and would keep the child from exiting)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.join()
+    if fit_ is None:
         # not finished: no ESS can be computed, but it cannot exceed arviz's cap N log10 N
         n = chains * STAN["num_samples"]
         return {**out, "timed_out": True, "sample_s": float(STAN_TIMEOUT), "steps": math.nan,
                 "divergences": -1, "min_ess": n * math.log10(n), "typical": None}
-    child.join()
 
     def reshape(name):
         x = fit_[name]  # (..., draws*chains), chain-major within draws
