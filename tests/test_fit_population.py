@@ -245,6 +245,14 @@ def test_fit_command_strict(tmp_path):
         assert (tmp_path / "run" / name).exists()
 
 
+def test_fit_command_rejects_a_target_acceptance_outside_0_1(tmp_path):
+    write_nonmem(simulate(load("multiphasic"), ["3e8"], n=2, seed=8), tmp_path / "data.csv")
+    result = CliRunner().invoke(app, ["fit", "multiphasic", str(tmp_path / "data.csv"), "-o", str(tmp_path / "run"),
+                                      "--target-accept", "1.2", "--no-progress"])
+    assert result.exit_code != 0 and "target_accept must lie between 0 and 1" in result.output
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
 def _likelihood_case(code, seed=0):
     rng = np.random.default_rng(seed)
     n = 16

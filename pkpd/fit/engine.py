@@ -44,6 +44,9 @@ def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 100
     """
     import nutpie
 
+    if not 0.0 < target_accept < 1.0:
+        raise ValueError(f"target_accept must lie between 0 and 1 (0.8 by default; 0.9 or 0.95 when the "
+                         f"diagnostics report divergences), not {target_accept}")
     model = load(model)
     observed = [a for a in model.analytes if (cohort.observations["analyte"] == a).any()]
     spec = PopulationSpec.default(model, iiv=iiv, fixed_effects=fixed_effects, covariates=covariates,
