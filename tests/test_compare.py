@@ -53,6 +53,7 @@ def write_spec(folder, name, analytes="", extra=""):
 
 @pytest.mark.parametrize("body, wording", [
     ("[run]\nchains = 0\n", "run.chains must be an integer >= 1"),
+    ("[run]\ntarget_accept = 1.5\n", "run.target_accept must be a number between 0 and 1"),
     ("[run]\n[[models]]\nmodel = 'multiphasic'\n", "at least one [[datasets]] entry"),
     ("[[datasets]]\nname = 'd'\npath = 'nope.csv'\n[[models]]\nmodel = 'multiphasic'\n", "datasets[1].path"),
     ("[[datasets]]\nname = 'd'\npath = 'sim.csv'\n[[models]]\nmodel = 'nonesuch'\n", "models[1].model: unknown model"),

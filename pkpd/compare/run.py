@@ -47,7 +47,7 @@ def run_one(fit: FitSpec, out: str) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     log = [f"fit {fit.id}: model {fit.model}, variant {fit.variant}, covariates {list(fit.covariates)}, "
-           f"seed {fit.seed}, {fit.chains} chains x ({fit.tune} + {fit.draws})"]
+           f"seed {fit.seed}, {fit.chains} chains x ({fit.tune} + {fit.draws}), target_accept {fit.target_accept}"]
     result = {"id": fit.id, "dataset": fit.dataset.name, "model": fit.label, "variant": fit.variant,
               "status": "failed", "reason": "", "seconds": None, "seed": fit.seed}
     try:
@@ -61,7 +61,8 @@ def run_one(fit: FitSpec, out: str) -> dict:
         if fit.dataset.analytes:
             cohort = cohort.select_analytes(fit.dataset.analytes)
         outcome = run_fit(model, cohort, chains=fit.chains, draws=fit.draws, tune=fit.tune, seed=fit.seed,
-                          iiv=fit.iiv, covariates=fit.covariates, priors=priors_of(fit), progress=False, cores=1)
+                          iiv=fit.iiv, covariates=fit.covariates, priors=priors_of(fit), progress=False, cores=1,
+                          target_accept=fit.target_accept)
         write_run(folder, outcome, cohort)
         diagnostics = [asdict(d) for d in outcome.diagnostics()]
         divergences = outcome.divergences()

@@ -7,6 +7,7 @@
     draws = 1000
     tune = 1000
     max_divergences = 50       # a fit with more divergent transitions is recorded as failed
+    target_accept = 0.8        # NUTS target acceptance; 0.9 or 0.95 where fits report divergences
 
     [[datasets]]
     name = "example"
@@ -72,6 +73,7 @@ class FitSpec:
     tune: int = 1000
     seed: int = 0
     max_divergences: int = 50
+    target_accept: float = 0.8
 
     @property
     def directory(self) -> str:
@@ -118,7 +120,11 @@ def load_spec(path: str | Path) -> RunSpec:
             problems.append(f"run.{key} must be an integer >= {minimum}, not {value!r}")
             value = default
         settings[key] = value
-    extra = sorted(set(run) - {"name", "chains", "draws", "tune", "seed", "max_divergences"})
+    target_accept = run.get("target_accept", 0.8)
+    if not isinstance(target_accept, (int, float)) or isinstance(target_accept, bool) or not 0 < target_accept < 1:
+        problems.append(f"run.target_accept must be a number between 0 and 1 (e.g. 0.9), not {target_accept!r}")
+        target_accept = 0.8
+    extra = sorted(set(run) - {"name", "chains", "draws", "tune", "seed", "max_divergences", "target_accept"})
     if extra:
         problems.append(f"unknown key(s) run.{', run.'.join(extra)}")
     name = run.get("name", path.stem)
@@ -135,7 +141,7 @@ def load_spec(path: str | Path) -> RunSpec:
                                     covariates=tuple(covariates), iiv=m["iiv"], priors=m["priors"],
                                     chains=settings["chains"], draws=settings["draws"], tune=settings["tune"],
                                     seed=derived_seed(settings["seed"], fit_id),
-                                    max_divergences=settings["max_divergences"]))
+                                    max_divergences=settings["max_divergences"], target_accept=float(target_accept)))
     return RunSpec(str(name), path, text, tuple(fits))
 
 
