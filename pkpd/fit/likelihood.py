@@ -64,9 +64,9 @@ def record_terms(pred, y, lloq, censored, error, sigma, additive, m4, out, d_pre
         live = f > _TINY
         if not live:
             f = _TINY
-        s, code = sigma[j], error[j]
-        # the record's scale: mean, SD, value and limit on it, and their derivatives
-        c = censored[j]
+        s, code, c = sigma[j], error[j], censored[j]
+        # the record's scale: mean, SD, value and limit on it (the limit only where censored),
+        # and their derivatives
         if code == 0:
             mean, sd = math.log(f), s
             yy = math.log(max(y[j], _TINY))
