@@ -43,10 +43,10 @@ def log_ndtr(z):
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
-def _d_log_ndtr(z):
-    # d/dz log Phi(z) = phi(z) / Phi(z) (the inverse Mills ratio)
+def _d_log_ndtr(z, log_phi):
+    # d/dz log Phi(z) = phi(z) / Phi(z) (the inverse Mills ratio); log_phi = log_ndtr(z)
     if z > -20.0:
-        return math.exp(-0.5 * z * z - _LOG_SQRT_2PI - log_ndtr(z))
+        return math.exp(-0.5 * z * z - _LOG_SQRT_2PI - log_phi)
     return -z / _tail_series(z)
 
 
@@ -86,9 +86,10 @@ def record_terms(pred, y, lloq, censored, error, sigma, additive, m4, out, d_pre
         elif c == 1 and m4 and code != 0:
             # M4: P(0 < Y < LLOQ) / P(Y > 0)
             zl, q = (limit - mean) / sd, mean / sd
+            log_phi_q = log_ndtr(q)
             mass = math.exp(log_ndtr(zl)) - math.exp(log_ndtr(-q))
-            r_q = _d_log_ndtr(q)
-            value = math.log(max(mass, _TINY)) - log_ndtr(q)
+            r_q = _d_log_ndtr(q, log_phi_q)
+            value = math.log(max(mass, _TINY)) - log_phi_q
             g_mean, g_sd = -r_q / sd, r_q * q / sd
             if mass > _TINY:
                 pl, p0 = _normal_pdf(zl), _normal_pdf(q)
@@ -96,13 +97,13 @@ def record_terms(pred, y, lloq, censored, error, sigma, additive, m4, out, d_pre
                 g_sd += (-zl * pl - q * p0) / sd / mass
         elif c == 1:
             zl = (limit - mean) / sd
-            r = _d_log_ndtr(zl)
             value = log_ndtr(zl)
+            r = _d_log_ndtr(zl, value)
             g_mean, g_sd = -r / sd, -r * zl / sd
         else:  # above a limit: y holds the limit, P(Y > limit) = Phi(-z)
             z = (yy - mean) / sd
-            r = _d_log_ndtr(-z)
             value = log_ndtr(-z)
+            r = _d_log_ndtr(-z, value)
             g_mean, g_sd = r / sd, r * z / sd
         out[j] = value
         d_pred[j] = (g_mean * dmean_df + g_sd * dsd_df) if live else 0.0

@@ -31,7 +31,7 @@ from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch import numba_funcify
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _cholesky(A, C):
     Q = A.shape[0]
     for j in range(Q):
@@ -46,7 +46,7 @@ def _cholesky(A, C):
             C[i, j] = s / C[j, j]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _solve_lower(C, b, out):  # C out = b
     for i in range(C.shape[0]):
         s = b[i]
@@ -55,7 +55,7 @@ def _solve_lower(C, b, out):  # C out = b
         out[i] = s / C[i, i]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _solve_upper(C, b, out):  # C^T out = b
     Q = C.shape[0]
     for i in range(Q - 1, -1, -1):
@@ -65,7 +65,7 @@ def _solve_upper(C, b, out):  # C^T out = b
         out[i] = s / C[i, i]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def whiten(u, t, omega_inv, c, H):
     """(x (N, Q), sum over subjects of log det C_i, the factors C (N, Q, Q)), per subject:
     C C^T = H + Omega^-1, x = Lambda^-1 (H c + Omega^-1 t) + C^-T u."""
@@ -91,67 +91,75 @@ def whiten(u, t, omega_inv, c, H):
     return x, log_det, C
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _lower_inverse(C, out):
+    # C^-1 (lower triangular), column by column from the diagonal down
+    Q = C.shape[0]
+    for k in range(Q):
+        out[k, k] = 1.0 / C[k, k]
+        for j in range(k + 1, Q):
+            s = 0.0
+            for m in range(k, j):
+                s -= C[j, m] * out[m, k]
+            out[j, k] = s / C[j, j]
+
+
+@numba.njit(cache=True, error_model="numpy")
 def whiten_pullback(u, t, omega_inv, C_all, x, gx, g_log_det, diagonal):
     """Gradients of <gx, x> + g_log_det * log_det with respect to u, t and Omega^-1, from the
     forward pass's factors C and values x; `diagonal`: Omega is diagonal, so that only the
-    diagonal of the gradient with respect to Omega^-1 is needed (the rest is left at zero)."""
+    diagonal of the gradient with respect to Omega^-1 is needed (the rest is left at zero).
+
+    Through v = C^-T u the gradient with respect to C is -v a^T (a = C^-1 gx), and Murray's
+    P = Phi(C^T gC) collapses to -Phi(u a^T) because C^T v = u: the Cholesky backward pass
+    C^-T P C^-1 then costs O(Q^2) per entry column, with C^-1 lower triangular."""
     N, Q = u.shape
     gu = np.empty((N, Q))
     gt = np.empty((N, Q))
     g_omega_inv = np.zeros((Q, Q))
-    x1, v = np.empty(Q), np.empty(Q)
-    a, gb = np.empty(Q), np.empty(Q)
-    P = np.zeros((Q, Q))  # lower triangle used
-    PC = np.zeros((Q, Q))
+    v, a, gb = np.empty(Q), np.empty(Q), np.empty(Q)
     C_inv = np.zeros((Q, Q))
-    e = np.zeros(Q)
-    col = np.empty(Q)
+    PC = np.zeros((Q, Q))
     for i in range(N):
         C = C_all[i]
-        _solve_upper(C, u[i], v)  # v = C^-T u, x1 = x - v = Lambda^-1 b
-        for j in range(Q):
-            x1[j] = x[i, j] - v[j]
-        # C^-1, column by column
-        for k in range(Q):
-            e[:] = 0.0
-            e[k] = 1.0
-            _solve_lower(C, e, col)
-            for j in range(Q):
-                C_inv[j, k] = col[j]
+        ui = u[i]
+        _solve_upper(C, ui, v)  # v = C^-T u; x - v = Lambda^-1 b
+        _lower_inverse(C, C_inv)
         _solve_lower(C, gx[i], a)  # a = C^-1 gx: the gradient with respect to u
         _solve_upper(C, a, gb)  # gb = Lambda^-1 gx: the gradient with respect to b
         for j in range(Q):
             gu[i, j] = a[j]
-        # with respect to C, through v = C^-T u: gC = -v a^T (lower triangle); P = Phi(C^T gC)
-        for j in range(Q):
-            for k in range(j + 1):
-                s = 0.0
-                for m in range(j, Q):  # (C^T)[j, m] = C[m, j], nonzero for m >= j (>= k)
-                    s -= C[m, j] * v[m] * a[k]
-                P[j, k] = 0.5 * s if j == k else s
-        # PC = P C^-1, so that C^-T P C^-1 costs two products, not a quadruple loop
-        for m in range(Q):
+        # gLambda = C^-T P C^-1 (through C) - gb (x - v)^T (through Lambda^-1 b)
+        #           + 0.5 g_log_det Lambda^-1 (log det C = 0.5 log det Lambda);
+        # Lambda = H + Omega^-1 and b = H c + Omega^-1 t
+        if diagonal:
+            for j in range(Q):
+                through_c, prefix, lam_inv = 0.0, 0.0, 0.0
+                for m in range(j, Q):
+                    cm = C_inv[m, j]
+                    through_c -= cm * ui[m] * (prefix + 0.5 * a[m] * cm)
+                    prefix += a[m] * cm
+                    lam_inv += cm * cm
+                g_omega_inv[j, j] += through_c - gb[j] * (x[i, j] - v[j]) + 0.5 * g_log_det * lam_inv \
+                    + gb[j] * t[i, j]
+        else:
+            # PC = P C^-1, zero above the diagonal
             for k in range(Q):
-                s = 0.0
-                for n in range(m + 1):  # P is lower triangular
-                    s += P[m, n] * C_inv[n, k]
-                PC[m, k] = s
-        # gLambda = C^-T P C^-1 (through C) - gb x1^T (through x1 = Lambda^-1 b)
-        #           + 0.5 g_log_det Lambda^-1 (log det C = 0.5 log det Lambda)
-        for j in range(Q):
-            for k in range(j if diagonal else 0, j + 1 if diagonal else Q):
-                s = 0.0
-                lam_inv = 0.0
-                for m in range(Q):
-                    s += C_inv[m, j] * PC[m, k]
-                    lam_inv += C_inv[m, j] * C_inv[m, k]
-                g = s - gb[j] * x1[k] + 0.5 * g_log_det * lam_inv
-                # Lambda = H + Omega^-1 and b = H c + Omega^-1 t
-                g_omega_inv[j, k] += g + gb[j] * t[i, k]
+                prefix = 0.0
+                for m in range(k, Q):
+                    PC[m, k] = -ui[m] * (prefix + 0.5 * a[m] * C_inv[m, k])
+                    prefix += a[m] * C_inv[m, k]
+            for j in range(Q):
+                for k in range(Q):
+                    through_c, lam_inv = 0.0, 0.0
+                    for m in range(max(j, k), Q):
+                        through_c += C_inv[m, j] * PC[m, k]
+                        lam_inv += C_inv[m, j] * C_inv[m, k]
+                    g_omega_inv[j, k] += through_c - gb[j] * (x[i, k] - v[k]) + 0.5 * g_log_det * lam_inv \
+                        + gb[j] * t[i, k]
         for j in range(Q):
             s = 0.0
-            for k in range(Q):
+            for k in range(j if diagonal else 0, j + 1 if diagonal else Q):
                 s += omega_inv[k, j] * gb[k]
             gt[i, j] = s
     # symmetric perturbations of Omega^-1 are the only ones: report the symmetric part

@@ -74,12 +74,14 @@ def _record(j, a, t, y, S, p, c, est, g, gy, gp, pred, dpred):
             dpred[j, k] = acc
 
 
-@numba.njit(cache=True, error_model="numpy", inline="always")
-def _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred):
+@numba.njit(cache=True, error_model="numpy", _nrt=False)
+def _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred, g, gp, y):
     # A model of closed forms only: each record is its observation function, nothing to step
-    # (the solvers' per-record bookkeeping would double its cost).
+    # (the solvers' per-record bookkeeping would double its cost). Compiled without reference
+    # counting, which would cost each record's inlined call with array arguments atomic
+    # increments and decrements: 2x the record's arithmetic (the ODE kernels keep it: they
+    # allocate their buffers, which tells LLVM that the buffers do not alias, worth more).
     K = est.shape[0]
-    g = np.zeros(1); gp = np.zeros(P.shape[1]); y = np.zeros(0)
     for i in range(P.shape[0]):
         p = P[i]
         c = C[i]
@@ -103,7 +105,8 @@ def _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred
 def predict_all(P, C, est, obs_subject_start, obs_time, obs_analyte, dt_early, dt_late, t_switch,
                 n_states, pred, dpred):
     if n_states == 0:
-        _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred)
+        _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred, np.zeros(1),
+                    np.zeros(P.shape[1]), np.zeros(0))
         return
     N = P.shape[0]
     n_par = P.shape[1]
@@ -206,7 +209,8 @@ _ADAPTIVE = """
 def predict_all_@NAME@(P, C, est, obs_subject_start, obs_time, obs_analyte, rtol, atol, h_max,
                        max_steps, control_sens, n_states, pred, dpred, n_steps):
     if n_states == 0:
-        _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred)
+        _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred, np.zeros(1),
+                    np.zeros(P.shape[1]), np.zeros(0))
         return
     N = P.shape[0]
     n_par = P.shape[1]
