@@ -36,18 +36,28 @@ from pkpd.models import load
 from pkpd.simulate import simulate
 from pkpd.simulate.compiled import Design, StepSizes
 
-def _option(name: str, default):
-    if name in sys.argv:
-        return type(default)(sys.argv[sys.argv.index(name) + 1])
-    return default
+def _arguments(argv: list[str]):
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Population-fit speed: pkpd.fit against Stan (pystan).")
+    parser.add_argument("--quick", action="store_true", help="shorter runs of both engines (a smoke test)")
+    parser.add_argument("--case", choices=["all", "multiphasic", "antigen_driven"], default="all")
+    parser.add_argument("--stan-chains", type=int, default=4)
+    parser.add_argument("--stan-draws", type=int, default=None,
+                        help="Stan warm-up and draws per chain (default 500; 200 with --quick)")
+    parser.add_argument("--stan-timeout", type=float, default=3600.0,
+                        help="seconds of Stan sampling before it is stopped (the ratio is then a lower bound)")
+    return parser.parse_args(argv)
 
 
-QUICK = "--quick" in sys.argv
+# the command line's settings when run, the defaults when imported (the cases are reusable)
+ARGS = _arguments(sys.argv[1:] if __name__ == "__main__" else [])
+QUICK = ARGS.quick
 OURS = dict(chains=4, tune=1000, draws=1000) if not QUICK else dict(chains=4, tune=300, draws=300)
-STAN = dict(num_chains=_option("--stan-chains", 4), num_warmup=_option("--stan-draws", 500 if not QUICK else 200),
-            num_samples=_option("--stan-draws", 500 if not QUICK else 200))
-CASES = _option("--case", "all")  # all, multiphasic or antigen_driven
-STAN_TIMEOUT = _option("--stan-timeout", 3600.0)  # seconds of Stan sampling before it is stopped
+_STAN_DRAWS = ARGS.stan_draws or (500 if not QUICK else 200)
+STAN = dict(num_chains=ARGS.stan_chains, num_warmup=_STAN_DRAWS, num_samples=_STAN_DRAWS)
+CASES = ARGS.case
+STAN_TIMEOUT = ARGS.stan_timeout
 
 
 def min_ess(draws: dict[str, np.ndarray]) -> float:
@@ -113,16 +123,25 @@ def stan(code: str, data: dict, names: list[str], initial: dict) -> dict:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     child = context.Process(target=_stan_child, args=(code, data, stan_inits(initial, data, chains), STAN, results))
+    # the chains run in a process group of their own: stop them however this run ends (a
+    # SIGTERM becomes SystemExit, so that the `finally` below runs)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     child.start()
-    compile_s = results.get()
-    out = {"compile_s": compile_s, "cores": min(chains, os.cpu_count() or 1), "names": names}
     try:
-        sample_s, fit_ = results.get(timeout=STAN_TIMEOUT)
-    except queues.Empty:
-        fit_ = None
-    # pystan's worker processes outlive the run (and would keep the child from exiting)
-    os.killpg(child.pid, signal.SIGKILL)
-    child.join()
+        compile_s = results.get()
+        out = {"compile_s": compile_s, "cores": min(chains, os.cpu_count() or 1), "names": names}
+        try:
+            sample_s, fit_ = results.get(timeout=STAN_TIMEOUT)
+        except queues.Empty:
+            fit_ = None
+    finally:
+        # pystan's worker processes outlive the run (and would keep the child from exiting)
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the child had not yet made its group
+            child.kill()
+        child.join()
+        signal.signal(signal.SIGTERM, previous)
     if fit_ is None:
         # not finished: no ESS can be computed, but it cannot exceed arviz's cap N log10 N
         n = chains * STAN["num_samples"]
