@@ -381,7 +381,7 @@ def fit_individual_command(
         data: Annotated[Path, typer.Argument(help="NONMEM-style or ADaM CSV file.")],
         out: Annotated[Path, typer.Option("-o", "--out", help="Output netCDF file of the estimates.")],
         estimate: Annotated[Optional[list[str]], typer.Option("--estimate", help="Parameter to estimate (repeatable; default: those with variability).")] = None,
-        max_nfev: Annotated[int, typer.Option(help="Maximum number of objective evaluations.")] = 200,
+        max_nfev: Annotated[int, typer.Option(help="Maximum number of objective evaluations per round (subjects not yet converged get up to 3 rounds).")] = 200,
         format: FormatOpt = None, map: MapOpt = None, unit: UnitOpt = None,
         time_unit: TimeUnitOpt = "d", dose_unit: DoseUnitOpt = "cells") -> None:
     """Fit each subject with lmfit (censoring-aware; all subjects in one call) and write the estimates."""

@@ -1,5 +1,6 @@
 """Individual fits with lmfit: recovery from noiseless simulations, censoring, failures."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -102,3 +103,32 @@ def test_fit_individual_command(tmp_path):
                                       "-o", str(tmp_path / "fit.nc")])
     assert result.exit_code == 0, result.output
     assert "4/4 subjects converged" in result.output and (tmp_path / "fit.nc").exists()
+
+
+def test_convergence_is_judged_per_subject():
+    """A subject is converged when a Gauss-Newton step on its own data lowers its -2 log L
+    by less than 0.01; subjects still improving after a round are refitted on their own."""
+    model = load("multiphasic")
+    cohort, truth = noiseless(model, ["3e8", "6e8"], 4, seed=11)
+    stopped = fit_individual(model, cohort, max_nfev=2, rounds=1)
+    waiting = ~stopped["converged"].to_numpy()
+    assert waiting.sum() >= 6  # two evaluations leave most subjects short of their optimum
+    assert all(r.startswith("optimiser did not converge: -2 log L still falling after 1 round(s) of at most 2")
+               for r in stopped["reason"].to_numpy()[waiting])
+    resumed = fit_individual(model, cohort, max_nfev=2, rounds=1, initial=individual_parameters(stopped, model))
+    assert float(resumed["ofv"].sum()) < float(stopped["ofv"].sum())
+    assert fit_individual(model, cohort, max_nfev=20, rounds=10)["converged"].all()
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        fit_individual(model, cohort, rounds=0)
+
+
+def test_a_parameter_the_data_do_not_determine_has_no_standard_error():
+    """Only records before the peak: the decline parameters move no prediction, so their
+    information is singular and the subject's standard errors are not reported (NaN)."""
+    model = load("multiphasic")
+    cohort, _ = noiseless(model, ["3e8"], 2, seed=3)
+    early = cohort.observations[cohort.observations["time"] < 4].reset_index(drop=True)
+    fit = fit_individual(model, dataclasses.replace(cohort, observations=early), estimate=["cmax", "alpha"])
+    assert np.isnan(fit["stderr"]).all()
+    full = fit_individual(model, cohort, estimate=["cmax", "alpha"])
+    assert np.isfinite(full["stderr"]).all() and full["converged"].all()

@@ -99,12 +99,16 @@ class _Problem:
 def fit_individual(model: Model, cohort: Cohort, *, estimate: Sequence[str] | None = None,
                    subjects: Sequence[str] | None = None,
                    initial: Mapping[str, float] | pd.DataFrame | None = None,
-                   max_nfev: int = 200, steps: StepSizes = StepSizes()) -> xr.Dataset:
+                   max_nfev: int = 200, steps: StepSizes = StepSizes(), rounds: int = 3) -> xr.Dataset:
     """Fit every subject of `cohort` (or `subjects`) with lmfit; one call for all subjects.
 
     estimate: parameters to estimate (default: those with inter-individual variability);
               the others stay at their typical (or `initial`) values.
     initial:  starting values, one per parameter, or a frame indexed by subject.
+    max_nfev, rounds: a round is one joint minimisation of at most max_nfev evaluations; after
+              it, each subject is converged when a Gauss-Newton step on its own data lowers its
+              -2 log L by less than 0.01. Subjects that are not get further rounds on their
+              own (the joint stopping rule is the slowest subject's), up to `rounds` in all.
     Returns an xarray Dataset with dims (subject, parameter): estimate, stderr, rse_percent,
     initial; and per subject: converged, reason, n_obs, n_blq, ofv (-2 log L), aic, bic.
     """
@@ -136,10 +140,11 @@ def fit_individual(model: Model, cohort: Cohort, *, estimate: Sequence[str] | No
     candidates = [s for s in wanted if s not in reasons]
     candidates = _drop_failing(model, cohort, estimate, candidates, start, steps, reasons)
 
+    if max_nfev < 1 or rounds < 1:
+        raise ValueError(f"max_nfev and rounds must be at least 1 (got {max_nfev} and {rounds})")
     result = None
     if candidates:
-        problem = _Problem(model, cohort, estimate, candidates, start, steps)
-        result = _minimise(problem, start, max_nfev)
+        result = _fit_in_rounds(model, cohort, estimate, candidates, start, steps, max_nfev, rounds)
     return _dataset(model, cohort, estimate, wanted, start, reasons, result)
 
 
@@ -185,58 +190,120 @@ def _drop_failing(model, cohort, estimate, subjects, start, steps, reasons) -> l
     return search(list(subjects))
 
 
-def _minimise(problem: _Problem, start: pd.DataFrame, max_nfev: int, step: float = 1e-5):
-    N, k = len(problem.subjects), len(problem.estimated)
+#: a subject is converged when a Gauss-Newton step on its data lowers its -2 log L by less
+DECREASE_TOLERANCE = 0.01
+
+
+def _fit_in_rounds(model, cohort, estimate, subjects, start, steps, max_nfev, rounds) -> dict:
+    problem = _Problem(model, cohort, estimate, subjects, start, steps)
+    x = np.log(start.loc[subjects, estimate].to_numpy(float))
+    todo = list(range(len(subjects)))
+    for done in range(1, rounds + 1):
+        part = problem if len(todo) == len(subjects) else \
+            _Problem(model, cohort, estimate, [subjects[i] for i in todo], start, steps)
+        x[todo] = _minimise(part, x[todo], max_nfev)
+        assessment = _assess(problem, x)
+        todo = [i for i in range(len(subjects)) if not assessment["decrease"][i] <= DECREASE_TOLERANCE]
+        if not todo:
+            break
+    return {"problem": problem, "x": x, "rounds": done, "max_nfev": max_nfev, **assessment}
+
+
+def _residual_of(problem: _Problem, x: np.ndarray) -> np.ndarray:
+    """Residuals at log estimates x (N, k); PENALTY where the solver fails or a value is not finite."""
+    try:
+        pred = problem.predictions(problem.matrix(x))
+    except SolverError:
+        return np.full(len(problem.obs), PENALTY)
+    r = problem.residuals(pred)
+    return np.where(np.isfinite(r), r, PENALTY)
+
+
+def _derivatives(problem: _Problem, x: np.ndarray, r0: np.ndarray, step: float = 1e-5) -> np.ndarray:
+    """(n_obs, k): each record's residual differentiated (forward differences) with respect to
+    each log parameter of its own subject. A subject's residuals depend only on its own
+    parameters, so one parameter of every subject moves at a time: k solves, whatever N."""
+    lower = np.log([problem.model.parameter(n).bounds[0] for n in problem.estimated])
+    upper = np.log([problem.model.parameter(n).bounds[1] for n in problem.estimated])
+    D = np.empty((len(r0), x.shape[1]))
+    for g in range(x.shape[1]):
+        h = step * np.maximum(1.0, np.abs(x[:, g]))
+        h = np.where(x[:, g] + h > upper[g], -h, h)  # step back at the upper bound
+        h = np.where(x[:, g] + h < lower[g], np.abs(h), h)
+        xg = x.copy()
+        xg[:, g] += h
+        D[:, g] = (_residual_of(problem, xg) - r0) / h[problem.s_index]
+    return D
+
+
+def _minimise(problem: _Problem, x0: np.ndarray, max_nfev: int) -> np.ndarray:
+    """Joint least squares over all subjects of `problem` from log values x0 (N, k); returns x."""
+    N, k = x0.shape
     params = lmfit.Parameters()
-    lower, upper = [], []
-    for i, s in enumerate(problem.subjects):
-        for name in problem.estimated:
+    for i in range(N):
+        for g, name in enumerate(problem.estimated):
             lo, hi = problem.model.parameter(name).bounds
-            params.add(f"p{i}_{name}", value=math.log(start.loc[s, name]), min=math.log(lo), max=math.log(hi))
-            lower.append(math.log(lo))
-            upper.append(math.log(hi))
-    lower, upper = np.array(lower), np.array(upper)
+            params.add(f"p{i}_{name}", value=float(np.clip(x0[i, g], math.log(lo), math.log(hi))),
+                       min=math.log(lo), max=math.log(hi))
     n_obs = len(problem.obs)
 
-    def residual_of(x: np.ndarray) -> np.ndarray:
-        try:
-            pred = problem.predictions(problem.matrix(x.reshape(N, k)))
-        except SolverError:
-            return np.full(n_obs, PENALTY)
-        r = problem.residuals(pred)
-        return np.where(np.isfinite(r), r, PENALTY)
+    def values(pars) -> np.ndarray:
+        return np.array([pars[f"p{i}_{n}"].value for i in range(N) for n in problem.estimated]).reshape(N, k)
 
     def residual(pars):
-        return residual_of(np.array([pars[f"p{i}_{n}"].value for i in range(N) for n in problem.estimated]))
+        return _residual_of(problem, values(pars))
 
     def jacobian(pars, *args, **kwargs):
-        """Forward differences, one parameter of every subject at a time: residuals of a
-        subject depend only on its own parameters (k solves, whatever N)."""
-        x = np.array([pars[f"p{i}_{n}"].value for i in range(N) for n in problem.estimated])
-        r0 = residual_of(x)
-        J = sparse.lil_matrix((n_obs, N * k))
-        rows = np.arange(n_obs)
-        for g in range(k):
-            cols = np.arange(N) * k + g
-            h = step * np.maximum(1.0, np.abs(x[cols]))
-            h = np.where(x[cols] + h > upper[cols], -h, h)  # step back at the upper bound
-            xg = x.copy()
-            xg[cols] += h
-            data = (residual_of(xg) - r0) / h[problem.s_index]
-            J[rows, problem.s_index * k + g] = data
-        return aslinearoperator(J.tocsr())
+        x = values(pars)
+        D = _derivatives(problem, x, _residual_of(problem, x))
+        rows = np.repeat(np.arange(n_obs), k)
+        cols = (problem.s_index[:, None] * k + np.arange(k)[None, :]).ravel()
+        return aslinearoperator(sparse.csr_matrix((D.ravel(), (rows, cols)), shape=(n_obs, N * k)))
 
-    minimizer = _SparseJacobianMinimizer(residual, params, scale_covar=False)
+    minimizer = _SparseJacobianMinimizer(residual, params, scale_covar=False, calc_covar=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         out = minimizer.minimize(method="least_squares", jac=jacobian, tr_solver="lsmr",
                                  max_nfev=max_nfev)
-    x = np.array([out.params[f"p{i}_{n}"].value for i in range(N) for n in problem.estimated]).reshape(N, k)
+    return values(out.params)
+
+
+def _assess(problem: _Problem, x: np.ndarray) -> dict:
+    """Per subject at log estimates x: how much a Gauss-Newton step on its own data (full, half
+    or quarter, within the bounds) actually lowers its -2 log L (the convergence test: actual,
+    not predicted, so that a kink, at tmax or a censoring limit, cannot keep a subject from
+    converging), and the covariance of its log estimates, (J^T J)^-1 (residuals are
+    standardised: -2 log L = sum r^2 + const); NaN where J^T J is singular, that is where the
+    data do not determine every parameter."""
+    N, k = x.shape
     try:
         pred = problem.predictions(problem.matrix(x))
     except SolverError:
-        pred = np.full(n_obs, np.nan)
-    return {"problem": problem, "out": out, "x": x, "pred": pred}
+        pred = np.full(len(problem.obs), np.nan)
+    r0 = _residual_of(problem, x)
+    D = _derivatives(problem, x, r0)
+    step = np.zeros((N, k))
+    cov = np.full((N, k, k), np.nan)
+    for i in range(N):
+        mine = problem.s_index == i
+        J, r = D[mine], r0[mine]
+        if not (np.all(np.isfinite(J)) and np.all(np.isfinite(r))):
+            continue
+        step[i] = np.linalg.lstsq(J, -r, rcond=None)[0]
+        information = J.T @ J
+        if np.linalg.matrix_rank(information) == k:
+            cov[i] = np.linalg.inv(information)
+    bounds = np.log([problem.model.parameter(n).bounds for n in problem.estimated])  # (k, 2)
+
+    def ofv(r):
+        return np.bincount(problem.s_index, np.square(r), minlength=N)
+
+    before = ofv(r0)
+    decrease = np.zeros(N)
+    for fraction in (1.0, 0.5, 0.25):
+        trial = np.clip(x + fraction * step, bounds[:, 0], bounds[:, 1])
+        decrease = np.maximum(decrease, before - ofv(_residual_of(problem, trial)))
+    return {"pred": pred, "decrease": decrease, "cov": cov}
 
 
 class _SparseJacobianMinimizer(lmfit.Minimizer):
@@ -265,9 +332,8 @@ def _dataset(model, cohort, estimate, subjects, start, reasons, result) -> xr.Da
     n_blq = np.zeros(S, int)
     ofv = np.full(S, np.nan)
     if result is not None:
-        problem, out, x, pred = result["problem"], result["out"], result["x"], result["pred"]
+        problem, x, pred = result["problem"], result["x"], result["pred"]
         contributions = problem.minus_two_log_lik(pred) if np.all(np.isfinite(pred)) else np.full(len(pred), np.nan)
-        covar = getattr(out, "covar", None)
         order = {s: i for i, s in enumerate(subjects)}
         for j, s in enumerate(problem.subjects):
             i = order[s]
@@ -276,17 +342,18 @@ def _dataset(model, cohort, estimate, subjects, start, reasons, result) -> xr.Da
             n_obs[i] = int(mine.sum())
             n_blq[i] = int((problem.censored[mine] != 0).sum())
             ofv[i] = float(np.sum(contributions[mine]))
-            if covar is not None and covar.shape == (x.size, x.size):
-                block = covar[j * K:(j + 1) * K, j * K:(j + 1) * K]
-                se_log = np.sqrt(np.clip(np.diag(block), 0, None))
-                se[i] = est[i] * se_log  # delta method from the log scale
+            se[i] = est[i] * np.sqrt(np.clip(np.diag(result["cov"][j]), 0, None))  # delta method from log
             at_bound = _at_bounds(model, estimate, est[i])
-            ok = bool(out.success) and np.isfinite(ofv[i]) and not at_bound
+            decrease = result["decrease"][j]
+            still_falling = not decrease <= DECREASE_TOLERANCE
+            ok = np.isfinite(ofv[i]) and not at_bound and not still_falling
             converged[i] = ok
             if not ok:
-                reason[i] = ("optimiser did not converge: " + str(out.message) if not out.success else
+                reason[i] = ("objective is not finite at the estimate" if not np.isfinite(ofv[i]) else
                              f"estimate at a bound: {', '.join(at_bound)}" if at_bound else
-                             "objective is not finite at the estimate")
+                             f"optimiser did not converge: -2 log L still falling after {result['rounds']} "
+                             f"round(s) of at most {result['max_nfev']} evaluations (a Gauss-Newton step "
+                             f"lowers it by {decrease:.3g}); raise max_nfev or rounds")
     k = K
     ds = xr.Dataset(
         {
