@@ -23,8 +23,12 @@ from sympy.printing.pycode import PythonCodePrinter
 from .model import Model
 from .spec import COVARIATES
 
-_HEADER = "import math\nimport numba\nimport numpy as np\n\n"
+_HEADER = "import math\nimport numba\nimport numpy as np\n\nfrom pkpd.models._stack import stack_zeros as _zeros\n\n"
 
+# The kernels below run without numba's reference counting (atomic increments and decrements
+# around every inlined helper call with array arguments: 2x a closed-form record's cost, 1.5x an
+# ODE step's); their scratch arrays are on the stack (`_stack.stack_zeros`, at most a few kB),
+# which also tells LLVM that they do not alias.
 # Two solvers, appended to each model's generated module so that numba compiles them against that
 # model's functions. `predict_all`: fixed-step RK4 over each subject, with forward sensitivities
 # dS/dt = Jy S + Jp (S = dy/dtheta for the parameters in `est`), stepping exactly onto every
@@ -77,10 +81,9 @@ def _record(j, a, t, y, S, p, c, est, g, gy, gp, pred, dpred):
 @numba.njit(cache=True, error_model="numpy", _nrt=False)
 def _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred, g, gp, y):
     # A model of closed forms only: each record is its observation function, nothing to step
-    # (the solvers' per-record bookkeeping would double its cost). Compiled without reference
-    # counting, which would cost each record's inlined call with array arguments atomic
-    # increments and decrements: 2x the record's arithmetic (the ODE kernels keep it: they
-    # allocate their buffers, which tells LLVM that the buffers do not alias, worth more).
+    # (the solvers' per-record bookkeeping would double its cost). Like the kernels, compiled
+    # without reference counting: its increments and decrements around each record's inlined
+    # call with array arguments cost 2x the record's arithmetic (measured on multiphasic).
     K = est.shape[0]
     for i in range(P.shape[0]):
         p = P[i]
@@ -101,23 +104,23 @@ def _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred
                 dpred[j, k] = gp[est[k]]
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", _nrt=False)
 def predict_all(P, C, est, obs_subject_start, obs_time, obs_analyte, dt_early, dt_late, t_switch,
                 n_states, pred, dpred):
     if n_states == 0:
-        _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred, np.zeros(1),
-                    np.zeros(P.shape[1]), np.zeros(0))
+        _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred, _zeros((1,)),
+                    _zeros((P.shape[1],)), _zeros((0,)))
         return
     N = P.shape[0]
     n_par = P.shape[1]
     n = n_states
     K = est.shape[0]
-    y = np.zeros(n); S = np.zeros((n, K))
-    yt = np.zeros(n); St = np.zeros((n, K))
-    f1 = np.zeros(n); f2 = np.zeros(n); f3 = np.zeros(n); f4 = np.zeros(n)
-    s1 = np.zeros((n, K)); s2 = np.zeros((n, K)); s3 = np.zeros((n, K)); s4 = np.zeros((n, K))
-    Jp = np.zeros((n, n_par)); J0 = np.zeros((n, n_par))
-    g = np.zeros(1); gy = np.zeros(n); gp = np.zeros(n_par)
+    y = _zeros((n,)); S = _zeros((n, K))
+    yt = _zeros((n,)); St = _zeros((n, K))
+    f1 = _zeros((n,)); f2 = _zeros((n,)); f3 = _zeros((n,)); f4 = _zeros((n,))
+    s1 = _zeros((n, K)); s2 = _zeros((n, K)); s3 = _zeros((n, K)); s4 = _zeros((n, K))
+    Jp = _zeros((n, n_par)); J0 = _zeros((n, n_par))
+    g = _zeros((1,)); gy = _zeros((n,)); gp = _zeros((n_par,))
     for i in range(N):
         p = P[i]
         c = C[i]
@@ -205,25 +208,25 @@ TABLEAUS = {
 # max_steps step attempts (or a step below 1e-12 d) gets NaN predictions and derivatives from that
 # record on, instead of looping forever. n_steps[i] += accepted steps of subject i.
 _ADAPTIVE = """
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", _nrt=False)
 def predict_all_@NAME@(P, C, est, obs_subject_start, obs_time, obs_analyte, rtol, atol, h_max,
                        max_steps, control_sens, n_states, pred, dpred, n_steps):
     if n_states == 0:
-        _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred, np.zeros(1),
-                    np.zeros(P.shape[1]), np.zeros(0))
+        _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred, _zeros((1,)),
+                    _zeros((P.shape[1],)), _zeros((0,)))
         return
     N = P.shape[0]
     n_par = P.shape[1]
     n = n_states
     K = est.shape[0]
-    y = np.zeros(n); S = np.zeros((n, K))
-    yt = np.zeros(n); St = np.zeros((n, K))
-    yn = np.zeros(n); Sn = np.zeros((n, K))
-    peak = np.zeros(n); speak = np.zeros((n, K))
+    y = _zeros((n,)); S = _zeros((n, K))
+    yt = _zeros((n,)); St = _zeros((n, K))
+    yn = _zeros((n,)); Sn = _zeros((n, K))
+    peak = _zeros((n,)); speak = _zeros((n, K))
 @ALLOC@
-    f0 = np.zeros(n); f1 = np.zeros(n)
-    Jp = np.zeros((n, n_par)); J0 = np.zeros((n, n_par))
-    g = np.zeros(1); gy = np.zeros(n); gp = np.zeros(n_par)
+    f0 = _zeros((n,)); f1 = _zeros((n,))
+    Jp = _zeros((n, n_par)); J0 = _zeros((n, n_par))
+    g = _zeros((1,)); gy = _zeros((n,)); gp = _zeros((n_par,))
     order = @ORDER@
     alpha = 0.7 / order  # PI controller (Gustafsson; Hairer & Wanner II, IV.2)
     beta = 0.4 / order
@@ -347,7 +350,7 @@ def _adaptive_source(method: str) -> str:
     """The kernel `predict_all_<method>` for one embedded pair of TABLEAUS, its stages unrolled."""
     A, b, e, c, order, fsal = TABLEAUS[method]
     ns = len(b)
-    alloc = [f"    k{r} = np.zeros(n); kS{r} = np.zeros((n, K))" for r in range(ns)]
+    alloc = [f"    k{r} = _zeros((n,)); kS{r} = _zeros((n, K))" for r in range(ns)]
     stages = ["                # stages 1..ns-1 (stage 0: f at (t, y), kept from the last step)"]
     for s in range(1, ns):
         stages += ["                for m in range(n):"]

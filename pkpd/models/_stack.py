@@ -1,0 +1,50 @@
+"""Zeroed float64 arrays on the calling kernel's stack (a numba intrinsic).
+
+The generated solver kernels run without numba's reference counting (each inlined helper
+call with array arguments would otherwise cost atomic increments and decrements), so they
+cannot allocate with np.zeros; arrays on the stack also tell LLVM that no two of them alias,
+which heap buffers passed in as arguments do not. Call `stack_zeros` only at the top of a
+kernel, never in a loop: each call grows the stack frame until the kernel returns.
+"""
+
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+from numba.np.arrayobj import make_array, populate_array
+
+
+@intrinsic
+def stack_zeros(typingctx, shape):
+    """np.zeros(shape) (float64, C order) in the calling function's stack frame; shape: an
+    integer or a tuple of integers."""
+    if isinstance(shape, types.Integer):
+        ndim = 1
+    elif isinstance(shape, types.UniTuple) and isinstance(shape.dtype, types.Integer):
+        ndim = shape.count
+    else:
+        return None
+    array_type = types.Array(types.float64, ndim, "C")
+
+    def codegen(context, builder, signature, args):
+        intp = context.get_value_type(types.intp)
+        if ndim == 1 and isinstance(signature.args[0], types.Integer):
+            dims = [context.cast(builder, args[0], signature.args[0], types.intp)]
+        else:
+            dims = [context.cast(builder, d, signature.args[0].dtype, types.intp)
+                    for d in cgutils.unpack_tuple(builder, args[0], ndim)]
+        size = intp(1)
+        for d in dims:
+            size = builder.mul(size, d)
+        count = builder.select(builder.icmp_signed(">", size, intp(0)), size, intp(1))  # no empty alloca
+        data = builder.alloca(context.get_value_type(types.float64), size=count)
+        cgutils.memset(builder, data, builder.mul(count, intp(8)), 0)
+        strides, stride = [], intp(8)
+        for d in reversed(dims):
+            strides.insert(0, stride)
+            stride = builder.mul(stride, d)
+        array = make_array(array_type)(context, builder)
+        populate_array(array, data=data, shape=cgutils.pack_array(builder, dims),
+                       strides=cgutils.pack_array(builder, strides), itemsize=intp(8), meminfo=None)
+        return array._getvalue()
+
+    return array_type(shape), codegen
