@@ -5,7 +5,7 @@
 
 Cases: (a) `multiphasic` on 90 simulated subjects, (b) `antigen_driven` with transgene and B cells
 on 20 subjects on the trials' schedule (day -1, 0, 3, ..., 27, monthly to 365). For each engine
-it prints compile time, sampling time, leapfrog steps per draw, divergences and the minimum bulk
+it prints compile time, sampling time, leapfrog steps per draw, divergences, the largest R-hat and the minimum bulk
 ESS over the population parameters (typical values, IIV SDs, residual SDs) per second of
 sampling and per core it occupied (each engine runs one chain per core, up to the machine's
 cores, so a Stan run with fewer chains than cores compares fairly), then the ratio ours / Stan
@@ -62,16 +62,27 @@ CASES = ARGS.case
 STAN_TIMEOUT = ARGS.stan_timeout
 
 
+def _over_scalars(draws: dict[str, np.ndarray], statistic) -> list[float]:
+    """`statistic` of each scalar in arrays shaped (chain, draw, ...)."""
+    values = []
+    for x in draws.values():
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        values += [float(statistic(flat[:, :, j])) for j in range(flat.shape[2])]
+    return values
+
+
 def min_ess(draws: dict[str, np.ndarray]) -> float:
     """Smallest bulk ESS over arrays shaped (chain, draw, ...)."""
     import arviz as az
 
-    out = np.inf
-    for x in draws.values():
-        flat = x.reshape(x.shape[0], x.shape[1], -1)
-        for j in range(flat.shape[2]):
-            out = min(out, float(az.ess(flat[:, :, j], method="bulk")))
-    return out
+    return min(_over_scalars(draws, lambda x: az.ess(x, method="bulk")))
+
+
+def max_rhat(draws: dict[str, np.ndarray]) -> float:
+    """Largest (rank-normalised) R-hat over arrays shaped (chain, draw, ...)."""
+    import arviz as az
+
+    return max(_over_scalars(draws, az.rhat))
 
 
 def ours(model, cohort) -> dict:
@@ -88,6 +99,7 @@ def ours(model, cohort) -> dict:
     return {"compile_s": attrs["compile_seconds"], "sample_s": attrs["sampling_seconds"], "wall_s": wall,
             "cores": min(OURS["chains"], os.cpu_count() or 1),
             "steps": result.steps_per_draw(), "divergences": result.divergences(), "min_ess": min_ess(draws),
+            "max_rhat": max_rhat(draws),
             "typical": post["mu"].transpose("chain", "draw", "parameter").to_numpy(),
             "solver_error": attrs["solver_max_log_error"], "initial": initial_values(spec, individual)}
 
@@ -148,7 +160,7 @@ def stan(code: str, data: dict, names: list[str], initial: dict) -> dict:
         # not finished: no ESS can be computed, but it cannot exceed arviz's cap N log10 N
         n = chains * STAN["num_samples"]
         return {**out, "timed_out": True, "sample_s": float(STAN_TIMEOUT), "steps": math.nan,
-                "divergences": -1, "min_ess": n * math.log10(n), "typical": None}
+                "divergences": -1, "min_ess": n * math.log10(n), "max_rhat": math.nan, "typical": None}
 
     def reshape(name):
         x = fit_[name]  # (..., draws*chains), chain-major within draws
@@ -157,7 +169,8 @@ def stan(code: str, data: dict, names: list[str], initial: dict) -> dict:
 
     draws = {k: reshape(k) for k in ("mu", "omega", "sigma")}
     return {**out, "timed_out": False, "sample_s": sample_s, "steps": float(np.mean(fit_["n_leapfrog__"])),
-            "divergences": int(np.sum(fit_["divergent__"])), "min_ess": min_ess(draws), "typical": draws["mu"]}
+            "divergences": int(np.sum(fit_["divergent__"])), "min_ess": min_ess(draws), "max_rhat": max_rhat(draws),
+            "typical": draws["mu"]}
 
 
 def agree(a: np.ndarray, b: np.ndarray) -> bool:
@@ -215,10 +228,10 @@ def report(label: str, a: dict, b: dict) -> tuple[float, bool]:
     ours_rate, stan_rate = (r["min_ess"] / (r["sample_s"] * r["cores"]) for r in (a, b))
     print(f"\n== {label}")
     print(f"{'':10s} {'compile s':>10s} {'sampling s':>11s} {'steps/draw':>11s} {'divergent':>10s} "
-          f"{'min ESS':>8s} {'cores':>6s} {'ESS/core-s':>11s}")
+          f"{'min ESS':>8s} {'max R-hat':>10s} {'cores':>6s} {'ESS/core-s':>11s}")
     for name, r, rate in (("pkpd", a, ours_rate), ("Stan", b, stan_rate)):
         print(f"{name:10s} {r['compile_s']:10.1f} {r['sample_s']:11.1f} {r['steps']:11.1f} {r['divergences']:10d} "
-              f"{r['min_ess']:8.0f} {r['cores']:6d} {rate:11.3f}")
+              f"{r['min_ess']:8.0f} {r['max_rhat']:10.3f} {r['cores']:6d} {rate:11.3f}")
     ratio = ours_rate / stan_rate
     if b["timed_out"]:
         print(f"Stan did not finish within {b['sample_s']:.0f} s of sampling: its ESS/core-s above is an upper "
@@ -241,7 +254,7 @@ def main() -> None:
         model, cohort, code, data, names = case()
         a = ours(model, cohort)
         print(f"[{label}] pkpd: sampling {a['sample_s']:.1f} s, {a['steps']:.1f} steps/draw, min ESS "
-              f"{a['min_ess']:.0f}, divergences {a['divergences']}", flush=True)
+              f"{a['min_ess']:.0f}, max R-hat {a['max_rhat']:.3f}, divergences {a['divergences']}", flush=True)
         b = stan(code, data, names, a["initial"])
         results[label] = (report(label, a, b), a)
     ((r1, bound1), _), ((r2, bound2), a2) = results.values()
