@@ -5,6 +5,10 @@ per-subject objectives, so its optimum is every subject's own optimum; fitting t
 lets one stacked ODE solve serve all subjects, and because a subject's residuals depend only
 on its own parameters, a finite-difference Jacobian perturbs one parameter of every subject at
 once: it costs as many solves as one subject has parameters, whatever the number of subjects.
+The joint stopping rule is the slowest subject's, so convergence is judged per subject after
+each round (a Gauss-Newton step on its own data must not lower its -2 log L by 0.01 or more),
+and the subjects still improving are refitted on their own; standard errors come from each
+subject's own information.
 
 Residuals are censoring-aware: a quantified value gives its standardised residual; a value
 below the LLOQ (M3) gives sqrt(-2 log P(y < LLOQ)), so that the sum of squares is -2 log L up to
@@ -309,9 +313,9 @@ def _assess(problem: _Problem, x: np.ndarray) -> dict:
 class _SparseJacobianMinimizer(lmfit.Minimizer):
     """lmfit Minimizer that hands a user's Jacobian operator to scipy unchanged.
 
-    lmfit 1.3 coerces a Jacobian to a dense float array before scipy sees it, and its
-    covariance step cannot multiply scipy's sparse arrays; a LinearOperator passes both (with
-    least_squares there is no bounds transformation to apply to the Jacobian)."""
+    lmfit 1.3 coerces a Jacobian to a dense float array before scipy sees it; a LinearOperator
+    passes (with least_squares there is no bounds transformation to apply to the Jacobian). The
+    covariance is not lmfit's: `_assess` computes it per subject."""
 
     def _jacobian(self, fvars, apply_bounds_transformation=True):
         pars = self.result.params
