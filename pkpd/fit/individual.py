@@ -116,6 +116,8 @@ def fit_individual(model: Model, cohort: Cohort, *, estimate: Sequence[str] | No
     Returns an xarray Dataset with dims (subject, parameter): estimate, stderr, rse_percent,
     initial; and per subject: converged, reason, n_obs, n_blq, ofv (-2 log L), aic, bic.
     """
+    if max_nfev < 1 or rounds < 1:
+        raise ValueError(f"max_nfev and rounds must be at least 1 (got {max_nfev} and {rounds})")
     estimate = list(estimate) if estimate is not None else default_estimated(model)
     unknown = sorted(set(estimate) - set(model.parameter_names))
     if unknown:
@@ -144,8 +146,6 @@ def fit_individual(model: Model, cohort: Cohort, *, estimate: Sequence[str] | No
     candidates = [s for s in wanted if s not in reasons]
     candidates = _drop_failing(model, cohort, estimate, candidates, start, steps, reasons)
 
-    if max_nfev < 1 or rounds < 1:
-        raise ValueError(f"max_nfev and rounds must be at least 1 (got {max_nfev} and {rounds})")
     result = None
     if candidates:
         result = _fit_in_rounds(model, cohort, estimate, candidates, start, steps, max_nfev, rounds)
@@ -213,14 +213,19 @@ def _fit_in_rounds(model, cohort, estimate, subjects, start, steps, max_nfev, ro
     return {"problem": problem, "x": x, "rounds": done, "max_nfev": max_nfev, **assessment}
 
 
-def _residual_of(problem: _Problem, x: np.ndarray) -> np.ndarray:
-    """Residuals at log estimates x (N, k); PENALTY where the solver fails or a value is not finite."""
+def _evaluate(problem: _Problem, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, residuals) at log estimates x (N, k): NaN predictions and PENALTY residuals
+    where the solver fails, PENALTY where a residual is not finite."""
     try:
         pred = problem.predictions(problem.matrix(x))
     except SolverError:
-        return np.full(len(problem.obs), PENALTY)
+        return np.full(len(problem.obs), np.nan), np.full(len(problem.obs), PENALTY)
     r = problem.residuals(pred)
-    return np.where(np.isfinite(r), r, PENALTY)
+    return pred, np.where(np.isfinite(r), r, PENALTY)
+
+
+def _residual_of(problem: _Problem, x: np.ndarray) -> np.ndarray:
+    return _evaluate(problem, x)[1]
 
 
 def _derivatives(problem: _Problem, x: np.ndarray, r0: np.ndarray, step: float = 1e-5) -> np.ndarray:
@@ -280,11 +285,7 @@ def _assess(problem: _Problem, x: np.ndarray) -> dict:
     standardised: -2 log L = sum r^2 + const); NaN where J^T J is singular, that is where the
     data do not determine every parameter."""
     N, k = x.shape
-    try:
-        pred = problem.predictions(problem.matrix(x))
-    except SolverError:
-        pred = np.full(len(problem.obs), np.nan)
-    r0 = _residual_of(problem, x)
+    pred, r0 = _evaluate(problem, x)
     D = _derivatives(problem, x, r0)
     step = np.zeros((N, k))
     cov = np.full((N, k, k), np.nan)

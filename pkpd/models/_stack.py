@@ -15,23 +15,17 @@ from numba.np.arrayobj import make_array, populate_array
 
 @intrinsic
 def stack_zeros(typingctx, shape):
-    """np.zeros(shape) (float64, C order) in the calling function's stack frame; shape: an
-    integer or a tuple of integers."""
-    if isinstance(shape, types.Integer):
-        ndim = 1
-    elif isinstance(shape, types.UniTuple) and isinstance(shape.dtype, types.Integer):
-        ndim = shape.count
-    else:
+    """np.zeros(shape) (float64, C order) in the calling function's stack frame; shape: a
+    tuple of integers."""
+    if not (isinstance(shape, types.UniTuple) and isinstance(shape.dtype, types.Integer)):
         return None
+    ndim = shape.count
     array_type = types.Array(types.float64, ndim, "C")
 
     def codegen(context, builder, signature, args):
         intp = context.get_value_type(types.intp)
-        if ndim == 1 and isinstance(signature.args[0], types.Integer):
-            dims = [context.cast(builder, args[0], signature.args[0], types.intp)]
-        else:
-            dims = [context.cast(builder, d, signature.args[0].dtype, types.intp)
-                    for d in cgutils.unpack_tuple(builder, args[0], ndim)]
+        dims = [context.cast(builder, d, signature.args[0].dtype, types.intp)
+                for d in cgutils.unpack_tuple(builder, args[0], ndim)]
         size = intp(1)
         for d in dims:
             size = builder.mul(size, d)
