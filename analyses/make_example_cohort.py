@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pkpd.data import format_dose, write_adam, write_nonmem
+from pkpd.data.cohort import dose_frame
 from pkpd.models import load
 from pkpd.simulate import draw_parameters, template_cohort, trial_schedule
 from pkpd.simulate.virtual import observe
@@ -61,8 +62,8 @@ def design(rng: np.random.Generator):
                              "lymphodepletion": ld, "disease": diseases[j % len(diseases)],
                              "weight": weight, "age": float(rng.integers(18, 66)),
                              "sex": "F" if rng.random() < 0.85 else "M"})
-            doses.append({"subject": sid, "time": 0.0, "nominal_time": 0.0, "amount": dose, "unit": unit,
-                          "cells": dose * weight if unit == "cells/kg" else dose, "evid": 1})
+            doses.append({"subject": sid, "time": 0.0, "amount": dose, "unit": unit,
+                          "absolute": dose * weight if unit == "cells/kg" else dose, "absolute_unit": "cells"})
             actual = np.where(nominal > 0, nominal + np.round(rng.uniform(-0.3, 0.3, len(nominal)), 2), nominal)
             actual[nominal == 0] = 0.04
             times.append(pd.DataFrame({"subject": sid, "time": actual, "nominal_time": nominal}))
@@ -70,7 +71,7 @@ def design(rng: np.random.Generator):
     for col in ("dose_level", "product", "disease", "sex"):
         table[col] = table[col].astype(object)
     table["lymphodepletion"] = table["lymphodepletion"].astype("boolean")
-    return table, pd.DataFrame(doses), pd.concat(times, ignore_index=True)
+    return table, dose_frame(**pd.DataFrame(doses).to_dict("list")), pd.concat(times, ignore_index=True)
 
 
 def main() -> None:

@@ -10,9 +10,10 @@ so expansion is short and antigen-limited (science.md 2.4). States (blood-equiva
        (fraction of baseline)
 
     F(t) = exp(-kexh*t): proliferative capacity, lost over weeks (exhaustion).
-    E(0) = fblood*eld^LD*dose/5e6 (the fraction of infused cells in 5 L of blood, boosted eld-fold
-    by lymphodepletion), M(0) = 0, B(0) = b0, S(0) = 1 - sld*LD (Flu/Cy lymphodepletion also
-    suppresses marrow output).
+    An infusion of N CAR+ cells adds fblood*(1 + (eld - 1)*LD)*N/5e6 to E (the fraction of infused
+    cells in 5 L of blood, boosted eld-fold by lymphodepletion): the dose's bioavailability into E,
+    so split doses and re-infusions add to E when they are given. Before the first infusion
+    E = M = 0, B = b0, S = 1 - sld*LD (Flu/Cy lymphodepletion also suppresses marrow output).
     Observed: transgene = scale*(E + M) copies/ug; CAR-T cells = E + M; blood B cells = B.
 
 Why this structure (science.md 2.4, pitfall): with expansion driven by B/(B + kb) and memory
@@ -39,7 +40,7 @@ Sources of the default values:
   transgene peak near day 10 (analyses/calibrate_antigen_driven.py prints these figures).
 """
 
-from pkpd.models import LogNormal, Module, Observation, Parameter
+from pkpd.models import Dosing, LogNormal, Module, Observation, Parameter
 
 STEIN = "Stein et al., CPT:PSP 2019;8:285, Table 1"
 CAL = "calibrated to Mackensen et al., Nat Med 2022 (B-cell return 110 +/- 32 d); see module docstring"
@@ -47,8 +48,12 @@ BLOOD_UL = 5e6  # 5 L of blood in uL
 
 
 def _initial(p, c, m):
-    engraftment = p.fblood * (1 + (p.eld - 1) * c.ld)
-    return {"E": engraftment * c.dose / BLOOD_UL, "M": 0, "B": p.b0, "S": 1 - p.sld * c.ld}
+    return {"E": 0, "M": 0, "B": p.b0, "S": 1 - p.sld * c.ld}
+
+
+def _engraftment(p, c, m):
+    """Blood effector level (cells/uL) per infused CAR+ cell."""
+    return p.fblood * (1 + (p.eld - 1) * c.ld) / BLOOD_UL
 
 
 def _rhs(t, s, p, c, x, m):
@@ -103,6 +108,7 @@ antigen_driven = Module(
     ),
     initial=_initial,
     rhs=_rhs,
+    dosing=(Dosing("E", "cells", bioavailability=_engraftment),),
     signals={
         "car": lambda t, s, p, c, x, m: s.E + s.M,
         "effector": lambda t, s, p, c, x, m: s.E,

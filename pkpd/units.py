@@ -9,6 +9,7 @@ converted into cells/uL by accident. Text written by labs ("copies/µg gDNA",
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 
 import pint
@@ -79,6 +80,91 @@ def conversion_factor(source: str, target: str) -> float:
     except pint.errors.DimensionalityError as exc:
         raise UnitError(f"cannot convert {source!r} to {target!r}: "
                         f"{src.dimensionality} is not {dst.dimensionality}") from exc
+
+
+#: time units a dataset or a model may use, with their length in days
+TIME_UNITS = {"min": 1 / 1440, "h": 1 / 24, "d": 1.0, "w": 7.0}
+_TIME_SPELLING = {"min": "min", "mins": "min", "minute": "min", "minutes": "min",
+                  "h": "h", "hr": "h", "hrs": "h", "hour": "h", "hours": "h",
+                  "d": "d", "day": "d", "days": "d", "w": "w", "wk": "w", "wks": "w", "week": "w",
+                  "weeks": "w"}
+
+
+def time_unit(text: str) -> str | None:
+    """'HOURS' -> 'h', 'days' -> 'd', ...; None when the text is not a time unit."""
+    return _TIME_SPELLING.get(str(text).strip().lower())
+
+
+def time_factor(source: str, target: str) -> float:
+    """Multiply a time in `source` units ('min', 'h', 'd', 'w') by this to get `target` units."""
+    for unit in (source, target):
+        if unit not in TIME_UNITS:
+            raise UnitError(f"unknown time unit {unit!r}: use one of {', '.join(TIME_UNITS)}")
+    return TIME_UNITS[source] / TIME_UNITS[target]
+
+
+def time_unit_name(text: str) -> str | None:
+    """'hour', 'h', 'hr' -> 'h'; a pint unit name of time in pkpd's spelling, else None."""
+    short = time_unit(text)
+    if short is not None:
+        return short
+    try:
+        unit = ureg.Unit(str(text))
+    except Exception:  # not a unit name at all
+        return None
+    if unit.dimensionality != ureg.Unit("s").dimensionality:
+        return None
+    for code, name in (("min", "minute"), ("h", "hour"), ("d", "day"), ("w", "week")):
+        if unit == ureg.Unit(name):
+            return code
+    return str(unit)
+
+
+@dataclass(frozen=True)
+class DoseUnit:
+    """A dose unit as written ('mg/kg'): the absolute unit ('mg') and whether it is per kg of
+    body weight (then the absolute amount is amount x weight)."""
+
+    text: str
+    absolute: str
+    per_kg: bool
+
+
+_CELLS = re.compile(r"^(car\+?\s*)?(viable\s*)?(car-?)?(t[\s-]*)?cells?$", re.I)
+
+
+def dose_unit(text: str) -> DoseUnit | None:
+    """Parse a dose unit: cells, cells/kg, any amount pint reads (mg, ug, mmol, IU, copies,
+    or a unit declared with `define`), optionally per kg. None when it cannot be read."""
+    raw = str(text).strip()
+    per_kg = False
+    body = raw
+    match = re.fullmatch(r"(.*?)\s*(/\s*kg|per\s*kg)", raw, re.I)
+    if match:
+        body, per_kg = match.group(1).strip() or "cells", True
+    if not body or _CELLS.match(body.replace("_", " ")):
+        absolute = "cells"
+    else:
+        try:
+            parsed = parse_unit(body)
+        except UnitError:
+            return None
+        if parsed.dimensionless or "[time]" in str(parsed.dimensionality) or \
+                "[length]" in str(parsed.dimensionality):
+            return None  # a number, a rate or a volume is not an amount
+        absolute = normalise_unit_text(body)
+    return DoseUnit(f"{absolute}/kg" if per_kg else absolute, absolute, per_kg)
+
+
+def define(definition: str) -> None:
+    """Declare a unit pint does not know, e.g. define('vg = [vector_genome]') for vector genomes,
+    before reading data or models that use it."""
+    try:
+        ureg.define(definition)
+    except Exception as exc:  # pint raises several types for a malformed definition
+        raise UnitError(f"cannot define unit {definition!r}: {exc}") from exc
+    parse_unit.cache_clear()
+    conversion_factor.cache_clear()
 
 
 def same_unit(a: str, b: str) -> bool:

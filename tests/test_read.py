@@ -18,7 +18,8 @@ def test_example_cohort_reads_in_both_formats(example_nonmem, example_adam):
     # doses in cells/kg become absolute cells with the subject's weight
     per_kg = nonmem.doses[nonmem.doses["unit"] == "cells/kg"]
     weights = per_kg["subject"].map(nonmem.subjects["weight"])
-    np.testing.assert_allclose(per_kg["cells"], per_kg["amount"] * weights)
+    np.testing.assert_allclose(per_kg["absolute"], per_kg["amount"] * weights)
+    assert set(nonmem.doses["absolute_unit"]) == {"cells"} and nonmem.time_unit == "d"
     assert (nonmem.observations["censored"] == 1).any()
 
 
@@ -47,23 +48,32 @@ def test_unknown_mapping_role_is_reported(write):
 def test_evid_inferred_from_amt_and_hours(write):
     text = "ID,TIME,DV,AMT,DVID\n1,0,.,3e8,.\n1,72,5000,0,1\n1,168,20000,0,1\n"
     cohort = read_cohort(write(text), time_unit="h")
-    assert list(cohort.observations["time"]) == [3.0, 7.0]
+    assert list(cohort.observations["time"]) == [72.0, 168.0] and cohort.time_unit == "h"
     assert list(cohort.doses["evid"]) == [1]
+    assert cohort.in_time_unit("d").observations["time"].tolist() == [3.0, 7.0]
+
+
+def test_time_unit_not_given_is_a_warning(write):
+    result = check_file(write("ID,TIME,DV,AMT,DVID\n1,0,.,3e8,.\n1,3,5000,0,1\n"))
+    assumed = [f for f in result.report.warnings if f.rule == "time-unit-assumed"]
+    assert result.cohort.time_unit == "d" and len(assumed) == 1 and "--time-unit" in assumed[0].fix
 
 
 def test_time_unit_column(write):
     text = ("USUBJID,AFRLT,RRLTU,PARAMCD,AVAL,AVALU,EVID,AMT\nS1,0,HOURS,,,,1,3e8\n"
             "S1,48,HOURS,IL6,12,pg/mL,0,\nS1,3,DAYS,IL6,20,ng/L,0,\n")
-    cohort = read_cohort(write(text))
-    assert list(cohort.observations["time"]) == [2.0, 3.0]
+    result = check_file(write(text))
+    cohort = result.cohort
+    assert cohort.time_unit == "h" and list(cohort.observations["time"]) == [48.0, 72.0]  # the most common unit
     assert list(cohort.observations["value"]) == [12.0, 20.0]  # ng/L == pg/mL
+    assert any(f.rule == "time-unit" and "converted" in f.message for f in result.report.findings)
 
 
 def test_adam_dosea_without_dose_rows(write):
     text = ("USUBJID,AFRLT,PARAMCD,AVAL,AVALU,ALLOQ,BLQFL,DOSEA,DOSEU,WTBL\n"
             "S1,3,CD19B,2,cells/uL,1,N,1e6,cells/kg,50\nS1,7,CD19B,,cells/uL,1,Y,1e6,cells/kg,50\n")
     cohort = read_cohort(write(text))
-    assert cohort.doses[["time", "amount", "unit", "cells"]].values.tolist() == [[0.0, 1e6, "cells/kg", 5e7]]
+    assert cohort.doses[["time", "amount", "unit", "absolute"]].values.tolist() == [[0.0, 1e6, "cells/kg", 5e7]]
     obs = cohort.observations
     assert list(obs["censored"]) == [0, 1] and list(obs["value"]) == [2.0, 1.0]
 
@@ -73,7 +83,7 @@ def test_blq_flag_with_dv_given_is_censored_not_imputed(write):
     result = check_file(write(text))
     obs = result.cohort.observations
     assert obs["censored"].tolist() == [1] and obs["value"].tolist() == [50.0]
-    assert [f.rule for f in result.report.findings] == ["ignored-dv"]
+    assert [f.rule for f in result.report.findings if not f.rule.endswith("-assumed")] == ["ignored-dv"]
 
 
 def test_time_varying_covariates_on_evid2_rows(write):
@@ -95,7 +105,7 @@ def test_unknown_product_is_a_warning(write):
     csv = "ID,TIME,DV,AMT,EVID,DVID,PRODUCT\n1,0,.,3e8,1,.,CD7\n1,3,5,0,0,1,CD7\n"
     result = check_file(write(csv))
     assert result.cohort.subjects.loc["1", "product"] == "CD7"
-    assert result.report.warnings[0].rule == "unknown-product"
+    assert [f.rule for f in result.report.warnings if not f.rule.endswith("-assumed")] == ["unknown-product"]
 
 
 def test_whitespace_delimited_nonmem_with_commented_header(write):
@@ -124,5 +134,5 @@ def test_to_xarray_and_tidy_frame(example_nonmem):
     assert ds.sizes["subject"] == 41 and ds.sizes["obs"] == len(cohort.observations)
     assert set(ds["analyte"].values) == set(cohort.analytes)
     frame = cohort.to_frame()
-    assert {"unit", "product", "dose_cells", "censored"} <= set(frame.columns)
+    assert {"unit", "product", "dose_absolute", "censored"} <= set(frame.columns)
     assert len(frame) == len(cohort.observations)

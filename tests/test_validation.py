@@ -14,7 +14,7 @@ def only(report, rule):
 
 
 def test_valid_file_has_no_findings(write):
-    result = check_file(write(VALID_NONMEM))
+    result = check_file(write(VALID_NONMEM), time_unit="d", dose_unit="cells")
     assert result.report.findings == []
     assert result.cohort is not None
     assert result.cohort.subject_ids == ["1", "2"]

@@ -1,14 +1,15 @@
-"""The Cohort: one validated CAR-T dataset, whatever file format it came from.
+"""The Cohort: one validated dataset, whatever file format it came from.
 
-Time is in days since the first CAR-T infusion (negative = pre-infusion baseline);
-every observed value, LLOQ and limit is in its analyte's canonical unit.
+Times are in the cohort's `time_unit` ('h', 'd', ...), as the file gave them (negative =
+before the first dose); every observed value, LLOQ and limit is in its analyte's canonical
+unit; doses keep their amount and unit as written beside the absolute amount.
 A Cohort is a value: its tables are never modified in place by pkpd.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 import numpy as np
@@ -20,8 +21,21 @@ from ..analytes import Analyte
 SUBJECT_COLUMNS = ["dose_level", "product", "lymphodepletion", "disease", "weight", "age", "sex"]
 OBSERVATION_COLUMNS = ["subject", "time", "nominal_time", "analyte", "value", "lloq", "censored",
                        "limit", "mdv"]
-DOSE_COLUMNS = ["subject", "time", "nominal_time", "amount", "unit", "cells", "evid"]
+DOSE_COLUMNS = ["subject", "time", "nominal_time", "amount", "unit", "absolute", "absolute_unit", "cmt",
+                "rate", "duration", "ii", "addl", "ss", "evid"]
 EVENT_COLUMNS = ["subject", "time", "nominal_time", "evid"]
+#: a plain bolus dose: no compartment named (the model's default target), no infusion, no repeats
+BOLUS = {"cmt": "", "rate": np.nan, "duration": np.nan, "ii": np.nan, "addl": 0, "ss": 0, "evid": 1}
+
+
+def dose_frame(**columns) -> pd.DataFrame:
+    """A doses table (DOSE_COLUMNS order) from columns or scalars; regimen columns default to a
+    bolus (BOLUS), nominal_time to time, absolute to amount."""
+    columns.setdefault("nominal_time", columns.get("time"))
+    columns.setdefault("absolute", columns.get("amount"))
+    columns.setdefault("absolute_unit", columns.get("unit"))
+    frame = pd.DataFrame({**BOLUS, **columns}, index=range(len(columns["subject"])))
+    return frame[DOSE_COLUMNS].astype({"addl": int, "ss": int, "evid": int, "cmt": object})
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,8 +44,12 @@ class Cohort:
 
     subjects:      index `subject`; columns dose_level, product, lymphodepletion, disease,
                    weight, age, sex, then any further baseline covariates.
-    doses:         subject, time, nominal_time, amount, unit ('cells' or 'cells/kg'),
-                   cells (absolute CAR+ cells), evid (1 dose, 4 reset and dose).
+    doses:         subject, time, nominal_time, amount and unit as written ('cells/kg', 'mg'),
+                   absolute amount and its absolute_unit (per-kg amounts times weight: 'cells',
+                   'mg'), cmt (the state receiving it, as written: a number, a name or ''),
+                   rate or duration (zero-order infusion; NaN for a bolus), ii and addl
+                   (addl further doses every ii), ss (1: at steady state before it), evid (1
+                   dose, 4 reset and dose). NONMEM's meanings throughout.
     observations:  subject, time, nominal_time, analyte, value, lloq, censored (1 below the
                    LLOQ with value = LLOQ, -1 above a limit, 0 quantified), limit (lower end of a
                    censored interval), mdv (excluded record).
@@ -39,6 +57,7 @@ class Cohort:
     analytes:      name -> Analyte (canonical unit) for every analyte observed.
     source:        file the cohort was read from (provenance), or a description.
     lines:         file line number of each observation / dose row, for messages (not data).
+    time_unit:     unit of every time ('min', 'h', 'd' or 'w'); durations and intervals too.
     """
 
     subjects: pd.DataFrame
@@ -48,6 +67,7 @@ class Cohort:
     analytes: Mapping[str, Analyte]
     source: str = "<memory>"
     lines: Mapping[str, pd.Series] = field(default_factory=dict, repr=False)
+    time_unit: str = "d"
 
     # --- views -----------------------------------------------------------------------------
     @property
@@ -70,8 +90,8 @@ class Cohort:
         """The cohort restricted to `subjects` (in their cohort order)."""
         keep = [s for s in self.subject_ids if s in set(map(str, subjects))]
         pick = lambda frame: frame[frame["subject"].isin(keep)].reset_index(drop=True)
-        return Cohort(self.subjects.loc[keep], pick(self.doses), pick(self.observations),
-                      pick(self.events), self.analytes, self.source)
+        return replace(self, subjects=self.subjects.loc[keep], doses=pick(self.doses),
+                       observations=pick(self.observations), events=pick(self.events), lines={})
 
     def select_analytes(self, analytes) -> "Cohort":
         """The cohort restricted to observations of `analytes` (ValueError if one is absent)."""
@@ -80,15 +100,43 @@ class Cohort:
         if missing:
             raise ValueError(f"the cohort has no observations of {', '.join(missing)}")
         obs = self.observations[self.observations["analyte"].isin(wanted)].reset_index(drop=True)
-        return Cohort(self.subjects, self.doses, obs, self.events,
-                      {a: v for a, v in self.analytes.items() if a in wanted}, self.source)
+        return replace(self, observations=obs, analytes={a: v for a, v in self.analytes.items() if a in wanted},
+                       lines={})
+
+    def in_time_unit(self, unit: str) -> "Cohort":
+        """The same cohort with every time, duration, interval and rate in `unit`."""
+        from ..units import time_factor
+
+        if unit == self.time_unit:
+            return self
+        k = time_factor(self.time_unit, unit)
+        timed = lambda frame: frame.assign(time=frame["time"] * k, nominal_time=frame["nominal_time"] * k)
+        doses = timed(self.doses).assign(duration=self.doses["duration"] * k, ii=self.doses["ii"] * k,
+                                         rate=self.doses["rate"] / k)
+        return replace(self, doses=doses, observations=timed(self.observations), events=timed(self.events),
+                       time_unit=unit)
+
+    def dose_records(self) -> pd.DataFrame:
+        """Every dose as its own row: each ADDL further dose expanded at its interval II
+        (addl set to 0, ss kept on the first dose only), sorted by subject and time."""
+        doses = self.doses
+        extra = doses[doses["addl"] > 0]
+        if extra.empty:
+            return doses
+        repeats = extra.loc[extra.index.repeat(extra["addl"])].copy()
+        k = repeats.groupby(level=0).cumcount().to_numpy() + 1
+        repeats["time"] = repeats["time"] + k * repeats["ii"]
+        repeats["nominal_time"] = repeats["nominal_time"] + k * repeats["ii"]
+        repeats["ss"] = 0
+        out = pd.concat([doses, repeats]).assign(addl=0)
+        return in_subject_order(out, self.subject_ids)
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy frame: one row per observation, with unit and the subject's covariates."""
         obs = self.observations.copy()
         obs["unit"] = obs["analyte"].map(lambda a: self.analytes[a].unit)
-        first_dose = self.doses.groupby("subject")[["amount", "unit", "cells"]].first()
-        first_dose.columns = ["dose_amount", "dose_unit", "dose_cells"]
+        first_dose = self.doses.groupby("subject")[["amount", "unit", "absolute"]].first()
+        first_dose.columns = ["dose_amount", "dose_unit", "dose_absolute"]
         out = obs.merge(self.subjects, left_on="subject", right_index=True, how="left")
         return out.merge(first_dose, left_on="subject", right_index=True, how="left")
 
@@ -112,9 +160,9 @@ class Cohort:
         ds = xr.Dataset(data, coords={"subject": subj.index.to_numpy().astype(str)})
         ds["value"].attrs["units_by_analyte"] = json.dumps(
             {name: a.unit for name, a in self.analytes.items()})
-        ds["obs_time"].attrs["units"] = "d"
-        ds["dose_time"].attrs["units"] = "d"
-        ds.attrs.update(source=str(self.source), time_unit="d",
+        ds["obs_time"].attrs["units"] = self.time_unit
+        ds["dose_time"].attrs["units"] = self.time_unit
+        ds.attrs.update(source=str(self.source), time_unit=self.time_unit,
                         analytes=json.dumps({n: a.__dict__ | {"aliases": list(a.aliases)}
                                              for n, a in self.analytes.items()}))
         return ds
@@ -143,6 +191,8 @@ class Cohort:
                 out.append(f"{name}: {diff}")
         if {k: v.unit for k, v in self.analytes.items()} != {k: v.unit for k, v in other.analytes.items()}:
             out.append("analytes differ")
+        if self.time_unit != other.time_unit:
+            out.append(f"time unit {self.time_unit} != {other.time_unit}")
         return out
 
 

@@ -21,17 +21,14 @@ import numpy as np
 import pandas as pd
 
 from .. import analytes as catalogue
-from ..units import UnitError, conversion_factor
-from .cohort import (Cohort, DOSE_COLUMNS, OBSERVATION_COLUMNS, SUBJECT_COLUMNS,
+from ..units import TIME_UNITS, UnitError, conversion_factor, dose_unit as parse_dose_unit, time_factor, time_unit
+from .cohort import (BOLUS, Cohort, DOSE_COLUMNS, OBSERVATION_COLUMNS, SUBJECT_COLUMNS,
                      in_subject_order)
 from .mapping import FORMATS, ColumnMapping, detect_format
 from .report import DataError, Report
 from .table import read_raw_table
 
 PRODUCTS = ("CD19", "CD19/BCMA", "CD19/CD20")
-_TIME_UNITS = {"d": 1.0, "day": 1.0, "days": 1.0, "h": 1 / 24, "hr": 1 / 24, "hrs": 1 / 24,
-               "hour": 1 / 24, "hours": 1 / 24, "w": 7.0, "wk": 7.0, "week": 7.0, "weeks": 7.0,
-               "min": 1 / 1440, "minutes": 1 / 1440}
 _TRUE = {"Y", "YES", "1", "TRUE", "T"}
 _FALSE = {"N", "NO", "0", "FALSE", "F"}
 
@@ -47,17 +44,20 @@ class CheckResult:
 
 def check_file(path: str | Path, format: str | None = None, mapping: Mapping[str, str] | None = None,
                *, units: Mapping[str, str] | None = None,
-               analyte_codes: Mapping[int, str] | None = None, time_unit: str = "d",
-               dose_unit: str = "cells") -> CheckResult:
+               analyte_codes: Mapping[int, str] | None = None, time_unit: str | None = None,
+               dose_unit: str | None = None) -> CheckResult:
     """Read and validate `path`; never raises for bad data (see `CheckResult.report`).
 
     format:        'nonmem', 'adam' or None to detect from the header.
     mapping:       role -> column name, for columns named otherwise (see pkpd.data.ROLES).
     units:         analyte -> unit, for files without a unit column or with analytes outside
                    the catalogue.
-    analyte_codes: DVID/CMT code -> analyte name, when codes differ from pkpd's own.
-    time_unit:     unit of TIME/AFRLT when the file has no time-unit column ('d' or 'h').
-    dose_unit:     'cells' or 'cells/kg' when the file has no dose-unit column.
+    analyte_codes: DVID/CMT code -> analyte name, when codes differ from pkpd's own (with
+                   no DVID or ANALYTE column, CMT codes name the analytes of observations).
+    time_unit:     unit of TIME/AFRLT ('h', 'd', 'min', 'w') where the file has no time-unit
+                   column (TIMEU/RRLTU); without either, days are assumed with a warning.
+    dose_unit:     unit of AMT (cells, cells/kg, mg, mg/kg, ug, ...) where the file has no
+                   dose-unit column (AMTU/DOSEU); without either, cells with a warning.
     """
     report = Report(file=str(path))
     raw = read_raw_table(path, report)
@@ -176,7 +176,7 @@ class _Builder:
             self._subjects_without_dose(observations, doses)
         if not self.report.ok or subjects is None or doses is None or observations is None:
             return None
-        doses = self._absolute_cells(doses, subjects)
+        doses = self._absolute_amounts(doses, subjects)
         if doses is None:
             return None
         if "dose_level" not in self.col:
@@ -186,7 +186,8 @@ class _Builder:
                                                index=subjects.index, dtype=object)
         lines = {"observations": observations.pop("_line"), "doses": doses.pop("_line")}
         return Cohort(subjects=subjects, doses=doses, observations=observations, events=events,
-                      analytes=self.analytes, source=self.source, lines=lines)
+                      analytes=self.analytes, source=self.source, lines=lines,
+                      time_unit=self.cohort_time_unit)
 
     def _required_columns(self) -> bool:
         ok = True
@@ -210,23 +211,42 @@ class _Builder:
         return ok
 
     def _times(self) -> np.ndarray:
+        """Times in the cohort's time unit: the file's (a TIMEU/RRLTU column, most common value
+        when rows differ), else the `time_unit` option, else days with a warning."""
         everywhere = np.ones(len(self.f), bool)
-        time = self.number("time", everywhere, "time", "write the time since the first CAR-T "
-                           "infusion as a number (negative for pre-infusion samples).")
-        factor = np.full(len(self.f), np.nan)
+        time = self.number("time", everywhere, "time", "write the time since the first dose as a "
+                           "number (negative for pre-dose samples).")
+        option = None
+        if self.time_unit is not None:
+            option = time_unit(self.time_unit)
+            if option is None:
+                self.add("error", "time-unit", f"unknown time unit {self.time_unit!r} (option time_unit).",
+                         f"use one of {', '.join(TIME_UNITS)} (--time-unit h for hours).")
         if "time_unit" in self.col:
-            units = self.text("time_unit").str.strip().str.lower()
-            units = units.where(units != "", self.time_unit.lower())
-            factor = units.map(_TIME_UNITS).to_numpy(float)
-            bad = np.flatnonzero(np.isnan(factor))
-            self.add("error", "time-unit", lambda i: f"unknown time unit {units.iloc[i]!r}.",
-                     "use DAYS or HOURS.", bad, self.col["time_unit"])
-        elif self.time_unit.lower() in _TIME_UNITS:
-            factor[:] = _TIME_UNITS[self.time_unit.lower()]
+            written = self.text("time_unit").str.strip()
+            units = written.map(lambda u: time_unit(u) if u else option)
+            bad = np.flatnonzero((units.isna() & (written != "")).to_numpy())
+            self.add("error", "time-unit", lambda i: f"unknown time unit {written.iloc[i]!r}.",
+                     "use HOURS, DAYS, MINUTES or WEEKS.", bad, self.col["time_unit"])
+            blank = np.flatnonzero((units.isna() & (written == "")).to_numpy())
+            self.add("error", "time-unit", "the time unit is missing on this row.",
+                     f"fill in {self.col['time_unit']}, or pass --time-unit for rows without one.",
+                     blank, self.col["time_unit"])
+            known = units.dropna()
+            self.cohort_time_unit = known.mode().iloc[0] if len(known) else (option or "d")
+            factor = units.map(lambda u: time_factor(u, self.cohort_time_unit) if u else np.nan).to_numpy(float)
+            if known.nunique() > 1:
+                self.report.add("note", "time-unit", f"rows give times in {', '.join(sorted(known.unique()))}; "
+                                f"all were converted to {self.cohort_time_unit}.", "", column=self.col["time_unit"])
         else:
-            self.add("error", "time-unit", f"unknown time unit {self.time_unit!r}.",
-                     "pass time_unit='d' or 'h'.")
-        self.time_factor = factor
+            self.cohort_time_unit = option or "d"
+            factor = np.ones(len(self.f))
+            if option is None and self.time_unit is None:
+                self.report.add("warning", "time-unit-assumed", "the file does not say the unit of its "
+                                "times; they are read as days.", "add a TIMEU (or RRLTU) column, or pass "
+                                "time_unit='h' (--time-unit h) if the times are hours.",
+                                column=self.col.get("time"))
+        self.time_factor_rows = factor
         nominal = self.number("nominal_time", None, "nominal time")
         if nominal is None:
             nominal = time
@@ -267,18 +287,61 @@ class _Builder:
             bad = np.flatnonzero(is_dose & ~(self.amt > 0).to_numpy())
             self.add("error", "dose-amount", lambda i: "the dose amount is "
                      + ("missing" if np.isnan(self.amt.iloc[i]) else f"{self.amt.iloc[i]:g}, not positive")
-                     + ".", "give the infused CAR+ cell count (e.g. 3e8) or cells/kg (e.g. 1e6 with "
-                     "AMTU=cells/kg) on dose rows.", bad, amt_col)
+                     + ".", "give the amount on dose rows (e.g. 3e8 CAR+ cells, or 100 with AMTU=mg).",
+                     bad, amt_col)
             rows = np.flatnonzero(is_dose)
-            return pd.DataFrame({"subject": self.subject[rows], "time": time[rows],
-                                 "nominal_time": self.nominal[rows],
-                                 "amount": self.amt.to_numpy()[rows], "unit": units[rows],
-                                 "evid": self._evid_values(rows), "_line": self.line[rows]})
+            frame = pd.DataFrame({"subject": self.subject[rows], "time": time[rows],
+                                  "nominal_time": self.nominal[rows],
+                                  "amount": self.amt.to_numpy()[rows], "unit": units[rows],
+                                  "evid": self._evid_values(rows), "_line": self.line[rows]})
+            return frame.assign(**self._dose_regimen(rows))
         if "dose_per_subject" in self.col:
             return self._doses_from_dosea(units)
         self.add("error", "no-dose", "the file has no dose rows (EVID 1 with AMT) and no per-subject "
-                 "dose column (DOSEA).", "add one dose row per infusion, or a DOSEA column.")
+                 "dose column (DOSEA).", "add one dose row per dose, or a DOSEA column.")
         return None
+
+    def _dose_regimen(self, rows) -> dict:
+        """CMT (the state that receives the dose), RATE or DUR (zero-order infusion), II with ADDL
+        (repeated doses) and SS (steady state) of the dose rows, NONMEM's meanings."""
+        n = len(rows)
+        cmt = self.text("cmt")
+        out = {"cmt": (cmt.to_numpy()[rows] if cmt is not None else np.full(n, "", object)).astype(object)}
+        for role, what in (("rate", "RATE"), ("duration", "DUR"), ("ii", "II"), ("addl", "ADDL"), ("ss", "SS")):
+            values = self.number(role, None, what)
+            out[role] = values.to_numpy()[rows] if values is not None else np.full(n, np.nan)
+        rate, duration, ii = out["rate"], out["duration"], out["ii"]
+        addl, ss = np.nan_to_num(out["addl"]), np.nan_to_num(out["ss"])
+        where = lambda mask: rows[np.flatnonzero(mask)]
+        self.add("error", "dose-rate", "a modelled rate or duration (RATE -1 or -2) is not supported.",
+                 "give the infusion's RATE (amount per time unit) or its duration DUR.",
+                 where(np.isin(rate, (-1, -2))), self.col.get("rate"))
+        self.add("error", "dose-rate", lambda i: f"RATE {self.number('rate').iloc[i]:g} is not an infusion "
+                 "rate.", "give a positive rate (amount per time unit) or 0 for a bolus.",
+                 where((rate < 0) & ~np.isin(rate, (-1, -2))), self.col.get("rate"))
+        self.add("error", "dose-duration", lambda i: f"DUR {self.number('duration').iloc[i]:g} is negative.",
+                 "give the infusion's duration in the time unit of TIME, or 0 for a bolus.",
+                 where(duration < 0), self.col.get("duration"))
+        self.add("error", "dose-rate", "the row gives both RATE and DUR.",
+                 "give one of them: RATE (amount per time unit) or DUR (duration).",
+                 where((rate > 0) & (duration > 0)), self.col.get("rate"))
+        self.add("error", "dose-addl", "ADDL must be a whole number of additional doses >= 0.",
+                 "write 0 or a positive integer.", where((addl < 0) | (addl != np.round(addl))),
+                 self.col.get("addl"))
+        self.add("error", "dose-ss", lambda i: f"SS {ss[list(rows).index(i)]:g} is not supported.",
+                 "use SS=1 (steady state before this dose) or 0.", where(~np.isin(ss, (0, 1))),
+                 self.col.get("ss"))
+        self.add("error", "dose-ii", "ADDL or SS needs the dosing interval II > 0.",
+                 "give the interval between doses in II.", where(((addl > 0) | (ss == 1)) & ~(ii > 0)),
+                 self.col.get("ii"))
+        # durations and intervals are times: in the cohort's time unit like TIME
+        factor = self.time_factor_rows[rows]
+        out["duration"] = np.where(duration > 0, duration * factor, np.nan)
+        out["rate"] = np.where(rate > 0, rate / factor, np.nan)
+        out["ii"] = np.where(ii > 0, ii * factor, np.nan)
+        out["addl"] = addl.astype(int)
+        out["ss"] = ss.astype(int)
+        return out
 
     def _evid_values(self, rows):
         if "evid" in self.col:
@@ -286,19 +349,33 @@ class _Builder:
         return np.ones(len(rows), int)
 
     def _dose_units(self) -> np.ndarray:
+        """The unit of each row's dose amount, parsed (pkpd.units.dose_unit); None where unknown."""
         n = len(self.f)
+        fallback = None
+        if self.dose_unit is not None:
+            fallback = parse_dose_unit(self.dose_unit)
+            if fallback is None:
+                self.add("error", "dose-unit", f"unknown dose unit {self.dose_unit!r} (option dose_unit).",
+                         "use cells, cells/kg, a mass such as mg, ug or mg/kg, or a unit declared with "
+                         "pkpd.units.define.")
+        else:
+            with_amount = (self.amt.fillna(0) > 0).to_numpy() if self.amt is not None else np.zeros(n, bool)
+            unitless = with_amount & ((self.text("dose_unit") == "").to_numpy() if "dose_unit" in self.col else True)
+            if unitless.any() or ("dose_per_subject" in self.col and "dose_unit" not in self.col):
+                self.report.add("warning", "dose-unit-assumed", "the file does not say the unit of "
+                                "(some) dose amounts; they are read as CAR+ cells.", "add an AMTU (or "
+                                "DOSEU) column, or pass dose_unit='mg' (--dose-unit mg) for another unit.",
+                                column=self.col.get("amt") or self.col.get("dose_per_subject"))
+            fallback = parse_dose_unit("cells")
         if "dose_unit" not in self.col:
-            unit = _dose_unit(self.dose_unit)
-            if unit is None:
-                self.add("error", "dose-unit", f"unknown dose unit {self.dose_unit!r}.",
-                         "use 'cells' or 'cells/kg'.")
-            return np.full(n, unit or "cells", dtype=object)
+            return np.full(n, fallback, dtype=object)
         text = self.text("dose_unit")
-        units = np.array([_dose_unit(t) if t else _dose_unit(self.dose_unit) for t in text], object)
+        units = np.array([parse_dose_unit(t) if t else fallback for t in text], object)
         rows_with_amount = (self.amt.fillna(0) > 0).to_numpy() if self.amt is not None else np.ones(n, bool)
         bad = np.flatnonzero(pd.isna(units) & (text != "").to_numpy() & rows_with_amount)
         self.add("error", "dose-unit", lambda i: f"unknown dose unit {text.iloc[i]!r}.",
-                 "use 'cells' (CAR+ cells) or 'cells/kg'.", bad, self.col["dose_unit"])
+                 "use cells or cells/kg, a mass such as mg, ug, mg/kg, or a unit declared with "
+                 "pkpd.units.define.", bad, self.col["dose_unit"])
         return units
 
     def _doses_from_dosea(self, units) -> pd.DataFrame | None:
@@ -311,25 +388,28 @@ class _Builder:
             if len(values) != 1 or not values[0] > 0:
                 self.add("error", "dose-amount", "DOSEA must hold one positive dose per subject "
                          f"(found {', '.join(f'{v:g}' for v in values) or 'none'}).",
-                         "write the subject's infused CAR+ cells on every row.", [i], col)
+                         "write the subject's dose on every row.", [i], col)
                 continue
             rows.append({"subject": subj, "time": 0.0, "nominal_time": 0.0, "amount": float(values[0]),
-                         "unit": units[i], "evid": 1, "_line": self.line[i]})
-        return pd.DataFrame(rows, columns=[*DOSE_COLUMNS[:5], "evid", "_line"])
+                         "unit": units[i], "_line": self.line[i], **BOLUS})
+        return pd.DataFrame(rows, columns=["subject", "time", "nominal_time", "amount", "unit", "_line", *BOLUS])
 
-    def _absolute_cells(self, doses: pd.DataFrame, subjects: pd.DataFrame) -> pd.DataFrame | None:
+    def _absolute_amounts(self, doses: pd.DataFrame, subjects: pd.DataFrame) -> pd.DataFrame | None:
+        """Each dose's absolute amount: per-kg amounts times the subject's weight."""
         doses = doses.copy()
         weight = doses["subject"].map(subjects["weight"]).astype(float)
-        per_kg = (doses["unit"] == "cells/kg").to_numpy()
+        per_kg = np.array([u.per_kg for u in doses["unit"]], bool)
         no_weight = per_kg & weight.isna().to_numpy()
         for i in np.flatnonzero(no_weight):
-            self.report.add("error", "dose-weight", "the dose is in cells/kg but the subject has no "
-                            "body weight.", "add the weight column (WT, or WTBL in ADaM) in kg.",
+            self.report.add("error", "dose-weight", f"the dose is in {doses['unit'].iloc[i].text} but the "
+                            "subject has no body weight.", "add the weight column (WT, or WTBL in ADaM) in kg.",
                             line=doses["_line"].iloc[i], column=self.col.get("weight", "WT"),
                             subject=doses["subject"].iloc[i])
         if no_weight.any():
             return None
-        doses["cells"] = np.where(per_kg, doses["amount"] * weight, doses["amount"])
+        doses["absolute"] = np.where(per_kg, doses["amount"] * weight, doses["amount"])
+        doses["absolute_unit"] = [u.absolute for u in doses["unit"]]
+        doses["unit"] = [u.text for u in doses["unit"]]
         return in_subject_order(doses[[*DOSE_COLUMNS, "_line"]], self.subject_order)
 
     # --- observations -----------------------------------------------------------------------
@@ -657,16 +737,6 @@ def _typed(values: list, index, dtype) -> pd.Series:
 
 def _sorted_by_subject_time(obs: pd.DataFrame) -> bool:
     return all(g["time"].is_monotonic_increasing for _, g in obs.groupby("subject", sort=False))
-
-
-def _dose_unit(text: str) -> str | None:
-    key = re.sub(r"[\s_]", "", str(text).lower()).replace("car+", "").replace("viable", "")
-    key = key.replace("cars", "").replace("tcells", "cells")
-    if key in ("cells", "cell", ""):
-        return "cells"
-    if key in ("cells/kg", "cell/kg", "/kg", "cellsperkg"):
-        return "cells/kg"
-    return None
 
 
 def _product(text: str):

@@ -14,19 +14,23 @@ import pandas as pd
 from .._files import atomic_path
 from .cohort import Cohort
 
-_KIND_ORDER = {"event": 0, "obs": 1, "dose": 2}  # at equal times: covariates, pre-dose sample, dose
+# at equal times: covariate changes, then the dose, then the samples (which see the dose: pkpd's
+# rule, and NONMEM's in this record order)
+_KIND_ORDER = {"event": 0, "dose": 1, "obs": 2}
+TIME_UNIT_NAMES = {"min": "MINUTES", "h": "HOURS", "d": "DAYS", "w": "WEEKS"}
+_REGIMEN = (("cmt", "CMT"), ("rate", "RATE"), ("duration", "DUR"), ("ii", "II"), ("addl", "ADDL"), ("ss", "SS"))
 
 
 def write_nonmem(cohort: Cohort, path: str | Path) -> Path:
-    """NONMEM-style CSV: ID TIME NTIME AMT AMTU DV MDV EVID CMT DVID ANALYTE UNIT CENS LLOQ
-    [LIMIT] then covariates; '.' marks a missing value."""
+    """NONMEM-style CSV: ID TIME NTIME TIMEU AMT AMTU [RATE DUR II ADDL SS] DV MDV EVID CMT DVID
+    ANALYTE UNIT CENS LLOQ [LIMIT] then covariates; '.' marks a missing value."""
     frame = to_nonmem_frame(cohort)
     return _write(frame, path, na_rep=".")
 
 
 def write_adam(cohort: Cohort, path: str | Path) -> Path:
-    """ADaM-style (ADPC/ADPPK) CSV: USUBJID AFRLT NFRLT RRLTU EVID AMT DOSEU PARAMCD PARAM AVAL
-    AVALU ALLOQ BLQFL BLQFN then baseline covariates (WTBL, AGE, SEX, ...)."""
+    """ADaM-style (ADPC/ADPPK) CSV: USUBJID AFRLT NFRLT RRLTU EVID AMT DOSEU [CMT RATE DUR II ADDL
+    SS] PARAMCD PARAM AVAL AVALU ALLOQ BLQFL BLQFN then baseline covariates (WTBL, AGE, SEX, ...)."""
     frame = to_adam_frame(cohort)
     return _write(frame, path, na_rep="")
 
@@ -85,6 +89,22 @@ def _covariates(cohort: Cohort, rows: pd.DataFrame, names: dict[str, str], ld_va
     return out
 
 
+def _regimen_columns(cohort: Cohort) -> list[tuple[str, str]]:
+    """The dosing columns this cohort needs (those with a value on some dose)."""
+    doses = cohort.doses
+    used = {"cmt": (doses["cmt"].astype(str) != "").any(), "rate": doses["rate"].notna().any(),
+            "duration": doses["duration"].notna().any(), "ii": doses["ii"].notna().any(),
+            "addl": (doses["addl"] > 0).any(), "ss": (doses["ss"] > 0).any()}
+    return [(column, name) for column, name in _REGIMEN if used[column]]
+
+
+def _regimen_values(rows: pd.DataFrame, column: str, is_dose) -> pd.Series:
+    values = rows[column].where(is_dose)
+    if column == "cmt":
+        return values.where(values.astype(str) != "", pd.NA)
+    return values.astype("Int64") if column in ("addl", "ss") else values
+
+
 def to_nonmem_frame(cohort: Cohort) -> pd.DataFrame:
     rows = _long_records(cohort)
     ids, with_label = _subject_ids(cohort)
@@ -95,12 +115,19 @@ def to_nonmem_frame(cohort: Cohort) -> pd.DataFrame:
         frame["USUBJID"] = rows["subject"]
     frame["TIME"] = rows["time"]
     frame["NTIME"] = rows["nominal_time"]
+    frame["TIMEU"] = TIME_UNIT_NAMES[cohort.time_unit]
     frame["AMT"] = np.where(is_dose, rows["amount"], 0.0)
     frame["AMTU"] = rows["unit"].where(is_dose)
+    for column, name in _regimen_columns(cohort):
+        if column != "cmt":
+            frame[name] = _regimen_values(rows, column, is_dose)
     frame["DV"] = rows["value"].where(is_obs)
     frame["MDV"] = np.where(is_obs, rows["mdv"].fillna(False).astype(bool).astype(int), 1)
     frame["EVID"] = rows["evid"].astype(int)
-    frame["CMT"] = np.where(is_obs, rows["analyte"].map(codes), 1).astype(int)
+    # observations: the analyte's code; doses: the receiving state as written ('.' = the model's default)
+    dose_cmt = rows["cmt"].where(is_dose & (rows["cmt"].astype(str) != ""), pd.NA) if "cmt" in rows else pd.NA
+    frame["CMT"] = pd.Series(rows["analyte"].map(codes).where(is_obs), dtype=object).where(is_obs, dose_cmt)
+    frame["CMT"] = frame["CMT"].map(lambda v: v if pd.isna(v) or isinstance(v, str) else int(v))
     frame["DVID"] = rows["analyte"].map(codes).where(is_obs).astype("Int64")
     frame["ANALYTE"] = rows["analyte"].where(is_obs)
     frame["UNIT"] = rows["analyte"].map(lambda a: cohort.analytes[a].unit if isinstance(a, str) else pd.NA)
@@ -120,8 +147,9 @@ def to_adam_frame(cohort: Cohort) -> pd.DataFrame:
     left = is_obs & (rows["censored"] == 1)
     frame = pd.DataFrame({
         "USUBJID": rows["subject"], "AFRLT": rows["time"], "NFRLT": rows["nominal_time"],
-        "RRLTU": "DAYS", "EVID": rows["evid"].astype(int),
+        "RRLTU": TIME_UNIT_NAMES[cohort.time_unit], "EVID": rows["evid"].astype(int),
         "AMT": rows["amount"].where(is_dose), "DOSEU": rows["unit"].where(is_dose),
+        **{name: _regimen_values(rows, column, is_dose) for column, name in _regimen_columns(cohort)},
         "PARAMCD": analyte.map(lambda a: cohort.analytes[a].paramcd if isinstance(a, str) else pd.NA),
         "PARAM": analyte.map(lambda a: cohort.analytes[a].label if isinstance(a, str) else pd.NA),
         "AVAL": rows["value"].where(is_obs & ~left),

@@ -15,7 +15,7 @@ import xarray as xr
 
 from ..data.cohort import Cohort
 from ..models import LogNormal, Model, load
-from ..simulate.compiled import StepSizes, Tolerances, predict_compiled
+from ..simulate.compiled import Tolerances, predict_compiled
 from ..simulate.predict import predict
 from .individual import fit_individual
 from .population import PopulationSpec, build_pymc_model, initial_values, pointwise_loglik
@@ -29,7 +29,7 @@ SOLVER_TOLERANCE = 0.1
 def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 1000, tune: int = 1000,
         seed: int | None = None, iiv: Sequence[str] | None = None, fixed_effects: Sequence[str] | None = None,
         covariates: Sequence[str] = (), priors: Mapping[str, LogNormal] | None = None,
-        correlated: bool = False, censoring: str = "M3", steps: StepSizes | Tolerances | None = None,
+        correlated: bool = False, censoring: str = "M3", steps: Tolerances | None = None,
         target_accept: float = 0.8, progress: bool = True, cores: int | None = None,
         individual: xr.Dataset | None = None) -> FitResult:
     """Fit a hierarchical model by NUTS (nutpie) and return a FitResult around an xarray DataTree.
@@ -54,10 +54,7 @@ def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 100
                                   analytes=observed)
     started = time.perf_counter()
     if individual is None:
-        # fixed steps for lmfit: its finite-difference Jacobian needs a smooth prediction, which
-        # an adaptive step sequence (changing with the parameters) is not
-        individual = fit_individual(model, cohort, estimate=spec.estimated,
-                                    steps=spec.steps if isinstance(spec.steps, StepSizes) else StepSizes())
+        individual = fit_individual(model, cohort, estimate=spec.estimated, steps=spec.steps)
     init = initial_values(spec, individual)
     pm_model, pieces = build_pymc_model(spec, cohort, init)
     t0 = time.perf_counter()
@@ -163,9 +160,7 @@ def _provenance(spec: PopulationSpec, cohort: Cohort, **settings) -> dict:
 
 
 def _steps_record(steps):
-    """Fixed RK4 steps as [early, late, switch] (as before); adaptive tolerances as a dict."""
-    if isinstance(steps, StepSizes):
-        return [steps.early, steps.late, steps.switch]
+    """The adaptive solver's tolerances as a dict."""
     return {"solver": "adaptive", **dataclasses.asdict(steps)}
 
 

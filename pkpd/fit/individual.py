@@ -34,7 +34,7 @@ import xarray as xr
 
 from ..data.cohort import Cohort
 from ..models import Model
-from ..simulate.compiled import Design, StepSizes, predict_compiled
+from ..simulate.compiled import Design, Tolerances, predict_compiled
 from ..simulate.solve import SolverError
 from . import likelihood
 
@@ -54,7 +54,7 @@ class _Problem:
     checked against LSODA in the tests and at posterior draws by pkpd.fit."""
 
     def __init__(self, model: Model, cohort: Cohort, estimated: list[str], subjects: list[str],
-                 fixed_values: pd.DataFrame, steps: StepSizes):
+                 fixed_values: pd.DataFrame, steps: Tolerances):
         self.model = model
         self.estimated = estimated
         self.subjects = subjects
@@ -103,7 +103,7 @@ class _Problem:
 def fit_individual(model: Model, cohort: Cohort, *, estimate: Sequence[str] | None = None,
                    subjects: Sequence[str] | None = None,
                    initial: Mapping[str, float] | pd.DataFrame | None = None,
-                   max_nfev: int = 200, steps: StepSizes = StepSizes(), rounds: int = 3) -> xr.Dataset:
+                   max_nfev: int = 200, steps: Tolerances = Tolerances(), rounds: int = 3) -> xr.Dataset:
     """Fit every subject of `cohort` (or `subjects`) with lmfit; one call for all subjects.
 
     estimate: parameters to estimate (default: those with inter-individual variability);

@@ -19,7 +19,7 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch import numba_funcify
 
-from ..simulate.compiled import Design, Solver, StepSizes, predict_compiled, solver_call
+from ..simulate.compiled import Design, Tolerances, predict_compiled, scratch, solver_call
 from .likelihood import record_terms
 
 
@@ -27,7 +27,7 @@ class Predictions:
     """Predictions of every record of `design` and their derivatives with respect to the log
     values of the `estimated` parameters; the others stay at `fixed` (N, n_parameters)."""
 
-    def __init__(self, design: Design, estimated: list[str], fixed: np.ndarray, steps: Solver):
+    def __init__(self, design: Design, estimated: list[str], fixed: np.ndarray, steps: Tolerances):
         model = design.model
         self.design = design
         self.estimated = list(estimated)
@@ -52,23 +52,21 @@ class Predictions:
         d = self.design
         kernel, args = solver_call(d, self.steps)
         fixed, est = self.fixed, self.est
-        covariates, start, time, analyte = d.covariates, d.start, d.time, d.analyte
+        covariates, seg_start, seg_time = d.kernel_arguments()
+        ev_start, ev_time, ev_kind, ev_target, ev_amount, ev_length, ev_ss, dose_state = d.event_arguments()
+        start, time, analyte = d.start, d.time, d.analyte
         subject_index = d.subject_index
         n_obs, n_states, n_subjects = d.n_obs, len(d.model.states), len(d.subjects)
+        rtol, atol, max_step, max_steps, control_sens = args
+        n_events, K = max(d.max_events, 1), len(est)
 
-        if isinstance(self.steps, StepSizes):
-            early, late, switch = args
-
-            @numba.njit
-            def solve(P, pred, jac):
-                kernel(P, covariates, est, start, time, analyte, early, late, switch, n_states, pred, jac)
-        else:
-            rtol, atol, max_step, max_steps, control_sens = args
-
-            @numba.njit
-            def solve(P, pred, jac):
-                kernel(P, covariates, est, start, time, analyte, rtol, atol, max_step, max_steps, control_sens,
-                       n_states, pred, jac, np.zeros(n_subjects, dtype=np.int64))
+        @numba.njit
+        def solve(P, pred, jac):
+            kernel(P, covariates, seg_start, seg_time, est, start, time, analyte, ev_start, ev_time, ev_kind,
+                   ev_target, ev_amount, ev_length, ev_ss, dose_state, rtol, atol, max_step, max_steps, control_sens,
+                   n_states, pred, jac, np.zeros(n_subjects, dtype=np.int64), np.zeros(n_events, np.int64),
+                   np.zeros(n_events), np.zeros(n_events, np.int64), np.zeros(n_events), np.zeros(n_events, np.int64),
+                   np.zeros(n_events), np.zeros((n_events, K)), np.zeros((n_events, K)))
 
         @numba.njit
         def predictions(log_theta):

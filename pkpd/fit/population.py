@@ -27,7 +27,7 @@ import numpy as np
 
 from ..data.cohort import Cohort
 from ..models import LogNormal, Model
-from ..simulate.compiled import Design, StepSizes, Tolerances
+from ..simulate.compiled import Design, Tolerances
 from . import likelihood
 
 CATEGORICAL = ("lymphodepletion", "product", "disease")
@@ -75,13 +75,13 @@ class PopulationSpec:
     censoring: str = "M3"
     # adaptive Cash-Karp by default: about 2x faster than fixed RK4 and 25-65x more accurate at
     # individual parameter draws (measured on antigen_driven, see tests/test_simulate.py)
-    steps: StepSizes | Tolerances = Tolerances()
+    steps: Tolerances = Tolerances()
 
     @classmethod
     def default(cls, model: Model, *, iiv: Sequence[str] | None = None,
                 fixed_effects: Sequence[str] | None = None,
                 covariates: Sequence[str | CovariateEffect] = (), priors: Mapping | None = None,
-                correlated: bool = False, censoring: str = "M3", steps: StepSizes | Tolerances | None = None,
+                correlated: bool = False, censoring: str = "M3", steps: Tolerances | None = None,
                 analytes: Sequence[str] | None = None):
         """analytes: the observed analytes; by default variability is given only to the
         parameters that their predictions depend on (the others have no data to inform them)."""

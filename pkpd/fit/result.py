@@ -141,7 +141,7 @@ class FitResult:
             ok = float(err) <= float(tol)
             out.append(Diagnostic("solver", ok, f"compiled solver vs LSODA at posterior draws: max |log error| "
                                   f"{float(err):.1e} (tolerance {float(tol):.1e})" + ("" if ok else
-                                  ": use smaller steps (steps=StepSizes(...)) or tighter steps=Tolerances(...)")))
+                                  ": use tighter tolerances (steps=Tolerances(rtol=1e-6))")))
         return out
 
     @property

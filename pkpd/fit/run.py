@@ -19,7 +19,7 @@ from pathlib import Path
 from .._files import atomic_path, write_text
 from ..data.cohort import Cohort
 from ..models import LogNormal, Model, ModelError, load
-from ..simulate.compiled import StepSizes, Tolerances
+from ..simulate.compiled import Tolerances
 from .population import PopulationSpec
 from .result import FitResult
 
@@ -66,11 +66,11 @@ def spec_of(result: FitResult, model: Model) -> PopulationSpec:
         steps=_solver(steps))
 
 
-def _solver(saved) -> StepSizes | Tolerances | None:
+def _solver(saved) -> Tolerances | None:
     """The solver settings as recorded by the fit's provenance."""
     if isinstance(saved, dict):
         return Tolerances(**{k: v for k, v in saved.items() if k != "solver"})
-    return StepSizes(*saved) if saved else None
+    return None
 
 
 def load_run(folder: str | Path) -> Run:

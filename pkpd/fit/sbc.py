@@ -19,7 +19,7 @@ from scipy import stats
 
 from ..models import Model, load
 from ..simulate import simulate
-from ..simulate.compiled import StepSizes, predict_compiled
+from ..simulate.compiled import Tolerances, predict_compiled
 from .individual import fit_individual
 from .population import PopulationSpec, build_pymc_model, initial_values, random_effect_centres
 
@@ -93,7 +93,7 @@ def sbc(model: Model | str, *, replications: int = 100, subjects: int = 8, dose:
         y, censored = _observe(model, observed, records, pred, sigma, rng)
         # as pkpd.fit does: individual fits of this replication's data centre the random effects
         data = _with_values(template, design.records, y, censored)
-        individual = fit_individual(model, data, estimate=estimated, steps=StepSizes())
+        individual = fit_individual(model, data, estimate=estimated, steps=Tolerances())
         centres = random_effect_centres(spec, pieces, initial_values(spec, individual)) if spec.iiv else {}
         trace = nutpie.sample(compiled.with_data(y_obs=y, censored_obs=censored, **centres), chains=chains,
                               draws=draws, tune=tune, seed=int(rng.integers(2**31)), progress_bar=False)

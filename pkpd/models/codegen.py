@@ -1,7 +1,8 @@
 """Executable numpy forms of a Model, generated from its sympy expressions.
 
 Every function is vectorised over subjects: parameters and covariates are arrays of shape
-(N,) (or anything that broadcasts), states arrays of shape (n_states, N).
+(N,) (or anything that broadcasts), states arrays of shape (n_states, N); covariates in the
+order of model.covariate_names.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import numpy as np
 import sympy as sp
 
 from .model import Model
-from .spec import COVARIATES
 
 
 def _lambdify(args, exprs, cse=True):
@@ -31,7 +31,9 @@ class NumpyModel:
     initial: Callable  # (P, C) -> (n_states, N)
     closed: dict  # state -> (t, P, C) -> values
     observe: dict  # analyte -> (t, Y, P, C) -> values
-    baseline: dict  # analyte -> (P, C) -> values before the infusion
+    baseline: dict  # analyte -> (P, C) -> values before the first dose
+    bioavailability: list  # per dosing target: (P, C) -> F
+    lag: list  # per dosing target: (P, C) -> lag time
 
     @property
     def n_states(self) -> int:
@@ -65,7 +67,7 @@ def numpy_functions(model: Model) -> NumpyModel:
     t = s["t"]
     y = list(s["states"].values())
     p = [s["params"][n] for n in model.parameter_names]
-    c = [s["covariates"][n] for n in COVARIATES]
+    c = [s["covariates"][n] for n in model.covariate_names]
     args = [t, *y, *p, *c]
     n = len(y)
 
@@ -99,4 +101,10 @@ def numpy_functions(model: Model) -> NumpyModel:
         observe[analyte] = lambda tt, Y, P, C, fn=fn: fn(tt, *np.asarray(Y), *np.asarray(P), *np.asarray(C))
         bfn = _wrap_one(_lambdify([t, *p, *c], s["baseline_observe"][analyte]))
         baseline[analyte] = lambda tt, P, C, fn=bfn: fn(tt, *np.asarray(P), *np.asarray(C))
-    return NumpyModel(model, rhs, jacobian, initial, closed, observe, baseline)
+    dosing = {"bioavailability": [], "lag": []}
+    for d in s["dosing"]:
+        for key in dosing:
+            fn = _wrap_one(_lambdify([*p, *c], d[key]))
+            dosing[key].append(lambda P, C, fn=fn: fn(*np.asarray(P), *np.asarray(C)))
+    return NumpyModel(model, rhs, jacobian, initial, closed, observe, baseline, dosing["bioavailability"],
+                      dosing["lag"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -21,7 +22,6 @@ import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
 from .model import Model
-from .spec import COVARIATES
 
 _HEADER = "import math\nimport numba\nimport numpy as np\n\nfrom pkpd.models._stack import stack_zeros as _zeros\n\n"
 
@@ -29,22 +29,38 @@ _HEADER = "import math\nimport numba\nimport numpy as np\n\nfrom pkpd.models._st
 # around every inlined helper call with array arguments: 2x a closed-form record's cost, 1.5x an
 # ODE step's); their scratch arrays are on the stack (`_stack.stack_zeros`, at most a few kB),
 # which also tells LLVM that they do not alias.
-# Two solvers, appended to each model's generated module so that numba compiles them against that
-# model's functions. `predict_all`: fixed-step RK4 over each subject, with forward sensitivities
-# dS/dt = Jy S + Jp (S = dy/dtheta for the parameters in `est`), stepping exactly onto every
-# observation time. `predict_all_<pair>` (below): adaptive embedded pairs, same sensitivities.
+#
+# Doses are events (pkpd.simulate.events): a bolus adds F*amount to its target state, an
+# infusion adds its rate to the target's derivative until it ends, a reset puts the states back
+# to their initial values. Sensitivities S = dy/dtheta cross every event exactly: a bolus adds
+# amount*dF/dtheta to the target's row; an event whose time tau depends on theta (a lag time, or
+# the end of an infusion whose duration is F*amount/RATE) adds (f(before) - f(after))*dtau/dtheta
+# (the jump of the right-hand side times the shift of the event).
 _KERNEL = """
 @numba.njit(cache=True, error_model="numpy", inline="always")
-def _derivs(t, y, S, p, c, est, f, dS, Jp):
+def _derivs(t, y, S, p, c, est, f, dS, Jp, rates, drates, infusing):
     if est.shape[0] > 0:
         rhs_sens(t, y, S, p, c, est, f, dS, Jp)
     else:
         rhs(t, y, p, c, f)
+    if infusing:
+        for m in range(y.shape[0]):
+            f[m] += rates[m]
+            for q in range(est.shape[0]):
+                dS[m, q] += drates[m, q]
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _rhs_rates(t, y, p, c, f, rates, infusing):
+    rhs(t, y, p, c, f)
+    if infusing:
+        for m in range(y.shape[0]):
+            f[m] += rates[m]
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
 def _start(p, c, est, y, S, J0):
-    # A subject's initial states and their sensitivities to the estimated parameters.
+    # The initial states (before any dose) and their sensitivities to the estimated parameters.
     init(p, c, y)
     init_p(p, c, J0)
     for a in range(y.shape[0]):
@@ -53,8 +69,17 @@ def _start(p, c, est, y, S, J0):
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
+def _segment(seg_start, seg_time, i, t):
+    # the covariate segment of subject i in force at time t
+    s = seg_start[i]
+    while s + 1 < seg_start[i + 1] and seg_time[s + 1] <= t:
+        s += 1
+    return s
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _record_baseline(j, a, t, p, c, est, g, gp, pred, dpred):
-    # A record before the infusion: the pre-infusion baseline and its derivatives.
+    # A record before the first dose: the pre-dose baseline and its derivatives.
     base(a, t, p, c, g)
     pred[j] = g[0]
     if est.shape[0] > 0:
@@ -65,7 +90,7 @@ def _record_baseline(j, a, t, p, c, est, g, gp, pred, dpred):
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
 def _record(j, a, t, y, S, p, c, est, g, gy, gp, pred, dpred):
-    # A record after the infusion: the observation function and its chain-rule derivatives.
+    # A record after the first dose: the observation function and its chain-rule derivatives.
     obs(a, t, y, p, c, g)
     pred[j] = g[0]
     if est.shape[0] > 0:
@@ -79,7 +104,7 @@ def _record(j, a, t, y, S, p, c, est, g, gy, gp, pred, dpred):
 
 
 @numba.njit(cache=True, error_model="numpy", _nrt=False)
-def _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred, g, gp, y):
+def _closed_all(P, C, seg_start, seg_time, est, obs_subject_start, obs_time, obs_analyte, pred, dpred, g, gp, y):
     # A model of closed forms only: each record is its observation function, nothing to step
     # (the solvers' per-record bookkeeping would double its cost). Like the kernels, compiled
     # without reference counting: its increments and decrements around each record's inlined
@@ -87,10 +112,10 @@ def _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred
     K = est.shape[0]
     for i in range(P.shape[0]):
         p = P[i]
-        c = C[i]
         for j in range(obs_subject_start[i], obs_subject_start[i + 1]):
             t = obs_time[j]
             a = obs_analyte[j]
+            c = C[_segment(seg_start, seg_time, i, t)]
             if t < 0.0:
                 base(a, t, p, c, g)
                 if K > 0:
@@ -104,63 +129,68 @@ def _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred
                 dpred[j, k] = gp[est[k]]
 
 
-@numba.njit(cache=True, error_model="numpy", _nrt=False)
-def predict_all(P, C, est, obs_subject_start, obs_time, obs_analyte, dt_early, dt_late, t_switch,
-                n_states, pred, dpred):
-    if n_states == 0:
-        _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred, _zeros((1,)),
-                    _zeros((P.shape[1],)), _zeros((0,)))
-        return
-    N = P.shape[0]
-    n_par = P.shape[1]
-    n = n_states
-    K = est.shape[0]
-    y = _zeros((n,)); S = _zeros((n, K))
-    yt = _zeros((n,)); St = _zeros((n, K))
-    f1 = _zeros((n,)); f2 = _zeros((n,)); f3 = _zeros((n,)); f4 = _zeros((n,))
-    s1 = _zeros((n, K)); s2 = _zeros((n, K)); s3 = _zeros((n, K)); s4 = _zeros((n, K))
-    Jp = _zeros((n, n_par)); J0 = _zeros((n, n_par))
-    g = _zeros((1,)); gy = _zeros((n,)); gp = _zeros((n_par,))
-    for i in range(N):
-        p = P[i]
-        c = C[i]
-        _start(p, c, est, y, S, J0)
-        t = 0.0
-        for j in range(obs_subject_start[i], obs_subject_start[i + 1]):
-            target = obs_time[j]
-            a = obs_analyte[j]
-            if target < 0.0:  # before the infusion: the pre-infusion baseline
-                _record_baseline(j, a, target, p, c, est, g, gp, pred, dpred)
-                continue
-            while n > 0 and t < target - 1e-12:
-                h = dt_early if t < t_switch - 1e-12 else dt_late
-                if t < t_switch - 1e-12 and t + h > t_switch:
-                    h = t_switch - t
-                if t + h > target:
-                    h = target - t
-                _derivs(t, y, S, p, c, est, f1, s1, Jp)
-                for a2 in range(n):
-                    yt[a2] = y[a2] + 0.5 * h * f1[a2]
-                    for k in range(K):
-                        St[a2, k] = S[a2, k] + 0.5 * h * s1[a2, k]
-                _derivs(t + 0.5 * h, yt, St, p, c, est, f2, s2, Jp)
-                for a2 in range(n):
-                    yt[a2] = y[a2] + 0.5 * h * f2[a2]
-                    for k in range(K):
-                        St[a2, k] = S[a2, k] + 0.5 * h * s2[a2, k]
-                _derivs(t + 0.5 * h, yt, St, p, c, est, f3, s3, Jp)
-                for a2 in range(n):
-                    yt[a2] = y[a2] + h * f3[a2]
-                    for k in range(K):
-                        St[a2, k] = S[a2, k] + h * s3[a2, k]
-                _derivs(t + h, yt, St, p, c, est, f4, s4, Jp)
-                for a2 in range(n):
-                    y[a2] += h / 6.0 * (f1[a2] + 2.0 * f2[a2] + 2.0 * f3[a2] + f4[a2])
-                    for k in range(K):
-                        S[a2, k] += h / 6.0 * (s1[a2, k] + 2.0 * s2[a2, k] + 2.0 * s3[a2, k] + s4[a2, k])
-                t += h
-            _record(j, a, target, y, S, p, c, est, g, gy, gp, pred, dpred)
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _set_rates(n_ev, inf_on, inf_target, inf_rate, inf_drate, rates, drates):
+    # the summed rate of the running infusions into each state, and its sensitivities
+    for m in range(rates.shape[0]):
+        rates[m] = 0.0
+        for q in range(drates.shape[1]):
+            drates[m, q] = 0.0
+    running = False
+    for e in range(n_ev):
+        if inf_on[e]:
+            running = True
+            k = inf_target[e]
+            rates[k] += inf_rate[e]
+            for q in range(drates.shape[1]):
+                drates[k, q] += inf_drate[e, q]
+    return running
 
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _give(t, slot, kind, k, state, amount, length, with_lag, p, c, est, y, S, f0, f1, gpar, glag,
+          inf_on, inf_end, inf_target, inf_rate, inf_drate, inf_dend, rates, infusing):
+    # Apply one dose to dosing target k (state index `state`) at time t; `slot` is its place
+    # among the subject's infusions. with_lag: add the terms of a lag time that depends on theta.
+    K = est.shape[0]
+    dose_f(k, p, c, f0)
+    F = f0[0]
+    if K > 0:
+        dose_f_p(k, p, c, gpar)
+        dose_lag_p(k, p, c, glag)
+    if kind == 0:  # bolus
+        lagged = False
+        if with_lag and K > 0:
+            for q in range(K):
+                if glag[est[q]] != 0.0:
+                    lagged = True
+        if lagged:
+            _rhs_rates(t, y, p, c, f0, rates, infusing)
+        y[state] += F * amount
+        for q in range(K):
+            S[state, q] += amount * gpar[est[q]]
+        if lagged:
+            _rhs_rates(t, y, p, c, f1, rates, infusing)
+            for m in range(y.shape[0]):
+                for q in range(K):
+                    S[m, q] += (f0[m] - f1[m]) * glag[est[q]]
+        return
+    # infusion: F*amount over `length` (duration given), or at `length` per time unit (rate given)
+    if kind == 1:
+        rate = F * amount / length
+        inf_end[slot] = t + length
+    else:
+        rate = length
+        inf_end[slot] = t + F * amount / length
+    inf_on[slot] = 1
+    inf_target[slot] = state
+    inf_rate[slot] = rate
+    for q in range(K):
+        dF = gpar[est[q]]
+        dlag = glag[est[q]] if with_lag else 0.0
+        inf_drate[slot, q] = amount / length * dF if kind == 1 else 0.0
+        inf_dend[slot, q] = dlag + (amount / length * dF if kind == 2 else 0.0)
+        S[state, q] -= rate * dlag  # the start moves with the lag: f jumps up by the rate
 """
 
 
@@ -197,23 +227,134 @@ TABLEAUS = {
 }
 
 
-# Adaptive explicit embedded Runge-Kutta over each subject (one kernel per pair, its tableau written
-# into the code by `_adaptive_source`), with the forward sensitivities carried along the same
-# accepted steps. Error control on the states (optionally also on S, where an error below
-# rtol in d log y / d log theta also passes) in the max norm, each
-# component scaled by rtol*max(|y|, |y_new|) + atol*peak (peak: the largest |y| of that state so
-# far on the subject's path), so small states (B cells in aplasia) keep relative accuracy down to
-# atol/rtol of their peak. PI step-size controller, Hairer's initial step guess, steps at most
-# h_max long and clipped to land exactly on every observation time. A subject needing more than
-# max_steps step attempts (or a step below 1e-12 d) gets NaN predictions and derivatives from that
-# record on, instead of looping forever. n_steps[i] += accepted steps of subject i.
+# Adaptive explicit embedded Runge-Kutta (one integrator and one kernel per pair, its tableau
+# written into the code by `_adaptive_source`), with the forward sensitivities carried along the
+# same accepted steps. Error control on the states (optionally also on S, where an error below
+# rtol in d log y / d log theta also passes) in the max norm, each component scaled by
+# rtol*max(|y|, |y_new|) + atol*peak (peak: the largest |y| of that state so far on the subject's
+# path), so small states (B cells in aplasia) keep relative accuracy down to atol/rtol of their
+# peak. PI step-size controller, Hairer's initial step guess (again after every event), steps at
+# most h_max long and clipped to land exactly on every record and event. A subject needing more
+# than max_steps step attempts (or a step below 1e-12) gets NaN predictions and derivatives from
+# that record on, instead of looping forever. n_steps[i] += accepted steps of subject i.
+#
+# `_integrate_<pair>` advances (y, S) from t to target; its controller state lives in `ctl`
+# (h, err_old, have_k0, rejected, attempts, failed, accepted steps) so that it carries over
+# between calls. It returns the time reached and whether the FSAL buffers k0 and k_last were
+# swapped an odd number of times (the caller then swaps its names too).
 _ADAPTIVE = """
 @numba.njit(cache=True, error_model="numpy", _nrt=False)
-def predict_all_@NAME@(P, C, est, obs_subject_start, obs_time, obs_analyte, rtol, atol, h_max,
-                       max_steps, control_sens, n_states, pred, dpred, n_steps):
+def _integrate_@NAME@(t, target, y, S, p, c, est, rtol, atol, h_max, max_steps, control_sens, ctl,
+                      yt, St, yn, Sn, peak, speak, f0, f1, Jp, rates, drates, infusing, @KARGS@):
+    n = y.shape[0]
+    K = est.shape[0]
+    order = @ORDER@
+    alpha = 0.7 / order  # PI controller (Gustafsson; Hairer & Wanner II, IV.2)
+    beta = 0.4 / order
+    h = ctl[0]
+    err_old = ctl[1]
+    have_k0 = ctl[2] > 0.0
+    rejected = ctl[3] > 0.0
+    attempts = ctl[4]
+    failed = ctl[5] > 0.0
+    parity = False
+    end = target - 1e-12 * max(1.0, abs(target))
+    while not failed and t < end:
+        if not have_k0:
+            _derivs(t, y, S, p, c, est, k0, kS0, Jp, rates, drates, infusing)
+            have_k0 = True
+        if h == 0.0:  # initial step (Hairer, Norsett & Wanner I, II.4)
+            d0 = 0.0
+            d1 = 0.0
+            for m in range(n):
+                sc = atol * peak[m] + rtol * abs(y[m])
+                if sc > 0.0:
+                    d0 = max(d0, abs(y[m]) / sc)
+                    d1 = max(d1, abs(k0[m]) / sc)
+            h0 = 0.01 * d0 / d1 if (d0 > 1e-5 and d1 > 1e-5) else 1e-6
+            for m in range(n):
+                f0[m] = y[m] + h0 * k0[m]
+            _rhs_rates(t + h0, f0, p, c, f1, rates, infusing)
+            d2 = 0.0
+            for m in range(n):
+                sc = atol * peak[m] + rtol * abs(y[m])
+                if sc > 0.0:
+                    d2 = max(d2, abs(f1[m] - k0[m]) / sc / h0)
+            dm = max(d1, d2)
+            h1 = (0.01 / dm) ** (1.0 / order) if dm > 1e-15 else max(1e-6, h0 * 1e-3)
+            h = min(100.0 * h0, h1, h_max)
+            if not (h > 0.0):
+                h = 1e-6
+        attempts += 1.0
+        if attempts > max_steps or h < 1e-12:
+            failed = True
+            break
+        h_free = h
+        landing = False
+        if t + 1.01 * h >= target:
+            h = target - t
+            landing = True
+@STAGES@
+        err = 0.0
+        for m in range(n):
+            sc = rtol * max(abs(y[m]), abs(yn[m])) + atol * max(peak[m], abs(yn[m]))
+            ea = abs(yt[m])
+            if not (yn[m] == yn[m]) or not (ea == ea):
+                err = math.inf
+            elif ea > 0.0:
+                err = max(err, ea / sc) if sc > 0.0 else math.inf
+            if control_sens:  # on S and on the log-log sensitivity theta/y * S
+                for q in range(K):
+                    th = abs(p[est[q]])
+                    th = 1.0 / th if th > 0.0 else 1.0
+                    sc = (rtol * (max(abs(S[m, q]), abs(Sn[m, q])) + th * abs(yn[m]))
+                          + atol * (max(speak[m, q], abs(Sn[m, q])) + th * peak[m]))
+                    ea = abs(St[m, q])
+                    if not (ea == ea):
+                        err = math.inf
+                    elif ea > 0.0:
+                        err = max(err, ea / sc) if sc > 0.0 else math.inf
+        if err <= 1.0:
+            t = target if landing else t + h
+            for m in range(n):
+                y[m] = yn[m]
+                peak[m] = max(peak[m], abs(y[m]))
+                for q in range(K):
+                    S[m, q] = Sn[m, q]
+                    speak[m, q] = max(speak[m, q], abs(S[m, q]))
+@ACCEPT@
+            fac = 0.9 * max(err, 1e-10) ** (-alpha) * err_old ** beta
+            fac = min(10.0, max(0.2, fac))
+            if rejected:
+                fac = min(fac, 1.0)
+            err_old = max(err, 1e-4)
+            h_next = h * fac
+            if landing:  # the clipped step says little about the next one
+                h_next = max(h_next, h_free)
+            h = min(h_next, h_max)
+            rejected = False
+            ctl[6] += 1.0
+        else:
+            fac = 0.9 * err ** (-1.0 / order) if err < math.inf else 0.2
+            h = h * min(1.0, max(0.2, fac))
+            rejected = True
+    ctl[0] = h
+    ctl[1] = err_old
+    ctl[2] = 1.0 if have_k0 else 0.0
+    ctl[3] = 1.0 if rejected else 0.0
+    ctl[4] = attempts
+    ctl[5] = 1.0 if failed else 0.0
+    return t, parity
+
+
+@numba.njit(cache=True, error_model="numpy", _nrt=False)
+def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_time, obs_analyte,
+                       ev_start, ev_time, ev_kind, ev_target, ev_amount, ev_length, ev_ss, dose_state,
+                       rtol, atol, h_max, max_steps, control_sens, n_states, pred, dpred, n_steps,
+                       ev_order, ev_tau, inf_on, inf_end, inf_target, inf_rate, inf_drate, inf_dend):
     if n_states == 0:
-        _closed_all(P, C, est, obs_subject_start, obs_time, obs_analyte, pred, dpred, _zeros((1,)),
-                    _zeros((P.shape[1],)), _zeros((0,)))
+        _closed_all(P, C, seg_start, seg_time, est, obs_subject_start, obs_time, obs_analyte, pred, dpred,
+                    _zeros((1,)), _zeros((P.shape[1],)), _zeros((0,)))
         return
     N = P.shape[0]
     n_par = P.shape[1]
@@ -223,119 +364,179 @@ def predict_all_@NAME@(P, C, est, obs_subject_start, obs_time, obs_analyte, rtol
     yt = _zeros((n,)); St = _zeros((n, K))
     yn = _zeros((n,)); Sn = _zeros((n, K))
     peak = _zeros((n,)); speak = _zeros((n, K))
+    y_cycle = _zeros((n,)); S_cycle = _zeros((n, K))
 @ALLOC@
     f0 = _zeros((n,)); f1 = _zeros((n,))
     Jp = _zeros((n, n_par)); J0 = _zeros((n, n_par))
     g = _zeros((1,)); gy = _zeros((n,)); gp = _zeros((n_par,))
-    order = @ORDER@
-    alpha = 0.7 / order  # PI controller (Gustafsson; Hairer & Wanner II, IV.2)
-    beta = 0.4 / order
+    gpar = _zeros((n_par,)); glag = _zeros((n_par,))
+    rates = _zeros((n,)); drates = _zeros((n, K))
+    ctl = _zeros((7,))
+    inf = math.inf
     for i in range(N):
         p = P[i]
-        c = C[i]
+        e0 = ev_start[i]
+        ne = ev_start[i + 1] - e0
+        j = obs_subject_start[i]
+        j_end = obs_subject_start[i + 1]
+        while j < j_end and obs_time[j] < 0.0:  # before the first dose: the pre-dose baseline
+            tb = obs_time[j]
+            _record_baseline(j, obs_analyte[j], tb, p, C[_segment(seg_start, seg_time, i, tb)], est, g, gp,
+                             pred, dpred)
+            j += 1
+        if j == j_end:
+            continue
+        # when each event happens: its recorded time plus the lag of its target; then in order
+        for q in range(ne):
+            e = e0 + q
+            tau = ev_time[e]
+            if ev_kind[e] < 3:  # doses arrive after their lag; resets and steady states do not wait
+                dose_lag(ev_target[e], p, C[_segment(seg_start, seg_time, i, ev_time[e])], g)
+                tau += g[0]
+            ev_tau[q] = tau
+            ev_order[q] = q
+            inf_on[q] = 0
+        for q in range(1, ne):  # insertion sort, stable (nearly sorted already)
+            key = ev_order[q]
+            r = q - 1
+            while r >= 0 and ev_tau[ev_order[r]] > ev_tau[key]:
+                ev_order[r + 1] = ev_order[r]
+                r -= 1
+            ev_order[r + 1] = key
+        sg = _segment(seg_start, seg_time, i, 0.0)
+        c = C[sg]
         _start(p, c, est, y, S, J0)
         for a in range(n):
             peak[a] = abs(y[a])
             for q in range(K):
                 speak[a, q] = abs(S[a, q])
+        infusing = _set_rates(ne, inf_on, inf_target, inf_rate, inf_drate, rates, drates)
+        for q in range(7):
+            ctl[q] = 0.0
+        ctl[1] = 1e-4
         t = 0.0
-        h = 0.0  # 0: not chosen yet
-        err_old = 1e-4
-        have_k0 = False
-        rejected = False
-        failed = False
-        attempts = 0
-        for j in range(obs_subject_start[i], obs_subject_start[i + 1]):
-            target = obs_time[j]
-            a = obs_analyte[j]
-            if target < 0.0:  # before the infusion: the pre-infusion baseline
-                _record_baseline(j, a, target, p, c, est, g, gp, pred, dpred)
-                continue
-            while n > 0 and not failed and t < target - 1e-12:
-                if not have_k0:
-                    _derivs(t, y, S, p, c, est, k0, kS0, Jp)
-                    have_k0 = True
-                if h == 0.0:  # initial step (Hairer, Norsett & Wanner I, II.4)
-                    d0 = 0.0
-                    d1 = 0.0
-                    for m in range(n):
-                        sc = atol * peak[m] + rtol * abs(y[m])
-                        if sc > 0.0:
-                            d0 = max(d0, abs(y[m]) / sc)
-                            d1 = max(d1, abs(k0[m]) / sc)
-                    h0 = 0.01 * d0 / d1 if (d0 > 1e-5 and d1 > 1e-5) else 1e-6
-                    for m in range(n):
-                        f0[m] = y[m] + h0 * k0[m]
-                    rhs(t + h0, f0, p, c, f1)
-                    d2 = 0.0
-                    for m in range(n):
-                        sc = atol * peak[m] + rtol * abs(y[m])
-                        if sc > 0.0:
-                            d2 = max(d2, abs(f1[m] - k0[m]) / sc / h0)
-                    dm = max(d1, d2)
-                    h1 = (0.01 / dm) ** (1.0 / order) if dm > 1e-15 else max(1e-6, h0 * 1e-3)
-                    h = min(100.0 * h0, h1, h_max)
-                    if not (h > 0.0):
-                        h = 1e-6
-                attempts += 1
-                if attempts > max_steps or h < 1e-12:
-                    failed = True
+        qe = 0
+        while j < j_end and ctl[5] == 0.0:
+            t_rec = obs_time[j]
+            t_ev = ev_tau[ev_order[qe]] if qe < ne else inf
+            t_seg = seg_time[sg + 1] if sg + 1 < seg_start[i + 1] else inf
+            t_end = inf
+            ending = -1
+            if infusing:
+                for q in range(ne):
+                    if inf_on[q] and inf_end[q] < t_end:
+                        t_end = inf_end[q]
+                        ending = q
+            t_stop = min(min(t_rec, t_ev), min(t_seg, t_end))
+            if t_stop > t:
+                t, parity = _integrate_@NAME@(t, t_stop, y, S, p, c, est, rtol, atol, h_max, max_steps,
+                                              control_sens, ctl, yt, St, yn, Sn, peak, speak, f0, f1, Jp,
+                                              rates, drates, infusing, @KCALL@)
+@SWAP16@
+                if ctl[5] > 0.0:
                     break
-                h_free = h
-                landing = False
-                if t + 1.01 * h >= target:
-                    h = target - t
-                    landing = True
-@STAGES@
-                err = 0.0
-                for m in range(n):
-                    sc = rtol * max(abs(y[m]), abs(yn[m])) + atol * max(peak[m], abs(yn[m]))
-                    ea = abs(yt[m])
-                    if not (yn[m] == yn[m]) or not (ea == ea):
-                        err = math.inf
-                    elif ea > 0.0:
-                        err = max(err, ea / sc) if sc > 0.0 else math.inf
-                    if control_sens:  # on S and on the log-log sensitivity theta/y * S
-                        for q in range(K):
-                            th = abs(p[est[q]])
-                            th = 1.0 / th if th > 0.0 else 1.0
-                            sc = (rtol * (max(abs(S[m, q]), abs(Sn[m, q])) + th * abs(yn[m]))
-                                  + atol * (max(speak[m, q], abs(Sn[m, q])) + th * peak[m]))
-                            ea = abs(St[m, q])
-                            if not (ea == ea):
-                                err = math.inf
-                            elif ea > 0.0:
-                                err = max(err, ea / sc) if sc > 0.0 else math.inf
-                if err <= 1.0:
-                    t = target if landing else t + h
-                    for m in range(n):
-                        y[m] = yn[m]
-                        peak[m] = max(peak[m], abs(y[m]))
-                        for q in range(K):
-                            S[m, q] = Sn[m, q]
-                            speak[m, q] = max(speak[m, q], abs(S[m, q]))
-@ACCEPT@
-                    fac = 0.9 * max(err, 1e-10) ** (-alpha) * err_old ** beta
-                    fac = min(10.0, max(0.2, fac))
-                    if rejected:
-                        fac = min(fac, 1.0)
-                    err_old = max(err, 1e-4)
-                    h_next = h * fac
-                    if landing:  # the clipped step says little about the next one
-                        h_next = max(h_next, h_free)
-                    h = min(h_next, h_max)
-                    rejected = False
-                    n_steps[i] += 1
-                else:
-                    fac = 0.9 * err ** (-1.0 / order) if err < math.inf else 0.2
-                    h = h * min(1.0, max(0.2, fac))
-                    rejected = True
-            if failed:
-                pred[j] = np.nan
+            # at t_stop: a covariate change, an infusion's end, an event, then the record
+            if t_seg <= t_stop:
+                sg += 1
+                c = C[sg]
+                ctl[2] = 0.0
+            elif t_end <= t_stop:
+                inf_on[ending] = 0
+                k = inf_target[ending]
                 for q in range(K):
-                    dpred[j, q] = np.nan
-                continue
-            _record(j, a, target, y, S, p, c, est, g, gy, gp, pred, dpred)
+                    S[k, q] += inf_rate[ending] * inf_dend[ending, q]
+                infusing = _set_rates(ne, inf_on, inf_target, inf_rate, inf_drate, rates, drates)
+                ctl[0] = 0.0
+                ctl[2] = 0.0
+            elif t_ev <= t_stop:
+                slot = ev_order[qe]
+                qe += 1
+                e = e0 + slot
+                kind = ev_kind[e]
+                if kind >= 3:  # a reset, or the start of a steady state: initial states, no infusion
+                    _start(p, c, est, y, S, J0)
+                    for q in range(ne):
+                        inf_on[q] = 0
+                    infusing = _set_rates(ne, inf_on, inf_target, inf_rate, inf_drate, rates, drates)
+                if kind == 4:
+                    # steady state before the dose that follows (event e + 1, given every ev_ss[e]): its
+                    # regimen repeated over cycles [t - II, t] until nothing changes over a cycle
+                    d = e + 1
+                    k = ev_target[d]
+                    state = dose_state[k]
+                    interval = ev_ss[e]
+                    dose_lag(k, p, c, g)
+                    arrival = t - interval + g[0]
+                    settled = False
+                    if arrival >= t:  # a lag as long as the interval: not supported
+                        ctl[5] = 1.0
+                        break
+                    for cycle in range(1000):
+                        for m in range(n):
+                            y_cycle[m] = y[m]
+                            for q in range(K):
+                                S_cycle[m, q] = S[m, q]
+                        ctl[0] = 0.0
+                        ctl[2] = 0.0
+                        ts, parity = _integrate_@NAME@(t - interval, arrival, y, S, p, c, est, rtol, atol, h_max,
+                                                       max_steps, control_sens, ctl, yt, St, yn, Sn, peak, speak,
+                                                       f0, f1, Jp, rates, drates, infusing, @KCALL@)
+@SWAP24@
+                        _give(arrival, d - e0, ev_kind[d], k, state, ev_amount[d], ev_length[d], True, p, c, est,
+                              y, S, f0, f1, gpar, glag, inf_on, inf_end, inf_target, inf_rate, inf_drate, inf_dend,
+                              rates, infusing)
+                        infusing = _set_rates(ne, inf_on, inf_target, inf_rate, inf_drate, rates, drates)
+                        ctl[0] = 0.0
+                        ctl[2] = 0.0
+                        if infusing:
+                            slot = d - e0
+                            ts, parity = _integrate_@NAME@(arrival, inf_end[slot], y, S, p, c, est, rtol, atol,
+                                                           h_max, max_steps, control_sens, ctl, yt, St, yn, Sn,
+                                                           peak, speak, f0, f1, Jp, rates, drates, infusing,
+                                                           @KCALL@)
+@SWAP28@
+                            inf_on[slot] = 0
+                            for q in range(K):
+                                S[state, q] += inf_rate[slot] * inf_dend[slot, q]
+                            infusing = _set_rates(ne, inf_on, inf_target, inf_rate, inf_drate, rates, drates)
+                            ctl[0] = 0.0
+                            ctl[2] = 0.0
+                        ts, parity = _integrate_@NAME@(ts, t, y, S, p, c, est, rtol, atol, h_max, max_steps,
+                                                       control_sens, ctl, yt, St, yn, Sn, peak, speak, f0, f1, Jp,
+                                                       rates, drates, infusing, @KCALL@)
+@SWAP24@
+                        if ctl[5] > 0.0:
+                            break
+                        settled = True  # states and sensitivities alike
+                        for m in range(n):
+                            if abs(y[m] - y_cycle[m]) > rtol * abs(y[m]) + atol * peak[m]:
+                                settled = False
+                            for q in range(K):
+                                if abs(S[m, q] - S_cycle[m, q]) > rtol * abs(S[m, q]) + atol * speak[m, q]:
+                                    settled = False
+                        if settled:
+                            break
+                    if not settled:
+                        ctl[5] = 1.0
+                        break
+                elif kind != 3:
+                    k = ev_target[e]
+                    _give(t, slot, kind, k, dose_state[k], ev_amount[e], ev_length[e], True, p, c, est, y, S, f0,
+                          f1, gpar, glag, inf_on, inf_end, inf_target, inf_rate, inf_drate, inf_dend, rates, infusing)
+                    infusing = _set_rates(ne, inf_on, inf_target, inf_rate, inf_drate, rates, drates)
+                    for a in range(n):
+                        peak[a] = max(peak[a], abs(y[a]))
+                ctl[0] = 0.0
+                ctl[2] = 0.0
+            else:
+                _record(j, obs_analyte[j], t_rec, y, S, p, c, est, g, gy, gp, pred, dpred)
+                j += 1
+        n_steps[i] += int(ctl[6])
+        while j < j_end:  # the solver failed: NaN from here on
+            pred[j] = np.nan
+            for q in range(K):
+                dpred[j, q] = np.nan
+            j += 1
 """
 
 
@@ -347,32 +548,40 @@ def _combination(target: str, base: str | None, weights, vector: str, indent: st
 
 
 def _adaptive_source(method: str) -> str:
-    """The kernel `predict_all_<method>` for one embedded pair of TABLEAUS, its stages unrolled."""
+    """The integrator and kernel `predict_all_<method>` of one embedded pair of TABLEAUS, its
+    stages unrolled."""
     A, b, e, c, order, fsal = TABLEAUS[method]
     ns = len(b)
     alloc = [f"    k{r} = _zeros((n,)); kS{r} = _zeros((n, K))" for r in range(ns)]
-    stages = ["                # stages 1..ns-1 (stage 0: f at (t, y), kept from the last step)"]
+    kargs = ", ".join(f"k{r}, kS{r}" for r in range(ns))
+    stages = ["        # stages 1..ns-1 (stage 0: f at (t, y), kept from the last step)"]
     for s in range(1, ns):
-        stages += ["                for m in range(n):"]
-        stages += _combination("yt[m]", "y[m]", A[s, :s], "k{r}[m]", " " * 20)
-        stages += ["                    for q in range(K):"]
-        stages += _combination("St[m, q]", "S[m, q]", A[s, :s], "kS{r}[m, q]", " " * 24)
-        stages += [f"                _derivs(t + {float(c[s])!r} * h, yt, St, p, c, est, k{s}, kS{s}, Jp)"]
-    stages += ["                # new solution (yn, Sn) and its error estimate (yt, St)",
-               "                for m in range(n):"]
-    stages += _combination("yn[m]", "y[m]", b, "k{r}[m]", " " * 20)
-    stages += _combination("yt[m]", None, e, "k{r}[m]", " " * 20)
-    stages += ["                    for q in range(K):"]
-    stages += _combination("Sn[m, q]", "S[m, q]", b, "kS{r}[m, q]", " " * 24)
-    stages += _combination("St[m, q]", None, e, "kS{r}[m, q]", " " * 24)
+        stages += ["        for m in range(n):"]
+        stages += _combination("yt[m]", "y[m]", A[s, :s], "k{r}[m]", " " * 12)
+        stages += ["            for q in range(K):"]
+        stages += _combination("St[m, q]", "S[m, q]", A[s, :s], "kS{r}[m, q]", " " * 16)
+        stages += [f"        _derivs(t + {float(c[s])!r} * h, yt, St, p, c, est, k{s}, kS{s}, Jp, rates, drates, "
+                   "infusing)"]
+    stages += ["        # new solution (yn, Sn) and its error estimate (yt, St)",
+               "        for m in range(n):"]
+    stages += _combination("yn[m]", "y[m]", b, "k{r}[m]", " " * 12)
+    stages += _combination("yt[m]", None, e, "k{r}[m]", " " * 12)
+    stages += ["            for q in range(K):"]
+    stages += _combination("Sn[m, q]", "S[m, q]", b, "kS{r}[m, q]", " " * 16)
+    stages += _combination("St[m, q]", None, e, "kS{r}[m, q]", " " * 16)
+    last = ns - 1
     if fsal:  # the last stage is f at the new point: the next step's first
-        accept = [f"                    k0, k{ns - 1} = k{ns - 1}, k0",
-                  f"                    kS0, kS{ns - 1} = kS{ns - 1}, kS0"]
+        accept = [f"            k0, k{last} = k{last}, k0", f"            kS0, kS{last} = kS{last}, kS0",
+                  "            parity = not parity"]
+        swap = lambda indent: "\n".join([f"{indent}if parity:", f"{indent}    k0, k{last} = k{last}, k0",
+                                         f"{indent}    kS0, kS{last} = kS{last}, kS0"])
     else:
-        accept = ["                    have_k0 = False"]
-    return (_ADAPTIVE.replace("@NAME@", method).replace("@ORDER@", repr(float(order)))
+        accept = ["            have_k0 = False"]
+        swap = lambda indent: f"{indent}pass"
+    source = (_ADAPTIVE.replace("@NAME@", method).replace("@ORDER@", repr(float(order)))
             .replace("@ALLOC@", "\n".join(alloc)).replace("@STAGES@", "\n".join(stages))
-            .replace("@ACCEPT@", "\n".join(accept)))
+            .replace("@ACCEPT@", "\n".join(accept)).replace("@KARGS@", kargs).replace("@KCALL@", kargs))
+    return re.sub(r"@SWAP(\d+)@", lambda m: swap(" " * int(m.group(1))), source)
 
 
 class _Printer(PythonCodePrinter):
@@ -442,7 +651,7 @@ def _source(model: Model) -> str:
     t = s["t"]
     states = list(s["states"].values())
     params = [s["params"][n] for n in model.parameter_names]
-    covs = [s["covariates"][n] for n in COVARIATES]
+    covs = [s["covariates"][n] for n in model.covariate_names]
     # symbols -> array reads inside the generated functions
     names = {t: sp.Symbol("t")}
     names.update({y: sp.Symbol(f"y[{i}]") for i, y in enumerate(states)})
@@ -473,6 +682,20 @@ def _source(model: Model) -> str:
                   [("out[0]", g)] + [(f"out_p[{k}]", sp.diff(g, params[k])) for k in range(P)], ("out", "out_p"))
         src += fn(f"base_{a}", "t, p, c, out", [("out[0]", b)], zero_first=True)
         src += fn(f"base_{a}_p", "t, p, c, out", [(f"out[{k}]", sp.diff(b, params[k])) for k in range(P)], True)
+    # bioavailability and lag of each dosing target, with their parameter derivatives
+    dosing = s["dosing"]
+    for k, d in enumerate(dosing):
+        for kind, expr in (("f", d["bioavailability"]), ("lag", d["lag"])):
+            src += fn(f"dose_{kind}_{k}", "p, c, out", [("out[0]", expr)], zero_first=True)
+            src += fn(f"dose_{kind}_{k}_p", "p, c, out", [(f"out[{q}]", sp.diff(expr, params[q])) for q in range(P)],
+                      True)
+    for kind, default in (("f", "out[0] = 1.0"), ("f_p", "out[:] = 0.0"), ("lag", "out[0] = 0.0"),
+                          ("lag_p", "out[:] = 0.0")):
+        src += ["@numba.njit(cache=True, error_model=\"numpy\", inline=\"always\")", f"def dose_{kind}(k, p, c, out):"]
+        for k in range(len(dosing)):
+            name = f"dose_{kind.split('_')[0]}_{k}" + ("_p" if kind.endswith("_p") else "")
+            src += [f"    {'if' if k == 0 else 'elif'} k == {k}:", f"        {name}(p, c, out)"]
+        src += [f"    {'else:' if dosing else 'if True:'}", f"        {default}", ""]
     # one dispatcher per kind, by analyte index (numba cannot index a tuple of functions)
     for kind, args in (("obs", "t, y, p, c, out"), ("obs_y", "t, y, p, c, out"), ("obs_p", "t, y, p, c, out"),
                        ("obs_vp", "t, y, p, c, out, out_p"), ("base", "t, p, c, out"), ("base_p", "t, p, c, out")):

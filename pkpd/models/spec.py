@@ -8,13 +8,20 @@ same expressions (numpy for simulation and lmfit, exact Jacobians and compiled c
 the Bayesian engine), so the right-hand side is written once.
 
 Function signatures (all arguments are attribute namespaces):
-    initial(p, c, m)            -> {state: value at t = 0}   (c.dose in CAR+ cells)
+    initial(p, c, m)            -> {state: value before the first dose}
     rhs(t, s, p, c, x, m)       -> {state: ds/dt}
     closed_form(t, p, c, x, m)  -> {state: value at t}       (instead of, or beside, rhs)
     signal(t, s, p, c, x, m)    -> value offered to downstream modules
     observe(t, s, p, c, x, m)   -> predicted value of an analyte
-where s are states, p parameters, c covariates (dose, ld, bcma, cd20, weight) and x the
-signals of upstream modules.
+where t is the time since the subject's first dose in the module's `time_unit`, s are states,
+p parameters, c covariates (dose: the first dose's amount in the module's `dose_unit`; ld,
+bcma, cd20 as 0/1; weight in kg; and any covariate the module declares, time-varying ones as
+step functions) and x the signals of upstream modules.
+
+Doses reach an ODE as events (NONMEM's semantics): a bolus adds F*amount to its target state,
+an infusion adds F*amount/duration per time unit while it runs; F (bioavailability) and the lag
+time are expressions of p and c declared per target with `Dosing`. A closed form sees a single
+dose at t = 0 through c.dose.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-ERROR_MODELS = ("log", "proportional", "combined")
+ERROR_MODELS = ("log", "proportional", "additive", "combined")
 COVARIATES = ("dose", "ld", "bcma", "cd20", "weight")
+TIME_UNITS = ("min", "h", "d", "w")
 
 
 class ModelError(ValueError):
@@ -96,9 +104,12 @@ class Parameter:
 class Observation:
     """How an analyte is predicted from the states, with its residual-error model.
 
-    error: 'log' (additive on the log scale: ln y ~ N(ln f, sigma)),
-           'proportional' (y ~ N(f, sigma*f)),
-           'combined' (y ~ N(f, sqrt(additive^2 + (sigma*f)^2))).
+    error: 'log'          additive on the log scale: ln y ~ N(ln f, sigma)
+           'proportional' y ~ N(f, sigma*f)
+           'additive'     y ~ N(f, additive)                 (natural scale)
+           'combined'     y ~ N(f, sqrt(additive^2 + (sigma*f)^2))
+    sigma, additive: typical residual SDs; both are estimated by the population engine, each
+    with a LogNormal prior (default: median the typical value, sigma 0.5).
     Values below the LLOQ enter the likelihood as censored (M3).
     """
 
@@ -109,15 +120,64 @@ class Observation:
     sigma: float = 0.3
     additive: float = 0.0
     source: str = ""
+    sigma_prior: LogNormal | None = None
+    additive_prior: LogNormal | None = None
 
     def __post_init__(self):
         if self.error not in ERROR_MODELS:
             raise ModelError(f"observation {self.analyte}: error model {self.error!r} is not one of "
                              f"{', '.join(ERROR_MODELS)}")
-        if not self.sigma > 0:
-            raise ModelError(f"observation {self.analyte}: sigma must be positive")
-        if self.error == "combined" and not self.additive > 0:
-            raise ModelError(f"observation {self.analyte}: a combined error model needs additive > 0")
+        if self.has_sigma and not (self.sigma > 0 and math.isfinite(self.sigma)):
+            raise ModelError(f"observation {self.analyte}: the {self.error} error model needs sigma > 0")
+        if self.has_additive and not (self.additive > 0 and math.isfinite(self.additive)):
+            raise ModelError(f"observation {self.analyte}: the {self.error} error model needs additive > 0 "
+                             f"(the additive SD in {self.unit})")
+
+    @property
+    def has_sigma(self) -> bool:
+        """A log-scale or proportional SD is part of the error model."""
+        return self.error in ("log", "proportional", "combined")
+
+    @property
+    def has_additive(self) -> bool:
+        """An additive SD (in the analyte's unit) is part of the error model."""
+        return self.error in ("additive", "combined")
+
+    @property
+    def sigma_prior_or_default(self) -> LogNormal:
+        return self.sigma_prior or LogNormal(self.sigma, 0.5)
+
+    @property
+    def additive_prior_or_default(self) -> LogNormal:
+        return self.additive_prior or LogNormal(self.additive, 0.5)
+
+    def describe(self) -> str:
+        """'log-additive, sigma 0.5', 'combined: additive 0.2 mg/L + proportional 0.1', ..."""
+        if self.error == "log":
+            return f"additive on the log scale, SD {self.sigma:g}"
+        if self.error == "proportional":
+            return f"proportional, SD {self.sigma:g} (fraction of the prediction)"
+        if self.error == "additive":
+            return f"additive, SD {self.additive:g} {self.unit}"
+        return f"combined: additive SD {self.additive:g} {self.unit}, proportional SD {self.sigma:g}"
+
+
+@dataclass(frozen=True)
+class Dosing:
+    """A state that receives doses, and how.
+
+    target:          name of the ODE state a dose adds to
+    unit:            the amount unit of that state's doses (default: the module's dose_unit);
+                     a dose given in another unit of the same kind is converted (pint)
+    bioavailability: F(p, c, m), the fraction of the amount that reaches the target (default 1)
+    lag:             lag time(p, c, m) between the recorded dose time and its arrival (default 0)
+    A dose adds F*amount to the target (bolus), or F*amount spread over its duration (infusion).
+    """
+
+    target: str
+    unit: str | None = None
+    bioavailability: Callable | None = None
+    lag: Callable | None = None
 
 
 @dataclass(frozen=True)
@@ -135,8 +195,22 @@ class Module:
     observations: tuple[Observation, ...] = ()
     requires: tuple[str, ...] = ()  # signals needed from upstream modules
     references: tuple[str, ...] = ()
+    time_unit: str = "d"  # the unit of t, of rates and of every time parameter
+    dose_unit: str = "cells"  # the unit of c.dose and of doses to `dosing` targets
+    dosing: tuple[Dosing, ...] = ()  # states receiving doses; the first is the default target
+    covariates: tuple[str, ...] = ()  # further covariates read as c.NAME (data columns)
 
     def __post_init__(self):
+        if self.time_unit not in TIME_UNITS:
+            raise ModelError(f"module {self.name}: time_unit {self.time_unit!r} is not one of "
+                             f"{', '.join(TIME_UNITS)}")
+        for name in self.covariates:
+            if not name.isidentifier() or name in COVARIATES:
+                raise ModelError(f"module {self.name}: covariate {name!r} must be an identifier other than "
+                                 f"the standard ones ({', '.join(COVARIATES)})")
+        targets = [d.target for d in self.dosing]
+        if len(set(targets)) != len(targets):
+            raise ModelError(f"module {self.name}: a state is listed twice in dosing")
         if self.rhs is not None and self.initial is None:
             raise ModelError(f"module {self.name}: an ODE (rhs) needs initial states")
         if self.rhs is None and self.closed_form is None:

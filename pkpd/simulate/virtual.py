@@ -5,14 +5,16 @@ The result is a Cohort, so it feeds NCA and fitting directly. Reproducible with 
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .. import analytes as catalogue
-from ..data.cohort import Cohort, DOSE_COLUMNS, EVENT_COLUMNS, OBSERVATION_COLUMNS, in_subject_order
+from ..data.cohort import Cohort, DOSE_COLUMNS, EVENT_COLUMNS, OBSERVATION_COLUMNS, dose_frame, in_subject_order
+from ..units import dose_unit
 from ..data.read import PRODUCTS, format_dose
 from ..models import Model
 from .predict import predict
@@ -31,20 +33,37 @@ def fine_schedule() -> np.ndarray:
     return np.concatenate([np.arange(0, 30, 0.25), np.arange(30, 366, 1.0)])
 
 
-def parse_dose(text: str | float, weight: float = 70.0) -> tuple[float, str, float]:
-    """'3e8' -> (3e8, 'cells', 3e8); '1e6/kg' -> (1e6, 'cells/kg', 1e6*weight)."""
+class Dose(NamedTuple):
+    """A dose as given ('1.5 mg/kg'): amount, unit, and the absolute amount for a body weight."""
+
+    amount: float
+    unit: str
+    absolute: float
+    absolute_unit: str
+
+
+def parse_dose(text: str | float, weight: float = 70.0, default_unit: str = "cells") -> Dose:
+    """'3e8' -> 3e8 cells; '1e6/kg' -> 1e6 cells/kg (absolute: 1e6 x weight); '100 mg',
+    '1.5 mg/kg': the unit after the number (`default_unit` when there is none)."""
     if isinstance(text, (int, float)):
-        amount, unit = float(text), "cells"
+        amount, unit_text = float(text), default_unit
     else:
-        match = re.fullmatch(r"\s*([0-9.eE+\-]+)\s*(?:cells)?\s*(/\s*kg)?\s*", str(text))
+        match = re.fullmatch(r"\s*([0-9.]+(?:[eE][+\-]?\d+)?)\s*(.*?)\s*", str(text))
         if not match:
-            raise ValueError(f"dose {text!r} is not a number of cells (3e8) or cells per kg (1e6/kg)")
-        amount, unit = float(match.group(1)), "cells/kg" if match.group(2) else "cells"
-    if not amount > 0:
-        raise ValueError(f"dose {text!r} must be positive")
+            raise ValueError(f"dose {text!r} is not an amount with an optional unit: 3e8 (cells), 1e6/kg, "
+                             "100 mg or 1.5 mg/kg")
+        amount = float(match.group(1))
+        unit_text = match.group(2) or default_unit
+        if unit_text.startswith("/"):
+            unit_text = default_unit.split("/")[0] + unit_text
+    unit = dose_unit(unit_text)
+    if unit is None:
+        raise ValueError(f"dose {text!r}: unknown unit {unit_text!r}; use cells, cells/kg, mg, mg/kg, ug, ...")
+    if not (amount > 0 and math.isfinite(amount)):
+        raise ValueError(f"dose {text!r} must be positive and finite")
     if not weight > 0:
         raise ValueError(f"weight {weight} must be positive (kg)")
-    return amount, unit, amount * weight if unit == "cells/kg" else amount
+    return Dose(amount, unit.text, amount * weight if unit.per_kg else amount, unit.absolute)
 
 
 def template_cohort(model: Model, subjects: pd.DataFrame, doses: pd.DataFrame,
@@ -174,7 +193,7 @@ def simulate(model: Model, doses: Sequence[str | float] = ("1e6/kg",), n: int = 
     rng = np.random.default_rng(seed)
     parsed = [parse_dose(d, weight) for d in doses]
     ids = [str(i + 1) for i in range(n * len(parsed))]
-    level = [format_dose(a, u) for a, u, _ in parsed for _ in range(n)]
+    level = [format_dose(d.amount, d.unit) for d in parsed for _ in range(n)]
     index = pd.Index(ids, name="subject", dtype=object)
     subjects = pd.DataFrame({
         "dose_level": pd.Series(level, index=index, dtype=object),
@@ -183,10 +202,10 @@ def simulate(model: Model, doses: Sequence[str | float] = ("1e6/kg",), n: int = 
         "disease": pd.Series(disease, index=index, dtype=object),
         "weight": float(weight), "age": np.nan, "sex": pd.Series(pd.NA, index=index, dtype=object),
     }, index=index)
-    dose_rows = pd.DataFrame({"subject": ids, "time": 0.0, "nominal_time": 0.0,
-                              "amount": [a for a, _, _ in parsed for _ in range(n)],
-                              "unit": [u for _, u, _ in parsed for _ in range(n)],
-                              "cells": [c for _, _, c in parsed for _ in range(n)], "evid": 1})
+    dose_rows = dose_frame(subject=ids, time=0.0, amount=[d.amount for d in parsed for _ in range(n)],
+                           unit=[d.unit for d in parsed for _ in range(n)],
+                           absolute=[d.absolute for d in parsed for _ in range(n)],
+                           absolute_unit=[d.absolute_unit for d in parsed for _ in range(n)])
     schedule = trial_schedule(baseline=True) if times is None else np.asarray(times, float)
     template = template_cohort(model, subjects, dose_rows, schedule, analytes,
                                source=f"simulate({model.name}, seed={seed})")

@@ -1,0 +1,92 @@
+"""A cohort's records and events as arrays: what every solver of a model works from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..data.cohort import Cohort
+from ..models import Model
+from .events import Schedule, schedule
+
+
+class Design:
+    """The records of a cohort as arrays for the compiled solver: sorted by subject and time, in
+    the model's time unit, t = 0 at each subject's first dose; with the events of `schedule`."""
+
+    def __init__(self, model: Model, cohort: Cohort, analytes=None):
+        converted = cohort.in_time_unit(model.time_unit)
+        self.schedule: Schedule = schedule(model, converted)
+        obs = converted.observations
+        wanted = set(analytes or model.analytes)
+        keep = ~obs["mdv"] & obs["analyte"].isin(wanted & set(model.analytes))
+        subject_pos = pd.Index(cohort.subject_ids).get_indexer(obs["subject"])
+        frame = obs[keep].assign(_s=subject_pos[keep.to_numpy()])
+        frame = frame.sort_values(["_s", "time"], kind="stable")
+        self.model = model
+        self.subjects = cohort.subject_ids
+        self.records = frame.index.to_numpy()  # positions in cohort.observations
+        self.subject_index = frame["_s"].to_numpy()
+        self.time = frame["time"].to_numpy(float) - self.schedule.offset[self.subject_index]
+        self.data_time = cohort.observations["time"].to_numpy(float)[self.records]  # the cohort's unit
+        self.analyte_names = list(model.analytes)
+        self.analyte = np.array([self.analyte_names.index(a) for a in frame["analyte"]], dtype=np.int64)
+        self.value = frame["value"].to_numpy(float)
+        self.lloq = frame["lloq"].to_numpy(float)
+        self.censored = frame["censored"].to_numpy(np.int64)
+        counts = np.bincount(self.subject_index, minlength=len(self.subjects))
+        self.start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.dose_state = np.array([model.states.index(d.target) for d in model.dosing], dtype=np.int64)
+        self.max_events = int(np.max(np.diff(self.schedule.start), initial=0))
+
+    @classmethod
+    def on_grid(cls, model: Model, C: np.ndarray, times: np.ndarray, analytes) -> "Design":
+        """A design for N = C.shape[1] subjects with covariates C (n_covariates, N), each given
+        one bolus at t = 0 of its `dose` covariate (to the default target, when the model has
+        dosing targets), observed at every time of `times` for every analyte of `analytes`;
+        `grid_index` gives each record's position in `times`."""
+        from .events import BOLUS
+
+        N, T = C.shape[1], len(times)
+        self = cls.__new__(cls)
+        self.model = model
+        self.subjects = [str(i) for i in range(N)]
+        names = list(model.analytes)
+        per = np.array([names.index(a) for a in analytes], dtype=np.int64)
+        order = np.argsort(times, kind="stable")
+        grid = np.repeat(order[None, :], len(per), axis=0).T.ravel()  # time-major within subject
+        self.grid_index = np.tile(grid, N)
+        self.subject_index = np.repeat(np.arange(N), T * len(per))
+        self.time = np.asarray(times, float)[self.grid_index]
+        self.data_time = self.time
+        self.analyte_names = names
+        self.analyte = np.tile(np.tile(per, T), N)
+        self.records = np.arange(len(self.time))
+        self.value = np.full(len(self.time), np.nan)
+        self.lloq = np.full(len(self.time), np.nan)
+        self.censored = np.zeros(len(self.time), np.int64)
+        self.start = np.arange(N + 1, dtype=np.int64) * T * len(per)
+        dose = C[0]
+        dosed = model.dosing and True
+        n_ev = np.where(dose > 0, 1, 0) if dosed else np.zeros(N, int)
+        self.schedule = Schedule(
+            np.concatenate([[0], np.cumsum(n_ev)]).astype(np.int64), np.zeros(n_ev.sum()),
+            np.full(n_ev.sum(), BOLUS, np.int64), np.zeros(n_ev.sum(), np.int64),
+            np.ascontiguousarray(dose[n_ev > 0], float), np.zeros(n_ev.sum()), np.zeros(n_ev.sum()),
+            np.arange(N + 1, dtype=np.int64), np.full(N, -np.inf), np.ascontiguousarray(C.T, float), np.zeros(N))
+        self.dose_state = np.array([model.states.index(d.target) for d in model.dosing], dtype=np.int64)
+        self.max_events = int(n_ev.max(initial=0))
+        return self
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.time)
+
+    def kernel_arguments(self) -> tuple:
+        """The design's arrays in the order of the kernels' arguments after P."""
+        s = self.schedule
+        return (s.covariates, s.seg_start, s.seg_time)
+
+    def event_arguments(self) -> tuple:
+        s = self.schedule
+        return (s.start, s.time, s.kind, s.target, s.amount, s.length, s.ss, self.dose_state)
