@@ -1,10 +1,16 @@
 """Non-compartmental analysis of CAR-T exposure and PD, per subject and analyte.
 
 Conventions (stated once, used everywhere):
-- Time is days since the first infusion; only records at or after time 0 enter exposure
-  metrics, the last pre-infusion record is the baseline.
+- Time is the cohort's time unit, counted from each subject's first dose; only records at or
+  after it enter exposure metrics, the last earlier record is the baseline.
 - AUC: linear trapezoids while the level rises or stays, log trapezoids while it falls
   ("linear-up/log-down"), from the first sample at or after time 0 to Tlast.
+- Partial AUCs over windows named with their unit: AUC0-28d and AUC0-90d by default for the
+  CAR-T analytes (transgene, CAR-T cells, cytokines, B cells, immunoglobulins), AUC0-24h for
+  any other analyte; `windows=` chooses others ("12h", "7d", ...).
+- AUC0-inf = AUClast + Clast/lambda_z, with the extrapolated percentage.
+- Repeated doses (two or more): over the last dosing interval tau (II, or the last gap between
+  doses), from the last dose: AUCtau, Cmax,ss and Cmin,ss (when samples cover the interval).
 - Below-LLOQ records: before the first quantified value they count as 0; between quantified
   values and after Tlast they are left out of the AUC (as PKNCA does by default).
 - AUC0-T: interpolated (log when falling) when T <= Tlast; equal to AUClast when T > Tlast but
@@ -29,8 +35,12 @@ import pandas as pd
 
 from .data.cohort import Cohort
 
-EXPOSURE_METRICS = ["cmax", "tmax", "auc_0_28", "auc_0_90", "auc_last", "clast", "tlast",
-                    "t_first_blq_after_peak", "lambda_z", "half_life", "r2_adj", "n_lambda_z"]
+EXPOSURE_METRICS = ["cmax", "tmax", "auc_last", "clast", "tlast", "t_first_blq_after_peak", "lambda_z",
+                    "half_life", "r2_adj", "n_lambda_z", "auc_inf", "auc_extrap_percent"]
+STEADY_STATE_METRICS = ["tau", "auc_tau", "cmax_ss", "cmin_ss"]
+CAR_T_KINDS = ("ck", "cytokine", "bcell", "ig", "autoantibody")
+CAR_T_WINDOWS = ("28d", "90d")
+OTHER_WINDOWS = ("24h",)
 APLASIA_METRICS = ["aplasia_onset", "aplasia_duration", "aplasia_ongoing"]
 NADIR_METRICS = ["baseline", "nadir", "t_nadir", "nadir_fold_change"]
 DEFAULT_APLASIA_THRESHOLD = 5.0  # cells/uL (science.md 3.1)
@@ -87,12 +97,37 @@ def terminal_slope(times: np.ndarray, levels: np.ndarray, min_points: int = 3):
     return best
 
 
-def exposure_metrics(times, values, censored, terminal: bool = True) -> dict:
-    """Exposure metrics of one post-infusion profile (times >= 0, sorted); `terminal=False`
-    skips the terminal half-life (the costly part, not needed by dose selection)."""
+def window_names(windows, time_unit: str = "d") -> list[tuple[float, str]]:
+    """[(end in `time_unit`, metric name)] of partial-AUC windows given as '28d', '24h' or numbers
+    (in `time_unit`): names auc_0_28d, auc_0_24h."""
+    from .units import time_factor, time_unit as unit_of
+
+    out = []
+    for w in windows:
+        if isinstance(w, (int, float)):
+            value, unit = float(w), time_unit
+        else:
+            import re
+
+            match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(w))
+            unit = unit_of(match.group(2)) if match and match.group(2) else (time_unit if match else None)
+            if not match or unit is None:
+                raise ValueError(f"NCA window {w!r} is not a duration such as 24h or 28d")
+            value = float(match.group(1))
+        if not value > 0:
+            raise ValueError(f"NCA window {w!r} must be positive")
+        out.append((value * time_factor(unit, time_unit), f"auc_0_{value:g}{unit}".replace(".", "p")))
+    return out
+
+
+def exposure_metrics(times, values, censored, terminal: bool = True,
+                     windows: Sequence[tuple[float, str]] = ((28.0, "auc_0_28d"), (90.0, "auc_0_90d"))) -> dict:
+    """Exposure metrics of one post-dose profile (times >= 0 since the first dose, sorted);
+    `windows`: (end, name) of partial AUCs (`window_names`); `terminal=False` skips the terminal
+    half-life and AUC0-inf (the costly part, not needed by dose selection)."""
     times, values = np.asarray(times, float), np.asarray(values, float)
     censored = np.asarray(censored, int) != 0
-    out = dict.fromkeys(EXPOSURE_METRICS, np.nan)
+    out = dict.fromkeys(EXPOSURE_METRICS + [name for _, name in windows], np.nan)
     quantified = ~censored & np.isfinite(values)
     if not quantified.any():
         return out
@@ -107,7 +142,7 @@ def exposure_metrics(times, values, censored, terminal: bool = True) -> dict:
     tlast, clast = times[last_q], values[last_q]
     auc_last = auc_to(t, c, tlast) if len(t) > 1 else 0.0
     out.update(cmax=cmax, tmax=tmax, tlast=tlast, clast=clast, auc_last=auc_last)
-    for end, key in ((28.0, "auc_0_28"), (90.0, "auc_0_90")):
+    for end, key in windows:
         if end <= tlast:
             out[key] = auc_to(t, c, end)
         elif times[-1] >= end:
@@ -120,7 +155,31 @@ def exposure_metrics(times, values, censored, terminal: bool = True) -> dict:
     tail = quantified & (times > tmax) & (values > 0)
     lam, r2_adj, n = terminal_slope(times[tail], values[tail])
     if n:
-        out.update(lambda_z=lam, half_life=math.log(2) / lam, r2_adj=r2_adj, n_lambda_z=n)
+        auc_inf = auc_last + clast / lam
+        out.update(lambda_z=lam, half_life=math.log(2) / lam, r2_adj=r2_adj, n_lambda_z=n, auc_inf=auc_inf,
+                   auc_extrap_percent=100 * (clast / lam) / auc_inf if auc_inf > 0 else np.nan)
+    return out
+
+
+def steady_state_metrics(times, values, censored, dose_times, interval: float | None = None) -> dict:
+    """Over the last dosing interval tau from the last dose (times since the first dose):
+    AUCtau (linear-up/log-down, interpolated at the interval's end), Cmax,ss and Cmin,ss;
+    NaN when the samples do not cover the interval or there was a single dose."""
+    out = dict.fromkeys(STEADY_STATE_METRICS, np.nan)
+    doses = np.sort(np.asarray(dose_times, float))
+    if len(doses) < 2:
+        return out
+    tau = float(interval) if interval and interval > 0 else float(doses[-1] - doses[-2])
+    start, end = doses[-1], doses[-1] + tau
+    times, values = np.asarray(times, float), np.asarray(values, float)
+    inside = (times >= start) & (times <= end) & (np.asarray(censored, int) == 0)
+    out["tau"] = tau
+    if inside.sum() < 2:
+        return out
+    t, c = times[inside], values[inside]
+    out.update(cmax_ss=float(c.max()), cmin_ss=float(c.min()))
+    if t[0] <= start + 1e-9 * max(1.0, tau) and t[-1] >= end - 1e-9 * max(1.0, tau):
+        out["auc_tau"] = auc_to(t, c, end)
     return out
 
 
@@ -157,25 +216,40 @@ def nadir_metrics(times, values, censored, lloq, baseline: float) -> dict:
 
 # --- the cohort-level table -----------------------------------------------------------------
 def nca(cohort: Cohort, analytes: Iterable[str] | None = None,
-        aplasia_threshold: float = DEFAULT_APLASIA_THRESHOLD) -> pd.DataFrame:
-    """One row per subject and analyte: exposure metrics for every analyte, aplasia metrics
-    for B cells, nadir metrics for immunoglobulins and autoantibodies (NaN where not applicable).
-    Time metrics are in days; AUCs in the analyte's unit times days."""
+        aplasia_threshold: float = DEFAULT_APLASIA_THRESHOLD, windows: Sequence[str | float] | None = None,
+        ) -> pd.DataFrame:
+    """One row per subject and analyte: exposure metrics for every analyte (with partial AUCs
+    over `windows`, default by analyte: CAR_T_WINDOWS or OTHER_WINDOWS; and the steady-state
+    metrics after repeated doses), aplasia metrics for B cells, nadir metrics for
+    immunoglobulins and autoantibodies (NaN where not applicable). Times are in the cohort's
+    time unit since each subject's first dose; AUCs in the analyte's unit times that unit."""
     names = list(analytes) if analytes is not None else list(cohort.analytes)
     unknown = sorted(set(names) - set(cohort.analytes))
     if unknown:
         raise ValueError(f"analyte(s) {', '.join(unknown)} not in the cohort; it has "
                          f"{', '.join(cohort.analytes)}")
+    unit = cohort.time_unit
+    chosen = {a: window_names(windows if windows is not None else
+                              (CAR_T_WINDOWS if cohort.analytes[a].kind in CAR_T_KINDS else OTHER_WINDOWS), unit)
+              for a in names}
+    doses = cohort.dose_records()
+    dose_times = {s: g["time"].to_numpy(float) for s, g in doses.groupby("subject", sort=False)}
+    interval = {s: g["ii"].dropna().iloc[-1] if g["ii"].notna().any() else None
+                for s, g in doses.groupby("subject", sort=False)}
     rows = []
     obs = cohort.observations[~cohort.observations["mdv"]]
     for (subject, analyte), group in obs[obs["analyte"].isin(names)].groupby(
             ["subject", "analyte"], sort=False):
         group = group.sort_values("time", kind="stable")
+        first = float(dose_times[subject].min()) if subject in dose_times else 0.0
+        group = group.assign(time=group["time"] - first)
         kind = cohort.analytes[analyte].kind
         pre, post = group[group["time"] < 0], group[group["time"] >= 0]
         row = {"subject": subject, "analyte": analyte, "unit": cohort.analytes[analyte].unit,
                "n_obs": len(post), "n_blq": int((post["censored"] == 1).sum())}
-        row.update(exposure_metrics(post["time"], post["value"], post["censored"]))
+        row.update(exposure_metrics(post["time"], post["value"], post["censored"], windows=chosen[analyte]))
+        row.update(steady_state_metrics(post["time"], post["value"], post["censored"],
+                                        dose_times.get(subject, np.zeros(1)) - first, interval.get(subject)))
         baseline = float(pre["value"].iloc[-1]) if len(pre) else np.nan
         if kind == "bcell":
             late = post[post["time"] > 0]
@@ -184,18 +258,25 @@ def nca(cohort: Cohort, analytes: Iterable[str] | None = None,
             late = post[post["time"] > 0]
             row.update(nadir_metrics(late["time"], late["value"], late["censored"], late["lloq"], baseline))
         rows.append(row)
-    columns = ["subject", "analyte", "unit", "n_obs", "n_blq", *EXPOSURE_METRICS,
-               *APLASIA_METRICS, *NADIR_METRICS]
+    window_columns = list(dict.fromkeys(name for a in names for _, name in chosen[a]))
+    columns = ["subject", "analyte", "unit", "n_obs", "n_blq", "cmax", "tmax", *window_columns,
+               *EXPOSURE_METRICS[2:], *STEADY_STATE_METRICS, *APLASIA_METRICS, *NADIR_METRICS]
     table = pd.DataFrame(rows).reindex(columns=columns)
     table["aplasia_ongoing"] = table["aplasia_ongoing"].astype("boolean")
+    table.attrs["time_unit"] = unit
     covariates = cohort.subjects[[c for c in ("product", "dose_level", "lymphodepletion", "disease")
                                   if c in cohort.subjects]]
-    return table.merge(covariates, left_on="subject", right_index=True, how="left")
+    out = table.merge(covariates, left_on="subject", right_index=True, how="left")
+    out.attrs["time_unit"] = unit
+    return out
 
 
-SUMMARY_METRICS = ["cmax", "tmax", "auc_0_28", "auc_0_90", "auc_last", "clast", "tlast",
-                   "t_first_blq_after_peak", "half_life", "aplasia_onset", "aplasia_duration",
-                   "nadir", "t_nadir", "nadir_fold_change"]
+def summary_metrics(table: pd.DataFrame) -> list[str]:
+    """The metrics `summarize` reports by default: every one the table has values of."""
+    wanted = ["cmax", "tmax", *[c for c in table.columns if c.startswith("auc_0_")], "auc_last", "auc_inf",
+              "clast", "tlast", "t_first_blq_after_peak", "half_life", "auc_tau", "cmax_ss", "cmin_ss",
+              "aplasia_onset", "aplasia_duration", "nadir", "t_nadir", "nadir_fold_change"]
+    return [m for m in wanted if m in table.columns]
 
 
 def geometric_stats(values: Sequence[float]) -> dict:
@@ -216,9 +297,12 @@ def geometric_stats(values: Sequence[float]) -> dict:
 
 
 def summarize(table: pd.DataFrame, by: Sequence[str] = ("product", "dose_level"),
-              metrics: Sequence[str] = SUMMARY_METRICS) -> pd.DataFrame:
-    """Summary by dose group as CAR-T labels print it: n, geometric mean, CV%, median, range."""
-    by = [b for b in by if b in table.columns]
+              metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Summary by dose group as CAR-T labels print it: n, geometric mean, CV%, median, range
+    (metrics: default `summary_metrics`)."""
+    metrics = summary_metrics(table) if metrics is None else metrics
+    unit = table.attrs.get("time_unit", "d")
+    by = [b for b in by if b in table.columns and table[b].notna().any()]
     rows = []
     for keys, group in table.groupby([*by, "analyte"], sort=True, dropna=False):
         keys = keys if isinstance(keys, tuple) else (keys,)
@@ -226,16 +310,20 @@ def summarize(table: pd.DataFrame, by: Sequence[str] = ("product", "dose_level")
             if metric not in group or group[metric].isna().all():
                 continue
             rows.append({**dict(zip([*by, "analyte"], keys)), "metric": metric,
-                         "unit": _metric_unit(metric, group["unit"].iloc[0]),
+                         "unit": _metric_unit(metric, group["unit"].iloc[0], unit),
                          **geometric_stats(group[metric].astype(float))})
     return pd.DataFrame(rows)
 
 
-def _metric_unit(metric: str, unit: str) -> str:
+def _metric_unit(metric: str, unit: str, time_unit: str = "d") -> str:
+    if metric == "auc_extrap_percent":
+        return "%"
     if metric.startswith("auc"):
-        return f"{unit}*d"
+        return f"{unit}*{time_unit}"
+    if metric == "lambda_z":
+        return f"1/{time_unit}"
     if metric.startswith(("t", "aplasia", "half")):
-        return "d"
+        return time_unit
     if metric.endswith("fold_change"):
         return "ratio"
     return unit

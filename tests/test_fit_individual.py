@@ -15,7 +15,7 @@ from pkpd.fit import default_estimated, fit_individual, individual_parameters
 from pkpd.fit.individual import _Problem
 from pkpd.models import load
 from pkpd.simulate import simulate
-from pkpd.simulate.compiled import StepSizes
+from pkpd.simulate.compiled import Tolerances
 
 
 def noiseless(model, doses, n, seed, omega=None):
@@ -49,7 +49,7 @@ def test_censored_residual_is_the_m3_likelihood():
     model = load("multiphasic")
     cohort = simulate(model, ["3e8"], n=1, seed=1)
     problem = _Problem(model, cohort, ["cmax"], cohort.subject_ids,
-                       individual_parameters(fit_individual(model, cohort, estimate=["cmax"]), model), StepSizes())
+                       individual_parameters(fit_individual(model, cohort, estimate=["cmax"]), model), Tolerances())
     pred = np.full(len(problem.obs), 40.0)
     problem.censored = np.ones(len(pred), int)
     problem.lloq = np.full(len(pred), 50.0)
@@ -118,7 +118,7 @@ def test_convergence_is_judged_per_subject():
     resumed = fit_individual(model, cohort, max_nfev=2, rounds=1, initial=individual_parameters(stopped, model))
     assert float(resumed["ofv"].sum()) < float(stopped["ofv"].sum())
     assert fit_individual(model, cohort, max_nfev=20, rounds=10)["converged"].all()
-    with pytest.raises(ValueError, match="rounds must be at least 1"):
+    with pytest.raises(ValueError, match="must be at least 1"):
         fit_individual(model, cohort, rounds=0)
 
 

@@ -24,7 +24,7 @@ class Comparison:
         """The FitResult of a finished fit."""
         from ..fit import FitResult
 
-        return FitResult.load(self.directory / "fits" / fit_id.replace("/", "__") / "posterior.nc")
+        return FitResult.load(self.directory / "fits" / fit_id.replace("/", "__"))
 
 
 def compare(spec: str | Path | RunSpec, out: str | Path | None = None, *, scheduler: str | None = None,

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from .._files import atomic_path
-from ..fit.result import FitResult
 
 PARETO_K_BAD = 0.7
 COLUMNS = ["dataset", "model", "variant", "rank", "elpd_loo", "se", "d_elpd", "d_se", "weight",
@@ -55,6 +54,13 @@ def _loo(tree, var_name) -> _Loo:
     return _Loo(float(pointwise.sum()), float(np.sqrt(n * np.var(pointwise))), np.asarray(result.pareto_k).ravel())
 
 
+def _tree(folder: Path):
+    """The posterior tree of a fit folder (the LOO needs nothing else, so no model is rebuilt)."""
+    import xarray as xr
+
+    return xr.open_datatree(folder / "posterior.nc", engine="h5netcdf").load()
+
+
 def leaderboard(out: str | Path) -> pd.DataFrame:
     """Build the leaderboard from the fits of a run folder."""
     import arviz as az
@@ -67,7 +73,7 @@ def leaderboard(out: str | Path) -> pd.DataFrame:
                "status": result.get("status"), "reason": result.get("reason", ""),
                "seconds": result.get("seconds"), "converged": bool(result.get("converged", False))}
         if result.get("status") == "ok":
-            tree = FitResult.load(result_path.parent / "posterior.nc").tree
+            tree = _tree(result_path.parent)
             try:
                 subject, record = _loo(tree, "y_subject"), _loo(tree, "y")
             except (ValueError, FloatingPointError) as exc:
@@ -111,12 +117,17 @@ def write(table: pd.DataFrame, out: str | Path) -> tuple[Path, Path]:
     with atomic_path(out / "leaderboard.csv") as tmp:
         table.to_csv(tmp, index=False)
     png = out / "leaderboard.png"
+    import matplotlib.pyplot as plt
+
+    fig = figure(table)
     with atomic_path(png) as tmp:
-        plot(table, tmp)
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
     return out / "leaderboard.csv", png
 
 
-def plot(table: pd.DataFrame, path) -> None:
+def figure(table: pd.DataFrame):
+    """ELPD +- SE of every ranked fit, one panel per dataset (a matplotlib Figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,5 +146,4 @@ def plot(table: pd.DataFrame, path) -> None:
         ax.set_xlabel("ELPD (PSIS-LOO, subject as unit)")
         ax.set_title(f"dataset {dataset}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
+    return fig

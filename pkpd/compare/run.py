@@ -53,7 +53,6 @@ def run_one(fit: FitSpec, out: str) -> dict:
     try:
         from ..data import read_cohort
         from ..fit import fit as run_fit
-        from ..fit.run import write_run
         from ..models import load
 
         model = load(fit.model)
@@ -63,10 +62,10 @@ def run_one(fit: FitSpec, out: str) -> dict:
         outcome = run_fit(model, cohort, chains=fit.chains, draws=fit.draws, tune=fit.tune, seed=fit.seed,
                           iiv=fit.iiv, covariates=fit.covariates, priors=priors_of(fit), progress=False, cores=1,
                           target_accept=fit.target_accept)
-        write_run(folder, outcome, cohort)
+        outcome.save(folder)
         diagnostics = [asdict(d) for d in outcome.diagnostics()]
         divergences = outcome.divergences()
-        converged = all(d["ok"] for d in diagnostics)
+        converged = outcome.converged
         result.update(converged=converged, divergences=divergences, steps_per_draw=outcome.steps_per_draw(),
                       diagnostics=[d["message"] for d in diagnostics if not d["ok"]])
         if divergences > fit.max_divergences:

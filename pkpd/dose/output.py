@@ -17,7 +17,7 @@ from ..predict.plots import save  # noqa: E402
 from .selection import DoseSelection  # noqa: E402
 
 PTA_COLUMNS = ["dose", "scenario", "target", "probability", "lower", "upper", "kind", "definition",
-               "product", "lymphodepletion", "dose_amount", "dose_unit", "dose_cells"]
+               "product", "lymphodepletion", "dose_amount", "dose_unit", "dose_total"]
 
 
 def pta_figure(selection: DoseSelection) -> plt.Figure:
@@ -28,14 +28,15 @@ def pta_figure(selection: DoseSelection) -> plt.Figure:
     for ax, target in zip(axes[0], targets):
         t = pta[pta["target"] == target]
         for k, (scenario, g) in enumerate(t.groupby("scenario", sort=False)):
-            g = g.sort_values("dose_cells")
+            g = g.sort_values("dose_total")
             color = f"C{k}"
-            ax.fill_between(g["dose_cells"], g["lower"], g["upper"], color=color, alpha=0.15, lw=0)
-            ax.plot(g["dose_cells"], g["probability"], "o-", color=color, ms=3, label=scenario)
+            ax.fill_between(g["dose_total"], g["lower"], g["upper"], color=color, alpha=0.15, lw=0)
+            ax.plot(g["dose_total"], g["probability"], "o-", color=color, ms=3, label=scenario)
         kind = t["kind"].iloc[0]
         level = rec["efficacy_level"] if kind == "efficacy" else rec["safety_level"]
         ax.axhline(level, color="k", ls=":", lw=0.8)
-        ax.set(xscale="log", ylim=(-0.02, 1.02), xlabel="dose (CAR+ cells; per-kg doses at the median weight)",
+        unit = str(t["dose_unit"].iloc[0]).replace("/kg", "")
+        ax.set(xscale="log", ylim=(-0.02, 1.02), xlabel=f"total dose ({unit}; per-kg doses at the median weight)",
                ylabel="probability of target attainment", title=f"{kind}: {t['definition'].iloc[0]}")
         ax.title.set_fontsize(9)
     axes[0, 0].legend(fontsize=7)
@@ -46,15 +47,18 @@ def pta_figure(selection: DoseSelection) -> plt.Figure:
 
 
 def exposure_response_figure(selection: DoseSelection, observed: pd.DataFrame | None = None) -> plt.Figure:
-    """Virtual patients' transgene Cmax against each target's metric, coloured by dose; the
-    observed subjects' NCA values on top when given (columns named like the virtual ones)."""
+    """Virtual patients' Cmax (of the first exposure analyte: transgene for CAR-T) against each
+    target's metric, coloured by dose; the observed subjects' NCA values on top when given
+    (columns named like the virtual ones)."""
     patients = selection.patients
-    exposure = "transgene_cmax" if "transgene_cmax" in patients else None
-    responses = [c for c in patients.columns if c not in ("scenario", "dose", "dose_amount", exposure)
-                 and not c.startswith("transgene_")]
+    analytes = list(dict.fromkeys(selection.exposure["analyte"])) if len(selection.exposure) else []
+    exposure = next((f"{a}_cmax" for a in analytes if f"{a}_cmax" in patients), None)
+    prefix = exposure[:-len("cmax")] if exposure else ""
+    responses = [c for c in patients.columns if c not in ("scenario", "dose", "dose_amount")
+                 and not (prefix and c.startswith(prefix))]
     if exposure is None or not responses:
         fig, ax = plt.subplots(figsize=(5, 2))
-        ax.text(0.5, 0.5, "no exposure metric (transgene) in the fit", ha="center")
+        ax.text(0.5, 0.5, "no exposure-response pair: the targets are on the exposure analyte itself", ha="center")
         ax.axis("off")
         return fig
     fig, axes = plt.subplots(1, len(responses), figsize=(4.6 * len(responses), 3.8), squeeze=False)
@@ -66,7 +70,7 @@ def exposure_response_figure(selection: DoseSelection, observed: pd.DataFrame | 
             ax.scatter(p[exposure], p[response], s=5, alpha=0.35, color=cmap(k), label=dose)
         if observed is not None and response in observed and exposure in observed:
             ax.scatter(observed[exposure], observed[response], s=22, color="k", marker="x", label="observed")
-        ax.set(xscale="log", xlabel="transgene Cmax", ylabel=response.replace("_", " "))
+        ax.set(xscale="log", xlabel=exposure.replace("_", " "), ylabel=response.replace("_", " "))
     axes[0, 0].legend(fontsize=6, markerscale=2)
     fig.suptitle("Exposure-response: simulated virtual patients (dots, by dose) and observed subjects (x)",
                  fontsize=9, x=0.01, ha="left")
@@ -80,15 +84,15 @@ def observed_metrics(cohort) -> pd.DataFrame:
 
     table = nca(cohort)
     wide = {}
-    for column in ("cmax", "auc_0_28", "aplasia_duration", "nadir"):
-        if column in table:
+    for column in [c for c in table.columns if c in ("cmax", "aplasia_duration", "nadir") or c.startswith("auc_0_")]:
+        if table[column].notna().any():
             piv = table.pivot_table(index="subject", columns="analyte", values=column, aggfunc="first")
             wide.update({f"{a}_{column}": piv[a] for a in piv.columns})
     return pd.DataFrame(wide)
 
 
 def write_dose(selection: DoseSelection, out: str | Path, cohort=None) -> list[Path]:
-    """pta.csv, recommendation.json, exposure.csv, pta.png, exposure_response.png."""
+    """pta.csv, recommendation.json, exposure.csv, patients.csv, pta.png, exposure_response.png."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "pta.csv") as tmp:
@@ -96,10 +100,34 @@ def write_dose(selection: DoseSelection, out: str | Path, cohort=None) -> list[P
     with atomic_path(out / "exposure.csv") as tmp:
         selection.exposure.to_csv(tmp, index=False)
     write_text(out / "recommendation.json", json.dumps(selection.recommendation, indent=2, default=_plain))
-    observed = observed_metrics(cohort) if cohort is not None else None
-    return [out / "pta.csv", out / "exposure.csv", out / "recommendation.json",
-            save(pta_figure(selection), out / "pta.png"),
-            save(exposure_response_figure(selection, observed), out / "exposure_response.png")]
+    with atomic_path(out / "patients.csv") as tmp:
+        selection.patients.to_csv(tmp, index=False)
+    return [out / "pta.csv", out / "exposure.csv", out / "recommendation.json", out / "patients.csv",
+            *(save(fig, out / f"{name}.png") for name, fig in dose_figures(selection, cohort))]
+
+
+def dose_figures(selection: DoseSelection, cohort=None):
+    """(name, Figure): pta, and exposure_response (with the observed subjects of `cohort`)."""
+    yield "pta", pta_figure(selection)
+    yield "exposure_response", exposure_response_figure(selection, observed_metrics(cohort) if cohort is not None
+                                                        else None)
+
+
+def read_dose(folder: str | Path) -> DoseSelection:
+    """A dose selection written by `write_dose`, read back (ValueError names what is missing)."""
+    folder = Path(folder)
+    missing = [n for n in ("pta.csv", "exposure.csv", "recommendation.json", "patients.csv")
+               if not (folder / n).is_file()]
+    if missing:
+        raise ValueError(f"{folder} is not a dose-selection folder written by `pkpd dose` (missing "
+                         f"{', '.join(missing)})")
+    try:
+        recommendation = json.loads((folder / "recommendation.json").read_text(encoding="utf-8"))
+        return DoseSelection(pd.read_csv(folder / "pta.csv"), pd.read_csv(folder / "exposure.csv"),
+                             pd.read_csv(folder / "patients.csv"), recommendation,
+                             recommendation.get("settings", {}))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{folder}: a file of the dose selection cannot be read: {exc}") from None
 
 
 def _plain(value):

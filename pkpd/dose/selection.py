@@ -1,18 +1,21 @@
-"""Dose selection: probability of target attainment (PTA) over candidate doses and scenarios.
+"""Dose selection: probability of target attainment (PTA) over candidate regimens and scenarios.
 
-For each scenario (product x lymphodepletion, where the fit can tell them apart) and dose,
-`draws` posterior draws each give `patients` new virtual patients (covariates other than dose,
-product and lymphodepletion resampled from the fitted cohort), simulated with inter-individual
-variability and residual error on the trials' schedule and censored below the LLOQ. Per target:
+For each scenario (product x lymphodepletion where the fit can tell them apart; one scenario
+for a model without those covariates) and candidate regimen (a dose, or repeated, infused or
+split doses: pkpd.simulate.regimen), `draws` posterior draws each give `patients` new virtual
+patients (covariates other than dose, product and lymphodepletion resampled from the fitted
+cohort), simulated with inter-individual variability and residual error on the fitted data's
+sampling schedule (its nominal times after the first dose, or `times`) and censored below the
+LLOQ. Per target:
 
     probability  the fraction of all virtual patients attaining it (posterior predictive)
     lower/upper  the 5th and 95th percentiles over posterior draws of the per-draw fraction
                  (parameter uncertainty; with `patients` per draw it also carries binomial
                  noise of about sqrt(p(1-p)/patients))
 
-The recommended dose of a scenario is the lowest candidate whose probability reaches
-`efficacy_level` for every efficacy target while every safety target's probability stays at or
-above `safety_level`.
+The recommended regimen of a scenario is the one with the lowest total amount whose probability
+reaches `efficacy_level` for every efficacy target while every safety target's probability stays
+at or above `safety_level`.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..data.read import format_dose
-from ..fit.run import Run
+from ..fit.result import FitResult
+from ..nca import CAR_T_KINDS, CAR_T_WINDOWS, OTHER_WINDOWS, window_names
 from ..predict.posterior import PosteriorDraws, predictions
 from ..simulate.compiled import Design
-from ..simulate.virtual import parse_dose, residual_draws, template_cohort, trial_schedule
-from .targets import DEFAULT_TARGETS, EXPOSURE_SUMMARY, METRICS, Target, profile_metrics
+from ..simulate.regimen import Regimen, parse_regimen
+from ..simulate.virtual import residual_draws, template_cohort
+from ..units import time_factor
+from .targets import DEFAULT_TARGETS, Target, metric_kind, profile_metrics, window_of
 
 EFFICACY_LEVEL = 0.8
 SAFETY_LEVEL = 0.9
@@ -36,18 +41,21 @@ SAFETY_LEVEL = 0.9
 
 @dataclass(frozen=True)
 class Scenario:
-    product: str
-    lymphodepletion: bool
+    product: str | None
+    lymphodepletion: bool | None
 
     @property
     def label(self) -> str:
+        if self.product is None:
+            return "all subjects"
         return f"{self.product} {'with' if self.lymphodepletion else 'without'} lymphodepletion"
 
 
 @dataclass(frozen=True)
 class DoseSelection:
-    pta: pd.DataFrame        # scenario, product, lymphodepletion, dose, dose_amount, dose_unit, dose_cells
-    #                          (cells/kg times the fitted cohort's median weight), target, kind,
+    pta: pd.DataFrame        # scenario, product, lymphodepletion, dose (the regimen), dose_amount,
+    #                          dose_unit, dose_total (absolute amount over the regimen, per-kg
+    #                          doses at the fitted cohort's median weight), target, kind,
     #                          definition, probability, lower, upper
     exposure: pd.DataFrame   # scenario, dose, analyte, metric, median, p05, p95
     patients: pd.DataFrame   # a sample of virtual patients with their metrics (exposure-response)
@@ -55,12 +63,16 @@ class DoseSelection:
     settings: dict = field(default_factory=dict)
 
 
-def scenarios_for(run: Run) -> list[Scenario]:
-    """Products and lymphodepletion states the fitted model distinguishes, in the fitted cohort."""
-    model, subjects = run.model, run.cohort.subjects
+def scenarios_for(result: FitResult) -> list[Scenario]:
+    """Products and lymphodepletion states the fitted model distinguishes, in the fitted cohort;
+    a single scenario when the data record neither."""
+    model, subjects = result.model, result.cohort.subjects
+    if subjects["product"].isna().all() and subjects["lymphodepletion"].isna().all():
+        return [Scenario(None, None)]
     symbols = {str(x) for e in [*model.symbols["rhs"], *model.symbols["initial"],
                                  *model.symbols["observe"].values()] for x in e.free_symbols}
-    effects = {c.covariate for c in run.spec.covariates}
+    symbols |= {str(x) for d in model.symbols["dosing"] for x in d["bioavailability"].free_symbols}
+    effects = {c.covariate for c in result.spec.covariates}
     products = sorted(subjects["product"].dropna().astype(str).unique()) or ["CD19"]
     if not ({"cov_bcma", "cov_cd20"} & symbols or "product" in effects):
         products = [subjects["product"].dropna().astype(str).mode().iloc[0]] if subjects["product"].notna().any() \
@@ -73,27 +85,49 @@ def scenarios_for(run: Run) -> list[Scenario]:
     return [Scenario(p, ld) for p in products for ld in lds]
 
 
-def default_doses(run: Run) -> list[str]:
-    """Seven doses on a log grid from a third of the lowest to twice the highest fitted dose."""
-    cells = run.cohort.doses["cells"].to_numpy(float)
-    grid = np.geomspace(cells.min() / 3, cells.max() * 2, 7)
-    return [f"{float(f'{x:.2g}'):.2e}" for x in grid]
+def default_doses(result: FitResult) -> list[str]:
+    """Seven single doses on a log grid from a third of the lowest to twice the highest fitted
+    (first) dose, in the data's absolute dose unit."""
+    doses = result.cohort.doses
+    first = doses.sort_values("time", kind="stable").groupby("subject").first()
+    amounts = first["absolute"].to_numpy(float)
+    unit = str(first["absolute_unit"].mode().iloc[0])
+    grid = np.geomspace(amounts.min() / 3, amounts.max() * 2, 7)
+    return [f"{float(f'{x:.2g}'):.2e} {unit}" for x in grid]
 
 
-def select_dose(run: Run, doses: Sequence[str | float] | None = None, *,
+def data_schedule(result: FitResult) -> np.ndarray:
+    """The fitted data's sampling schedule (nominal times since each subject's first dose, in
+    the cohort's time unit), one time per distinct nominal time."""
+    cohort = result.cohort
+    first = cohort.dose_records().groupby("subject")["time"].min()
+    obs = cohort.observations[~cohort.observations["mdv"]]
+    nominal = obs["nominal_time"].to_numpy(float) - obs["subject"].map(first).to_numpy(float)
+    return np.unique(np.round(nominal, 9))
+
+
+def select_dose(result: FitResult, doses: Sequence[str | float | Regimen] | None = None, *,
                 targets: Sequence[Target] = DEFAULT_TARGETS, scenarios: Sequence[Scenario] | None = None,
                 draws: int = 100, patients: int = 40, efficacy_level: float = EFFICACY_LEVEL,
-                safety_level: float = SAFETY_LEVEL, seed: int = 0) -> DoseSelection:
-    """PTA over doses x scenarios, exposure summaries, and the recommended doses."""
+                safety_level: float = SAFETY_LEVEL, times: Sequence[float] | None = None,
+                seed: int = 0) -> DoseSelection:
+    """PTA over candidate regimens x scenarios, exposure summaries, and the recommendations.
+
+    doses: regimens ('3e8', '1e6/kg', '100 mg x6 q12h', '3e8 split 10/30/60 q1d', ...; default
+    `default_doses`); times: the sampling schedule (cohort time unit; default `data_schedule`)."""
     for name, level in (("efficacy_level", efficacy_level), ("safety_level", safety_level)):
         if not 0 < level < 1:
             raise ValueError(f"{name} must be a probability between 0 and 1, not {level}")
     if draws < 10 or patients < 1:
-        raise ValueError("draws must be at least 10 and patients at least 1")
-    doses = list(doses) if doses else default_doses(run)
-    parsed = [(str(d), *parse_dose(d)) for d in doses]  # validates every dose before any work
-    scenarios = list(scenarios) if scenarios else scenarios_for(run)
-    posterior = PosteriorDraws.from_run(run)
+        raise ValueError(f"draws must be at least 10 and patients at least 1 (got {draws} and {patients})")
+    cohort, model = result.cohort, result.model
+    unit = str(cohort.doses["absolute_unit"].mode().iloc[0])
+    regimens = [d if isinstance(d, Regimen) else parse_regimen(d, unit) for d in (doses or default_doses(result))]
+    schedule = np.asarray(times if times is not None else data_schedule(result), float)
+    if schedule.size == 0 or not np.all(np.isfinite(schedule)):
+        raise ValueError("the sampling times must be finite numbers (the cohort's time unit)")
+    scenarios = list(scenarios) if scenarios else scenarios_for(result)
+    posterior = PosteriorDraws.from_result(result)
     usable, skipped = [], []
     for target in targets:
         if target.analyte not in posterior.analytes:
@@ -101,102 +135,123 @@ def select_dose(run: Run, doses: Sequence[str | float] | None = None, *,
                             f"(fitted: {', '.join(posterior.analytes)}); its prediction would not be informed by data"})
         else:
             usable.append(target)
-    exposure = [(a, m) for a, m in EXPOSURE_SUMMARY if a in posterior.analytes]
+    exposure = _exposure_summary(result, posterior.analytes)
     analytes = sorted({t.analyte for t in usable} | {a for a, _ in exposure})
     if not usable:
-        raise ValueError("no target can be evaluated: " + "; ".join(s["reason"] for s in skipped))
+        raise ValueError("no target can be evaluated: " + "; ".join(s["reason"] for s in skipped)
+                         + "; give targets on the fitted analytes (--target NAME:ANALYTE:METRIC>=VALUE:KIND)")
     rng = np.random.default_rng(seed)
     picks = posterior.pick(draws, rng)
-    typical_weight = float(run.cohort.subjects["weight"].astype(float).median())
+    typical_weight = float(cohort.subjects["weight"].astype(float).fillna(70.0).median())
     pta_rows, exposure_rows, sample = [], [], []
     for scenario in scenarios:
-        for text, amount, unit, _ in parsed:
-            metrics = _simulate_metrics(run, posterior, picks, patients, scenario, amount, unit,
-                                        usable, exposure, analytes, rng)
+        for regimen in regimens:
+            total = regimen.total() * (typical_weight if regimen.unit.endswith("/kg") else 1.0)
+            metrics = _simulate_metrics(result, posterior, picks, patients, scenario, regimen, usable, exposure,
+                                        analytes, schedule, rng)
             draw_of = np.repeat(np.arange(len(picks)), patients)
             for target in usable:
                 hit = target.attained(metrics[(target.analyte, target.metric)])
                 per_draw = np.bincount(draw_of, weights=hit, minlength=len(picks)) / patients
                 pta_rows.append({"scenario": scenario.label, "product": scenario.product,
-                                 "lymphodepletion": scenario.lymphodepletion, "dose": format_dose(amount, unit),
-                                 "dose_amount": amount, "dose_unit": unit,
-                                 "dose_cells": amount * typical_weight if unit == "cells/kg" else amount,
-                                 "target": target.name,
-                                 "kind": target.kind, "definition": target.label,
+                                 "lymphodepletion": scenario.lymphodepletion, "dose": regimen.label,
+                                 "dose_amount": regimen.amount, "dose_unit": regimen.unit, "dose_total": total,
+                                 "target": target.name, "kind": target.kind, "definition": target.label,
                                  "probability": float(hit.mean()), "lower": float(np.quantile(per_draw, 0.05)),
                                  "upper": float(np.quantile(per_draw, 0.95))})
             for analyte, metric in exposure:
                 v = metrics[(analyte, metric)]
                 v = v[np.isfinite(v)]
-                exposure_rows.append({"scenario": scenario.label, "dose": format_dose(amount, unit),
-                                      "dose_amount": amount, "analyte": analyte, "metric": metric,
+                exposure_rows.append({"scenario": scenario.label, "dose": regimen.label,
+                                      "dose_amount": regimen.amount, "analyte": analyte, "metric": metric,
                                       "median": float(np.median(v)) if v.size else np.nan,
                                       "p05": float(np.quantile(v, 0.05)) if v.size else np.nan,
                                       "p95": float(np.quantile(v, 0.95)) if v.size else np.nan})
             keep = rng.choice(len(draw_of), min(len(draw_of), 200), replace=False)
             sample.append(pd.DataFrame({f"{a}_{m}": v[keep] for (a, m), v in metrics.items()})
-                          .assign(scenario=scenario.label, dose=format_dose(amount, unit), dose_amount=amount))
+                          .assign(scenario=scenario.label, dose=regimen.label, dose_amount=regimen.amount))
     pta = pd.DataFrame(pta_rows)
-    settings = {"doses": [p[0] for p in parsed], "draws": int(len(picks)), "patients": patients, "seed": seed,
+    settings = {"doses": [r.label for r in regimens], "draws": int(len(picks)), "patients": patients, "seed": seed,
                 "efficacy_level": efficacy_level, "safety_level": safety_level,
                 "targets": [t.__dict__ for t in usable], "scenarios": [s.label for s in scenarios],
-                "schedule": "trial schedule (day -1, 0, 3, ..., 27, monthly to 365) with residual error "
-                            "and censoring below the LLOQ"}
+                "schedule": f"{'the fitted data' if times is None else 'given'} sampling times "
+                            f"({', '.join(f'{t:g}' for t in schedule[:8])}{', ...' if len(schedule) > 8 else ''} "
+                            f"{cohort.time_unit} after the first dose) with residual error and censoring below the LLOQ"}
     recommendation = recommend(pta, efficacy_level, safety_level)
     recommendation.update(skipped_targets=skipped, settings=settings,
-                          run={"model": run.model.name, "data_hash": run.result.tree.attrs.get("data_hash")})
+                          run={"model": model.name, "data_hash": result.tree.attrs.get("data_hash")})
     return DoseSelection(pta, pd.DataFrame(exposure_rows), pd.concat(sample, ignore_index=True),
                          recommendation, settings)
 
 
-def _simulate_metrics(run, posterior, picks, patients, scenario, amount, unit, targets, exposure, analytes, rng):
+def _exposure_summary(result: FitResult, analytes: list[str]) -> list[tuple[str, str]]:
+    """(analyte, metric) pairs reported for every regimen: Cmax and the first partial AUC of each
+    fitted analyte of cellular kinetics (transgene, CAR-T cells) or outside the CAR-T catalogue."""
+    out = []
+    for a in analytes:
+        kind = result.cohort.analytes[a].kind if a in result.cohort.analytes else "other"
+        if kind in ("ck", "other"):
+            window = (CAR_T_WINDOWS if kind in CAR_T_KINDS else OTHER_WINDOWS)[0]
+            out += [(a, "cmax"), (a, window_names([window], result.cohort.time_unit)[0][1])]
+    return out
+
+
+def _simulate_metrics(result, posterior, picks, patients, scenario, regimen, targets, exposure, analytes,
+                      times, rng):
     """{(analyte, metric): values of the draws x patients virtual patients}."""
-    fitted = run.cohort.subjects
+    cohort = result.cohort
+    fitted = cohort.subjects
     M = len(picks) * patients
     donors = rng.integers(0, len(fitted), M)
     weight = fitted["weight"].astype(float).fillna(70.0).to_numpy()[donors]
-    cells = amount * weight if unit == "cells/kg" else np.full(M, amount)
     ids = pd.Index([f"V{i + 1}" for i in range(M)], name="subject", dtype=object)
-    subjects = pd.DataFrame({
-        "dose_level": pd.Series(format_dose(amount, unit), index=ids, dtype=object),
-        "product": pd.Series(scenario.product, index=ids, dtype=object),
-        "lymphodepletion": pd.Series(scenario.lymphodepletion, index=ids, dtype="boolean"),
-        "disease": pd.Series(fitted["disease"].astype(object).to_numpy()[donors], index=ids, dtype=object),
-        "weight": weight, "age": np.nan, "sex": pd.Series(pd.NA, index=ids, dtype=object)}, index=ids)
-    dose_rows = pd.DataFrame({"subject": list(ids), "time": 0.0, "nominal_time": 0.0, "amount": amount,
-                              "unit": unit, "cells": cells, "evid": 1})
-    times = trial_schedule(baseline=True)
-    template = template_cohort(run.model, subjects, dose_rows, times, analytes, source="dose selection")
-    design = Design(run.model, template, analytes=analytes)
+    subjects = fitted.iloc[donors].copy()
+    subjects.index = ids
+    subjects["dose_level"] = pd.Series(regimen.label, index=ids, dtype=object)
+    if scenario.product is not None:
+        subjects["product"] = pd.Series(scenario.product, index=ids, dtype=object)
+        subjects["lymphodepletion"] = pd.Series(scenario.lymphodepletion, index=ids, dtype="boolean")
+    dose_rows = pd.concat([regimen.doses(sid, w, cohort.time_unit) for sid, w in zip(ids, weight)],
+                          ignore_index=True)
+    template = template_cohort(result.model, subjects, dose_rows, times, analytes, source="dose selection",
+                               time_unit=cohort.time_unit)
+    design = Design(result.model, template, analytes=analytes)
     draw = np.repeat(picks, patients)
     P = posterior.parameter_matrix(posterior.new_subjects(draw, posterior.covariates(template), rng))
-    pred = predictions(run, design, P)
+    pred = predictions(result, design, P)
     names = np.asarray(design.analyte_names)[design.analyte]
-    # each record's residual SD from its patient's posterior draw
-    values = residual_draws(run.model, names, pred, rng, sigma=posterior.sigma_of(draw[design.subject_index]))
-    lloq = _lloq(run)
+    # each record's residual SDs from its patient's posterior draw
+    sigma, additive = posterior.residual_of(draw[design.subject_index])
+    values = residual_draws(result.model, names, pred, rng, sigma=sigma, additive=additive)
+    lloq = _lloq(result)
+    dose_times = regimen.doses("x", 70.0, cohort.time_unit)["time"].to_numpy(float)
+    k = time_factor(regimen.time_unit, cohort.time_unit) if regimen.time_unit else 1.0
+    interval = regimen.interval * k if regimen.count > 1 else None
     out = {}
     wanted = {(t.analyte, t.metric) for t in targets} | set(exposure)
+    T = len(times)
     for analyte in analytes:
         rows = names == analyte
-        v = values[rows].reshape(M, len(times))
+        v = values[rows].reshape(M, T)
         limit = lloq.get(analyte, 0.0)
         cens = v < limit
         v = np.where(cens, limit, v)
-        limits = np.full(len(times), limit)
-        kinds = {METRICS[m] for a, m in wanted if a == analyte}
-        for kind in kinds:
-            per_patient = [profile_metrics(times, v[i], cens[i], limits, kind) for i in range(M)]
-            for a, m in wanted:
-                if a == analyte and METRICS[m] == kind:
+        limits = np.full(T, limit)
+        mine = [(a, m) for a, m in wanted if a == analyte]
+        windows = window_names(sorted({window_of(m) for _, m in mine if window_of(m)}), cohort.time_unit)
+        for kind in {metric_kind(m) for _, m in mine}:
+            per_patient = [profile_metrics(times, v[i], cens[i], limits, kind, windows, dose_times, interval)
+                           for i in range(M)]
+            for a, m in mine:
+                if metric_kind(m) == kind:
                     out[(a, m)] = np.array([float(r[m]) if r[m] is not None and r[m] is not pd.NA else np.nan
                                             for r in per_patient])
     return out
 
 
-def _lloq(run: Run) -> dict[str, float]:
+def _lloq(result: FitResult) -> dict[str, float]:
     """Each analyte's LLOQ as in the fitted data (median over records)."""
-    obs = run.cohort.observations
+    obs = result.cohort.observations
     return {a: float(g["lloq"].median()) for a, g in obs.groupby("analyte") if g["lloq"].notna().any()}
 
 
@@ -207,7 +262,7 @@ def recommend(pta: pd.DataFrame, efficacy_level: float, safety_level: float) -> 
     best = None
     for scenario, group in pta.groupby("scenario", sort=False):
         chosen = None
-        for dose, rows in sorted(group.groupby("dose", sort=False), key=lambda kv: kv[1]["dose_cells"].iloc[0]):
+        for dose, rows in sorted(group.groupby("dose", sort=False), key=lambda kv: kv[1]["dose_total"].iloc[0]):
             eff = rows[rows["kind"] == "efficacy"]
             safe = rows[rows["kind"] == "safety"]
             if (eff["probability"] >= efficacy_level).all() and (safe["probability"] >= safety_level).all() \
@@ -225,7 +280,7 @@ def recommend(pta: pd.DataFrame, efficacy_level: float, safety_level: float) -> 
                          probabilities={r["target"]: {"kind": r["kind"], "definition": r["definition"],
                                                       "probability": r["probability"], "lower": r["lower"],
                                                       "upper": r["upper"]} for _, r in rows.iterrows()})
-            score = (float(rows["dose_cells"].iloc[0]), -float(rows.loc[rows["kind"] == "efficacy", "probability"].min()))
+            score = (float(rows["dose_total"].iloc[0]), -float(rows.loc[rows["kind"] == "efficacy", "probability"].min()))
             if best is None or score < best[0]:
                 best = (score, scenario, entry)
         out["scenarios"][scenario] = entry

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -14,12 +13,14 @@ import numpy as np
 import xarray as xr
 
 from ..data.cohort import Cohort
-from ..models import LogNormal, Model, load
+from ..models import Model, load
 from ..simulate.compiled import Tolerances, predict_compiled
-from ..simulate.predict import predict
+from ..simulate.solve import predict_reference
 from .individual import fit_individual
-from .population import PopulationSpec, build_pymc_model, initial_values, pointwise_loglik
+from .population import (PopulationSpec, build_pymc_model, initial_values, pointwise_loglik, spec_record)
+from .priors import Prior
 from .result import FitResult
+from .run import model_record
 
 #: the solver check flags a fit whose compiled predictions differ from LSODA by more than this
 #: fraction of the smallest residual SD (on the log scale)
@@ -28,19 +29,23 @@ SOLVER_TOLERANCE = 0.1
 
 def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 1000, tune: int = 1000,
         seed: int | None = None, iiv: Sequence[str] | None = None, fixed_effects: Sequence[str] | None = None,
-        covariates: Sequence[str] = (), priors: Mapping[str, LogNormal] | None = None,
+        covariates: Sequence[str] = (), priors: Mapping[str, Prior] | None = None,
         correlated: bool = False, censoring: str = "M3", steps: Tolerances | None = None,
         target_accept: float = 0.8, progress: bool = True, cores: int | None = None,
-        individual: xr.Dataset | None = None) -> FitResult:
-    """Fit a hierarchical model by NUTS (nutpie) and return a FitResult around an xarray DataTree.
+        individual: xr.Dataset | None = None, starts: int = 3) -> FitResult:
+    """Fit a hierarchical model by NUTS (nutpie); the FitResult carries the model, the
+    specification, the cohort and the posterior DataTree.
 
     iiv:           parameters with log-normal inter-individual variability (default: the model's)
     fixed_effects: further parameters estimated without variability
     covariates:    effects on typical values, 'rho~lymphodepletion', 'cmax~dose:power', ...
-    priors:        {parameter: LogNormal(median, sigma)} replacing the model's priors
+    priors:        replacements of the model's priors by name (pkpd.fit.priors): a parameter's
+                   typical value LogNormal(median, sigma), omega_NAME HalfNormal(scale),
+                   sigma_ANALYTE and sigma_add_ANALYTE LogNormal(median, sigma)
     correlated:    correlated random effects through an LKJ prior
     censoring:     'M3' (default) or 'M4' for values below the LLOQ
-    individual:    individual fits to start from (default: computed with pkpd.fit_individual)
+    individual:    individual fits to start from (default: computed with pkpd.fit_individual,
+                   from `starts` starting values each, so that several modes are noticed)
     """
     import nutpie
 
@@ -54,7 +59,8 @@ def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 100
                                   analytes=observed)
     started = time.perf_counter()
     if individual is None:
-        individual = fit_individual(model, cohort, estimate=spec.estimated, steps=spec.steps)
+        individual = fit_individual(model, cohort, estimate=spec.estimated, steps=spec.steps, starts=starts,
+                                    seed=0 if seed is None else int(seed))
     init = initial_values(spec, individual)
     pm_model, pieces = build_pymc_model(spec, cohort, init)
     t0 = time.perf_counter()
@@ -72,8 +78,27 @@ def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 100
                                   target_accept=target_accept))
     tree.attrs.update(compile_seconds=compile_s, sampling_seconds=sample_s,
                       total_seconds=time.perf_counter() - started, solver_max_log_error=solver_error,
-                      solver_tolerance=SOLVER_TOLERANCE * min(o.sigma for o in model.observations.values()))
-    return FitResult(tree)
+                      solver_tolerance=solver_tolerance(model), analytes=json.dumps(pieces["records"]["observed"]),
+                      individual_modes=json.dumps(_modes(individual)))
+    return FitResult(tree, model, spec, cohort)
+
+
+def solver_tolerance(model: Model) -> float:
+    """The largest log difference from LSODA a fit accepts: a tenth of the smallest log-scale or
+    proportional residual SD (0.1 when the error models are all additive)."""
+    sigmas = [o.sigma for o in model.observations.values() if o.has_sigma]
+    return SOLVER_TOLERANCE * min(sigmas + [1.0])
+
+
+def _modes(individual: xr.Dataset) -> dict[str, str]:
+    """Subjects whose individual fits found two equally good optima: {subject: description}."""
+    out = {}
+    if "n_modes" not in individual:
+        return out
+    for s, n, reason in zip(individual["subject"].values, individual["n_modes"].values, individual["reason"].values):
+        if int(n) > 1:
+            out[str(s)] = str(reason).split(";")[0]
+    return out
 
 
 def _complete(tree, spec: PopulationSpec, cohort: Cohort, pieces: dict):
@@ -81,19 +106,21 @@ def _complete(tree, spec: PopulationSpec, cohort: Cohort, pieces: dict):
     design, records = pieces["design"], pieces["records"]
     post = tree["posterior"]
     theta = post["theta"].transpose("chain", "draw", "subject", "parameter").to_numpy()
-    sigma = post["sigma"].transpose("chain", "draw", "analyte").to_numpy()
+    parts = [post[var].transpose("chain", "draw", dim).to_numpy()
+             for var, dim in (("sigma", "analyte"), ("sigma_add", "additive_analyte")) if var in post]
+    residual = np.concatenate(parts, axis=-1)
     C, D = theta.shape[:2]
     loglik = np.empty((C, D, design.n_obs))
     for c in range(C):
         for d in range(D):
-            loglik[c, d] = pointwise_loglik(spec, pieces, theta[c, d], sigma[c, d])
+            loglik[c, d] = pointwise_loglik(spec, pieces, theta[c, d], residual[c, d])
     subject_of = np.asarray(cohort.subject_ids)[design.subject_index]
     per_subject = np.stack([loglik[..., design.subject_index == i].sum(-1)
                             for i in range(len(cohort.subject_ids))], axis=-1)
     obs_coords = {"obs": np.arange(design.n_obs)}
     observed = xr.Dataset({"y": ("obs", design.value)}, coords=obs_coords)
     constant = xr.Dataset({
-        "obs_subject": ("obs", subject_of.astype(str)), "obs_time": ("obs", design.time),
+        "obs_subject": ("obs", subject_of.astype(str)), "obs_time": ("obs", design.data_time),
         "obs_analyte": ("obs", np.asarray(design.analyte_names)[design.analyte].astype(str)),
         "obs_lloq": ("obs", records["lloq"]), "obs_censored": ("obs", design.censored),
         "obs_record": ("obs", design.records),
@@ -120,24 +147,16 @@ def _solver_error(spec, cohort, tree, pieces, n_draws: int = 8) -> float:
     for s in picks:
         P = predictions.individual(theta.isel(sample=int(s)).to_numpy())
         fast, _ = predict_compiled(design, P, [], spec.steps)
-        params = {name: P[:, i] for i, name in enumerate(spec.model.parameter_names)}
-        exact = predict(spec.model, cohort, _frame(params, cohort), rtol=1e-10, atol=1e-13)
-        exact = exact.to_numpy()[design.records]
+        exact = predict_reference(design, P.T, rtol=1e-10, atol=1e-13)
         ok = (exact > 1e-8) & (fast > 1e-8)
         if ok.any():
             worst = max(worst, float(np.max(np.abs(np.log(fast[ok] / exact[ok])))))
     return worst
 
 
-def _frame(params: dict, cohort: Cohort):
-    import pandas as pd
-
-    return pd.DataFrame(params, index=pd.Index(cohort.subject_ids, name="subject"))
-
-
 def data_hash(cohort: Cohort) -> str:
     text = cohort.observations.to_csv(index=False) + cohort.doses.to_csv(index=False) + \
-        cohort.subjects.to_csv()
+        cohort.subjects.to_csv() + cohort.events.to_csv(index=False) + cohort.time_unit
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -145,23 +164,14 @@ def _provenance(spec: PopulationSpec, cohort: Cohort, **settings) -> dict:
     packages = {name: _version(name) for name in ("cart-pkpd", "pymc", "pytensor", "nutpie", "numba",
                                                   "arviz", "numpy", "scipy", "xarray")}
     return {
-        "model": spec.model.name, "model_hash": spec.model.hash, "data_hash": data_hash(cohort),
+        **model_record(spec.model), "data_hash": data_hash(cohort), "time_unit": spec.model.time_unit,
         "data_source": str(cohort.source), "seed": settings["seed"],
         "sampler": "nutpie NUTS (numba backend)",
         "sampler_settings": json.dumps({k: v for k, v in settings.items() if k != "seed"}),
-        "spec": json.dumps({"iiv": list(spec.iiv), "fixed_effects": list(spec.fixed_effects),
-                            "covariates": [c.label + (f":{c.form}" if c.form != "auto" else "") for c in spec.covariates],
-                            "priors": {k: [v.median, v.sigma] for k, v in spec.priors.items()},
-                            "correlated": spec.correlated, "censoring": spec.censoring,
-                            "steps": _steps_record(spec.steps)}),
+        "spec": json.dumps(spec_record(spec)),
         "packages": json.dumps(packages),
         "units": json.dumps({p.name: p.unit for p in spec.model.parameters}),
     }
-
-
-def _steps_record(steps):
-    """The adaptive solver's tolerances as a dict."""
-    return {"solver": "adaptive", **dataclasses.asdict(steps)}
 
 
 def _version(name: str) -> str:

@@ -2,13 +2,22 @@
 
 All subjects are fitted in one lmfit minimisation. The objective is a sum of independent
 per-subject objectives, so its optimum is every subject's own optimum; fitting them jointly
-lets one stacked ODE solve serve all subjects, and because a subject's residuals depend only
-on its own parameters, a finite-difference Jacobian perturbs one parameter of every subject at
-once: it costs as many solves as one subject has parameters, whatever the number of subjects.
-The joint stopping rule is the slowest subject's, so convergence is judged per subject after
-each round (a Gauss-Newton step on its own data must not lower its -2 log L by 0.01 or more),
-and the subjects still improving are refitted on their own; standard errors come from each
-subject's own information.
+lets one compiled solve serve all subjects. Predictions come from the error-controlled solver
+(`pkpd.simulate.compiled`, adaptive steps) with forward sensitivities, so the Jacobian is
+exact (not finite differences, which an adaptive step sequence would make noisy) and costs one
+solve. The joint stopping rule is the slowest subject's, so convergence is judged per subject
+after each round (a Gauss-Newton step on its own data must not lower its -2 log L by 0.01 or
+more), and the subjects still improving are refitted on their own; standard errors come from
+each subject's own information.
+
+The solver is checked, not trusted: at the estimates the compiled predictions are compared with
+LSODA (`pkpd.simulate.solve`) and each subject's largest log difference is reported
+(`solver_error`); a subject above the tolerance (a tenth of the smallest residual SD) is not
+converged. With `starts` > 1 each subject is also fitted from further starting values drawn
+from the priors, and optima that fit as well as the best but sit elsewhere are reported
+(`n_modes`, `alternative`): the data then do not tell the modes apart (the flip-flop of an
+oral absorption model, ka against CL/V, is the classic case; parameterise ka = ke + delta to
+exclude it).
 
 Residuals are censoring-aware: a quantified value gives its standardised residual; a value
 below the LLOQ (M3) gives sqrt(-2 log P(y < LLOQ)), so that the sum of squares is -2 log L up to
@@ -35,10 +44,16 @@ import xarray as xr
 from ..data.cohort import Cohort
 from ..models import Model
 from ..simulate.compiled import Design, Tolerances, predict_compiled
-from ..simulate.solve import SolverError
+from ..simulate.solve import SolverError, predict_reference
 from . import likelihood
 
 PENALTY = 1e3  # residual given to every record while a trial step makes the ODE solver fail
+#: a subject's compiled predictions may differ from LSODA's by this fraction of the smallest
+#: residual SD (log scale) before its fit is not trusted
+SOLVER_TOLERANCE = 0.1
+#: another optimum within this much -2 log L of the best, elsewhere, is a second mode
+MODE_OFV = 2.0
+MODE_DISTANCE = 0.2  # |log ratio| of some parameter between modes
 
 
 def default_estimated(model: Model) -> list[str]:
@@ -48,10 +63,8 @@ def default_estimated(model: Model) -> list[str]:
 
 
 class _Problem:
-    """The data of the fit as arrays (records sorted by subject and time), and the residuals.
-
-    Predictions come from the compiled solver (pkpd.simulate.compiled), whose accuracy is
-    checked against LSODA in the tests and at posterior draws by pkpd.fit."""
+    """The data of the fit as arrays (records sorted by subject and time), and the residuals
+    with their exact derivatives with respect to each subject's log parameters."""
 
     def __init__(self, model: Model, cohort: Cohort, estimated: list[str], subjects: list[str],
                  fixed_values: pd.DataFrame, steps: Tolerances):
@@ -67,8 +80,9 @@ class _Problem:
         self.est_rows = [model.parameter_names.index(n) for n in estimated]
         self.value, self.lloq, self.censored = d.value, d.lloq, d.censored
         self.analytes = [a for i, a in enumerate(d.analyte_names) if (d.analyte == i).any()]
-        self.rows = {a: d.analyte == d.analyte_names.index(a) for a in self.analytes}
         self.obs = d.time  # one entry per record
+        self.error, self.sigma, self.additive = self._error_arrays()
+        self._cache: tuple | None = None
 
     def matrix(self, log_values: np.ndarray) -> np.ndarray:
         """(n_parameters, N) individual values from the (N, n_estimated) log estimates."""
@@ -76,34 +90,58 @@ class _Problem:
         P[self.est_rows] = np.exp(log_values.T)
         return P
 
-    def predictions(self, P: np.ndarray) -> np.ndarray:
-        pred, _ = predict_compiled(self.design, P.T, [], self.steps)
+    def predictions(self, P: np.ndarray, with_derivatives: bool = False):
+        """Predictions at P (n_parameters, N); with derivatives w.r.t. the log estimates."""
+        pred, dpred = predict_compiled(self.design, P.T, self.estimated if with_derivatives else [], self.steps)
         if not np.all(np.isfinite(pred)):
             raise SolverError(f"model {self.model.name}: non-finite predictions")
+        if with_derivatives:
+            dpred = dpred * P[self.est_rows].T[self.s_index]  # d/d log theta
+            return pred, dpred
         return pred
 
     def _error_arrays(self):
         observed = self.analytes
-        slot = np.array([observed.index(self.design.analyte_names[a]) for a in self.design.analyte])
+        d = self.design
+        slot = np.array([observed.index(d.analyte_names[a]) for a in d.analyte], dtype=int)
         specs = [self.model.observations[a] for a in observed]
         return (np.array([likelihood.ERROR_CODE[o.error] for o in specs])[slot],
                 np.array([o.sigma for o in specs])[slot], np.array([o.additive for o in specs])[slot])
 
     def residuals(self, pred: np.ndarray) -> np.ndarray:
         """Censoring-aware residuals, with squared sum = -2 log L up to constants."""
-        error, sigma, additive = self._error_arrays()
-        return likelihood.residuals(pred, self.value, self.lloq, self.censored, error, sigma, additive)
+        return likelihood.residuals(pred, self.value, self.lloq, self.censored, self.error, self.sigma,
+                                    self.additive)
 
     def minus_two_log_lik(self, pred: np.ndarray) -> np.ndarray:
         """-2 log L of each record, with the model's residual SDs."""
-        error, sigma, additive = self._error_arrays()
-        return -2 * likelihood.pointwise(pred, self.value, self.lloq, self.censored, error, sigma, additive)
+        return -2 * likelihood.pointwise(pred, self.value, self.lloq, self.censored, self.error, self.sigma,
+                                         self.additive)
+
+    def evaluate(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(predictions, residuals, d residuals / d log estimates (n_obs, k)) at log estimates x
+        (N, k): NaN predictions, PENALTY residuals and a zero Jacobian where the solver fails."""
+        key = x.tobytes()
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        n, k = len(self.obs), x.shape[1]
+        try:
+            pred, dpred = self.predictions(self.matrix(x), with_derivatives=True)
+            r, J = likelihood.residual_derivatives(pred, dpred, self.value, self.lloq, self.censored, self.error,
+                                                   self.sigma, self.additive)
+            bad = ~np.isfinite(r) | ~np.all(np.isfinite(J), axis=1)
+            r, J = np.where(bad, PENALTY, r), np.where(bad[:, None], 0.0, J)
+        except SolverError:
+            pred, r, J = np.full(n, np.nan), np.full(n, PENALTY), np.zeros((n, k))
+        self._cache = (key, (pred, r, J))
+        return pred, r, J
 
 
 def fit_individual(model: Model, cohort: Cohort, *, estimate: Sequence[str] | None = None,
                    subjects: Sequence[str] | None = None,
                    initial: Mapping[str, float] | pd.DataFrame | None = None,
-                   max_nfev: int = 200, steps: Tolerances = Tolerances(), rounds: int = 3) -> xr.Dataset:
+                   max_nfev: int = 200, steps: Tolerances = Tolerances(), rounds: int = 3, starts: int = 1,
+                   seed: int = 0) -> xr.Dataset:
     """Fit every subject of `cohort` (or `subjects`) with lmfit; one call for all subjects.
 
     estimate: parameters to estimate (default: those with inter-individual variability);
@@ -113,11 +151,15 @@ def fit_individual(model: Model, cohort: Cohort, *, estimate: Sequence[str] | No
               it, each subject is converged when a Gauss-Newton step on its own data lowers its
               -2 log L by less than 0.01. Subjects that are not get further rounds on their
               own (the joint stopping rule is the slowest subject's), up to `rounds` in all.
+    steps:    the adaptive solver's tolerances (its accuracy is checked against LSODA).
+    starts, seed: with starts > 1, starts - 1 further fits from starting values drawn from the
+              priors (seeded); the best optimum is kept and other optima as good are reported.
     Returns an xarray Dataset with dims (subject, parameter): estimate, stderr, rse_percent,
-    initial; and per subject: converged, reason, n_obs, n_blq, ofv (-2 log L), aic, bic.
+    initial, alternative (another optimum as good, or NaN); and per subject: converged, reason,
+    n_obs, n_blq, ofv (-2 log L), aic, bic, solver_error, n_modes.
     """
-    if max_nfev < 1 or rounds < 1:
-        raise ValueError(f"max_nfev and rounds must be at least 1 (got {max_nfev} and {rounds})")
+    if max_nfev < 1 or rounds < 1 or starts < 1:
+        raise ValueError(f"max_nfev, rounds and starts must be at least 1 (got {max_nfev}, {rounds} and {starts})")
     estimate = list(estimate) if estimate is not None else default_estimated(model)
     unknown = sorted(set(estimate) - set(model.parameter_names))
     if unknown:
@@ -149,6 +191,12 @@ def fit_individual(model: Model, cohort: Cohort, *, estimate: Sequence[str] | No
     result = None
     if candidates:
         result = _fit_in_rounds(model, cohort, estimate, candidates, start, steps, max_nfev, rounds)
+        result["alternative"] = np.full((len(candidates), len(estimate)), np.nan)
+        result["n_modes"] = np.ones(len(candidates), int)
+        rng = np.random.default_rng(seed)
+        for _ in range(starts - 1):
+            _another_start(model, cohort, estimate, candidates, start, steps, max_nfev, rounds, rng, result)
+        result["solver_error"] = _solver_error(result["problem"], result["x"], result["pred"])
     return _dataset(model, cohort, estimate, wanted, start, reasons, result)
 
 
@@ -213,40 +261,9 @@ def _fit_in_rounds(model, cohort, estimate, subjects, start, steps, max_nfev, ro
     return {"problem": problem, "x": x, "rounds": done, "max_nfev": max_nfev, **assessment}
 
 
-def _evaluate(problem: _Problem, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions, residuals) at log estimates x (N, k): NaN predictions and PENALTY residuals
-    where the solver fails, PENALTY where a residual is not finite."""
-    try:
-        pred = problem.predictions(problem.matrix(x))
-    except SolverError:
-        return np.full(len(problem.obs), np.nan), np.full(len(problem.obs), PENALTY)
-    r = problem.residuals(pred)
-    return pred, np.where(np.isfinite(r), r, PENALTY)
-
-
-def _residual_of(problem: _Problem, x: np.ndarray) -> np.ndarray:
-    return _evaluate(problem, x)[1]
-
-
-def _derivatives(problem: _Problem, x: np.ndarray, r0: np.ndarray, step: float = 1e-5) -> np.ndarray:
-    """(n_obs, k): each record's residual differentiated (forward differences) with respect to
-    each log parameter of its own subject. A subject's residuals depend only on its own
-    parameters, so one parameter of every subject moves at a time: k solves, whatever N."""
-    lower = np.log([problem.model.parameter(n).bounds[0] for n in problem.estimated])
-    upper = np.log([problem.model.parameter(n).bounds[1] for n in problem.estimated])
-    D = np.empty((len(r0), x.shape[1]))
-    for g in range(x.shape[1]):
-        h = step * np.maximum(1.0, np.abs(x[:, g]))
-        h = np.where(x[:, g] + h > upper[g], -h, h)  # step back at the upper bound
-        h = np.where(x[:, g] + h < lower[g], np.abs(h), h)
-        xg = x.copy()
-        xg[:, g] += h
-        D[:, g] = (_residual_of(problem, xg) - r0) / h[problem.s_index]
-    return D
-
-
 def _minimise(problem: _Problem, x0: np.ndarray, max_nfev: int) -> np.ndarray:
-    """Joint least squares over all subjects of `problem` from log values x0 (N, k); returns x."""
+    """Joint least squares over all subjects of `problem` from log values x0 (N, k); returns x.
+    The Jacobian is block-sparse: a subject's residuals depend only on its own parameters."""
     N, k = x0.shape
     params = lmfit.Parameters()
     for i in range(N):
@@ -255,19 +272,18 @@ def _minimise(problem: _Problem, x0: np.ndarray, max_nfev: int) -> np.ndarray:
             params.add(f"p{i}_{name}", value=float(np.clip(x0[i, g], math.log(lo), math.log(hi))),
                        min=math.log(lo), max=math.log(hi))
     n_obs = len(problem.obs)
+    rows = np.repeat(np.arange(n_obs), k)
+    cols = (problem.s_index[:, None] * k + np.arange(k)[None, :]).ravel()
 
     def values(pars) -> np.ndarray:
         return np.array([pars[f"p{i}_{n}"].value for i in range(N) for n in problem.estimated]).reshape(N, k)
 
     def residual(pars):
-        return _residual_of(problem, values(pars))
+        return problem.evaluate(values(pars))[1]
 
     def jacobian(pars, *args, **kwargs):
-        x = values(pars)
-        D = _derivatives(problem, x, _residual_of(problem, x))
-        rows = np.repeat(np.arange(n_obs), k)
-        cols = (problem.s_index[:, None] * k + np.arange(k)[None, :]).ravel()
-        return aslinearoperator(sparse.csr_matrix((D.ravel(), (rows, cols)), shape=(n_obs, N * k)))
+        J = problem.evaluate(values(pars))[2]
+        return aslinearoperator(sparse.csr_matrix((J.ravel(), (rows, cols)), shape=(n_obs, N * k)))
 
     minimizer = _SparseJacobianMinimizer(residual, params, scale_covar=False, calc_covar=False)
     with warnings.catch_warnings():
@@ -285,8 +301,7 @@ def _assess(problem: _Problem, x: np.ndarray) -> dict:
     standardised: -2 log L = sum r^2 + const); NaN where J^T J is singular, that is where the
     data do not determine every parameter."""
     N, k = x.shape
-    pred, r0 = _evaluate(problem, x)
-    D = _derivatives(problem, x, r0)
+    pred, r0, D = problem.evaluate(x)
     step = np.zeros((N, k))
     cov = np.full((N, k, k), np.nan)
     for i in range(N):
@@ -307,8 +322,46 @@ def _assess(problem: _Problem, x: np.ndarray) -> dict:
     decrease = np.zeros(N)
     for fraction in (1.0, 0.5, 0.25):
         trial = np.clip(x + fraction * step, bounds[:, 0], bounds[:, 1])
-        decrease = np.maximum(decrease, before - ofv(_residual_of(problem, trial)))
-    return {"pred": pred, "decrease": decrease, "cov": cov}
+        decrease = np.maximum(decrease, before - ofv(problem.evaluate(trial)[1]))
+    return {"pred": pred, "decrease": decrease, "cov": cov, "ofv": before}
+
+
+def _another_start(model, cohort, estimate, subjects, start, steps, max_nfev, rounds, rng, result) -> None:
+    """Fit every subject again from values drawn from the priors; keep the better optimum and
+    note an optimum as good as the best that lies elsewhere (a second mode)."""
+    draws = start.copy()
+    for name in estimate:
+        prior = model.parameter(name).prior_or_default
+        lo, hi = model.parameter(name).bounds
+        draws[name] = np.clip(prior.median * np.exp(prior.sigma * rng.standard_normal(len(draws))),
+                              lo * 1.001, hi / 1.001)
+    other = _fit_in_rounds(model, cohort, estimate, subjects, draws, steps, max_nfev, rounds)
+    ofv, other_ofv = result["ofv"], other["ofv"]
+    for i in range(len(subjects)):
+        apart = np.max(np.abs(other["x"][i] - result["x"][i])) > MODE_DISTANCE
+        if not apart or not (np.isfinite(ofv[i]) and np.isfinite(other_ofv[i])):
+            continue
+        if other_ofv[i] < ofv[i] - MODE_OFV:  # clearly better: it becomes the estimate
+            for key in ("x", "decrease", "cov", "ofv"):
+                result[key][i] = other[key][i]
+            result["n_modes"][i] = 1
+            result["alternative"][i] = np.nan
+        elif abs(other_ofv[i] - ofv[i]) <= MODE_OFV:
+            result["n_modes"][i] += 1
+            result["alternative"][i] = np.exp(other["x"][i])
+    result["pred"] = result["problem"].evaluate(result["x"])[0]
+
+
+def _solver_error(problem: _Problem, x: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Each subject's largest |log(compiled / LSODA)| at its estimate (0 for closed forms)."""
+    N = x.shape[0]
+    if problem.model.is_closed_form or not np.all(np.isfinite(pred)):
+        return np.where(np.isfinite(pred).all(), 0.0, np.nan) * np.ones(N)
+    exact = predict_reference(problem.design, problem.matrix(x), rtol=1e-10, atol=1e-13)
+    ok = (exact > 1e-8) & (pred > 1e-8)
+    error = np.zeros(N)
+    np.maximum.at(error, problem.s_index[ok], np.abs(np.log(pred[ok] / exact[ok])))
+    return error
 
 
 class _SparseJacobianMinimizer(lmfit.Minimizer):
@@ -336,7 +389,12 @@ def _dataset(model, cohort, estimate, subjects, start, reasons, result) -> xr.Da
     n_obs = np.zeros(S, int)
     n_blq = np.zeros(S, int)
     ofv = np.full(S, np.nan)
+    solver_error = np.full(S, np.nan)
+    n_modes = np.zeros(S, int)
+    alternative = np.full((S, K), np.nan)
     if result is not None:
+        tolerance = SOLVER_TOLERANCE * min(min(o.sigma for o in model.observations.values() if o.has_sigma)
+                                           if any(o.has_sigma for o in model.observations.values()) else 1.0, 1.0)
         problem, x, pred = result["problem"], result["x"], result["pred"]
         contributions = problem.minus_two_log_lik(pred) if np.all(np.isfinite(pred)) else np.full(len(pred), np.nan)
         order = {s: i for i, s in enumerate(subjects)}
@@ -351,14 +409,25 @@ def _dataset(model, cohort, estimate, subjects, start, reasons, result) -> xr.Da
             at_bound = _at_bounds(model, estimate, est[i])
             decrease = result["decrease"][j]
             still_falling = not decrease <= DECREASE_TOLERANCE
-            ok = np.isfinite(ofv[i]) and not at_bound and not still_falling
+            solver_error[i] = result["solver_error"][j]
+            inaccurate = not solver_error[i] <= tolerance
+            n_modes[i] = result["n_modes"][j]
+            alternative[i] = result["alternative"][j]
+            ok = np.isfinite(ofv[i]) and not at_bound and not still_falling and not inaccurate
             converged[i] = ok
             if not ok:
                 reason[i] = ("objective is not finite at the estimate" if not np.isfinite(ofv[i]) else
                              f"estimate at a bound: {', '.join(at_bound)}" if at_bound else
                              f"optimiser did not converge: -2 log L still falling after {result['rounds']} "
                              f"round(s) of at most {result['max_nfev']} evaluations (a Gauss-Newton step "
-                             f"lowers it by {decrease:.3g}); raise max_nfev or rounds")
+                             f"lowers it by {decrease:.3g}); raise max_nfev or rounds" if still_falling else
+                             f"the compiled solver differs from LSODA by {solver_error[i]:.2g} on the log scale at "
+                             f"the estimate (tolerance {tolerance:.2g}); tighten steps=Tolerances(rtol=1e-6)")
+            elif n_modes[i] > 1:
+                reason[i] = (f"{n_modes[i]} optima fit equally well (within {MODE_OFV:g} of -2 log L): "
+                             + ", ".join(f"{n} {a:.3g} or {b:.3g}" for n, a, b in zip(estimate, est[i], alternative[i])
+                                         if abs(math.log(a / b)) > MODE_DISTANCE)
+                             + "; the data do not tell them apart: constrain the model (e.g. ka = ke + delta)")
     k = K
     ds = xr.Dataset(
         {
@@ -373,10 +442,14 @@ def _dataset(model, cohort, estimate, subjects, start, reasons, result) -> xr.Da
             "ofv": ("subject", ofv),
             "aic": ("subject", ofv + 2 * k),
             "bic": ("subject", ofv + k * np.log(np.maximum(n_obs, 1))),
+            "solver_error": ("subject", solver_error),
+            "n_modes": ("subject", n_modes),
+            "alternative": (("subject", "parameter"), alternative),
         },
         coords={"subject": np.array(subjects, dtype=str), "parameter": np.array(estimate, dtype=str)},
         attrs={"model": model.name, "model_hash": model.hash, "data_source": str(cohort.source),
-               "method": "lmfit least_squares (joint, block-sparse Jacobian); M3 censoring",
+               "method": "lmfit least_squares (joint, block-sparse exact Jacobian from forward sensitivities; "
+                         "adaptive solver checked against LSODA); M3 censoring",
                "fixed_parameters": ", ".join(n for n in model.parameter_names if n not in estimate)},
     )
     ds["estimate"].attrs["units"] = "; ".join(f"{n}: {model.parameter(n).unit}" for n in estimate)

@@ -2,10 +2,11 @@
 and the individual fits.
 
 Per record: residual-error model 'log' (ln y ~ N(ln f, s), density on the y scale, so that
-models with different error models compare on one scale), 'proportional' (y ~ N(f, s*f)) or
-'combined' (y ~ N(f, sqrt(a^2 + (s*f)^2))); below the LLOQ: M3 (P(y < LLOQ)) or M4 (M3
-conditioned on y > 0, for the normal error models; for 'log' M4 equals M3); above a limit
-(CENS = -1): P(y > limit).
+models with different error models compare on one scale), 'proportional' (y ~ N(f, s*f)),
+'combined' (y ~ N(f, sqrt(a^2 + (s*f)^2))) or 'additive' (y ~ N(f, a)); below the LLOQ: M3
+(P(y < LLOQ)) or M4 (M3 conditioned on y > 0, for the normal error models; for 'log' M4 equals
+M3); above a limit (CENS = -1): P(y > limit). s and a are the record's proportional (or
+log-scale) and additive SDs; the kernel gives the derivatives with respect to both.
 
 The kernel branches per record, so that a quantified value costs one density and a censored
 one one normal CDF (a vectorised expression evaluates every branch for every record).
@@ -19,7 +20,7 @@ import numba
 import numpy as np
 import scipy.special as sc
 
-ERROR_CODE = {"log": 0, "proportional": 1, "combined": 2}
+ERROR_CODE = {"log": 0, "proportional": 1, "combined": 2, "additive": 3}
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _SQRT_HALF = math.sqrt(0.5)
 _TINY = 1e-300  # predictions are clamped here (log of 0); below it they carry no gradient
@@ -56,9 +57,10 @@ def _normal_pdf(z):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def record_terms(pred, y, lloq, censored, error, sigma, additive, m4, out, d_pred, d_sigma):
+def record_terms(pred, y, lloq, censored, error, sigma, additive, m4, out, d_pred, d_sigma, d_additive):
     """Each record's log-likelihood (out) and its derivatives with respect to the record's
-    prediction (d_pred) and residual SD parameter (d_sigma); arrays aligned by record."""
+    prediction (d_pred) and its residual SDs (d_sigma: proportional or log-scale, d_additive);
+    arrays aligned by record."""
     for j in range(pred.shape[0]):
         f = pred[j]
         live = f > _TINY
@@ -67,6 +69,8 @@ def record_terms(pred, y, lloq, censored, error, sigma, additive, m4, out, d_pre
         s, code, c = sigma[j], error[j], censored[j]
         # the record's scale: mean, SD, value and limit on it (the limit only where censored),
         # and their derivatives
+        a = additive[j]
+        dsd_da = 0.0
         if code == 0:
             mean, sd = math.log(f), s
             yy = math.log(max(y[j], _TINY))
@@ -76,9 +80,11 @@ def record_terms(pred, y, lloq, censored, error, sigma, additive, m4, out, d_pre
             mean, yy, limit, dmean_df = f, y[j], lloq[j], 1.0
             if code == 1:
                 sd, dsd_df, dsd_ds = s * f, s, f
+            elif code == 2:
+                sd = math.sqrt(a * a + s * s * f * f)
+                dsd_df, dsd_ds, dsd_da = s * s * f / sd, s * f * f / sd, a / sd
             else:
-                sd = math.sqrt(additive[j] * additive[j] + s * s * f * f)
-                dsd_df, dsd_ds = s * s * f / sd, s * f * f / sd
+                sd, dsd_df, dsd_ds, dsd_da = a, 0.0, 0.0, 1.0
         if c == 0:
             z = (yy - mean) / sd
             value = -0.5 * z * z - math.log(sd) - _LOG_SQRT_2PI - (yy if code == 0 else 0.0)
@@ -108,6 +114,7 @@ def record_terms(pred, y, lloq, censored, error, sigma, additive, m4, out, d_pre
         out[j] = value
         d_pred[j] = (g_mean * dmean_df + g_sd * dsd_df) if live else 0.0
         d_sigma[j] = g_sd * dsd_ds
+        d_additive[j] = g_sd * dsd_da
 
 
 def _per_record(n, *arrays):
@@ -120,9 +127,9 @@ def pointwise(pred, y, lloq, censored, error, sigma, additive, m4: bool = False)
     n = len(pred)
     y, lloq, sigma, additive = _per_record(n, *(np.asarray(a, dtype=float) for a in (y, lloq, sigma, additive)))
     censored, error = _per_record(n, np.asarray(censored, dtype=np.int64), np.asarray(error, dtype=np.int64))
-    out, d_pred, d_sigma = np.empty(n), np.empty(n), np.empty(n)
+    out, d_pred, d_sigma, d_additive = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
     record_terms(np.ascontiguousarray(pred), y, np.nan_to_num(lloq), censored, error, sigma, additive, bool(m4),
-                 out, d_pred, d_sigma)
+                 out, d_pred, d_sigma, d_additive)
     return out
 
 
@@ -131,7 +138,8 @@ def standardise(pred, y, lloq, error, sigma, additive):
     model (log scale for 'log'), and that scale's SD."""
     f = np.maximum(pred, _TINY)
     is_log = error == 0
-    sd = np.where(is_log, sigma, np.where(error == 1, sigma * f, np.sqrt(np.square(additive) + np.square(sigma * f))))
+    sd = np.select([is_log, error == 1, error == 2], [sigma, sigma * f, np.sqrt(np.square(additive) + np.square(sigma * f))],
+                   additive)
     mean = np.where(is_log, np.log(f), f)
     yy = np.where(is_log, np.log(np.maximum(y, _TINY)), y)
     limit = np.where(is_log, np.log(np.maximum(lloq, _TINY)), lloq)
@@ -147,3 +155,27 @@ def residuals(pred, y, lloq, censored, error, sigma, additive) -> np.ndarray:
     r[left] = np.sqrt(-2 * sc.log_ndtr(z_lloq[left]))
     r[right] = np.sqrt(-2 * sc.log_ndtr(-z[right]))
     return r
+
+
+def residual_derivatives(pred, dpred, y, lloq, censored, error, sigma, additive) -> tuple[np.ndarray, np.ndarray]:
+    """(r, dr): the residuals of `residuals` and their derivatives, dr = dr/dpred * dpred
+    (dpred: (n, K) derivatives of the predictions). Where a censored residual is 0 (the record
+    is certainly below its limit) its derivative is 0."""
+    f = np.maximum(pred, _TINY)
+    z, z_lloq, sd = standardise(pred, y, lloq, error, sigma, additive)
+    is_log = error == 0
+    dmean = np.where(is_log, 1.0 / f, 1.0)
+    dsd = np.select([is_log, error == 1, error == 2],
+                    [0.0, sigma, np.square(sigma) * f / np.maximum(sd, _TINY)], 0.0)
+    r = residuals(pred, y, lloq, censored, error, sigma, additive)
+    dz = -dmean / sd - z / sd * dsd  # d z / d pred
+    dz_lloq = -dmean / sd - z_lloq / sd * dsd
+    drdf = np.where(censored == 0, dz, 0.0)
+    for rows, zz, sign, dzz in ((censored == 1, z_lloq, 1.0, dz_lloq), (censored == -1, -z, -1.0, dz)):
+        live = rows & (r > 1e-8)
+        # d/dz sqrt(-2 log Phi(z)) = -phi(z) / Phi(z) / r (the inverse Mills ratio over r)
+        mills = np.exp(-0.5 * np.square(zz[live]) - _LOG_SQRT_2PI - sc.log_ndtr(zz[live]))
+        drdf[rows] = 0.0
+        drdf[live] = -sign * mills / r[live] * dzz[live]
+    drdf = np.where(pred > _TINY, drdf, 0.0)
+    return r, drdf[:, None] * dpred

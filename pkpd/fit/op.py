@@ -88,36 +88,46 @@ class Predictions:
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _log_likelihood(pred, jac, subject_index, n_subjects, slot, sigma, y, lloq, censored, error, additive, m4):
+def _log_likelihood(pred, jac, subject_index, n_subjects, index_s, index_a, residual, y, lloq, censored, error, m4):
     """(sum of the records' log-likelihoods, gradient (N, K) with respect to log theta, gradient
-    with respect to sigma); jac: d pred / d log theta of each record."""
+    with respect to the residual vector); jac: d pred / d log theta of each record; index_s,
+    index_a: each record's log-scale/proportional and additive SD in `residual` (-1: none)."""
     n = pred.shape[0]
-    out, d_pred, d_sigma = np.empty(n), np.empty(n), np.empty(n)
-    record_terms(pred, y, lloq, censored, error, sigma[slot], additive, m4, out, d_pred, d_sigma)
+    s, a = np.zeros(n), np.zeros(n)
+    for j in range(n):
+        if index_s[j] >= 0:
+            s[j] = residual[index_s[j]]
+        if index_a[j] >= 0:
+            a[j] = residual[index_a[j]]
+    out, d_pred, d_sigma, d_additive = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+    record_terms(pred, y, lloq, censored, error, s, a, m4, out, d_pred, d_sigma, d_additive)
     grad_theta = np.zeros((n_subjects, jac.shape[1]))
-    grad_sigma = np.zeros(sigma.shape[0])
+    grad_residual = np.zeros(residual.shape[0])
     for j in range(n):
         i = subject_index[j]
         for k in range(jac.shape[1]):
             grad_theta[i, k] += d_pred[j] * jac[j, k]
-        grad_sigma[slot[j]] += d_sigma[j]
-    return out.sum(), grad_theta, grad_sigma
+        if index_s[j] >= 0:
+            grad_residual[index_s[j]] += d_sigma[j]
+        if index_a[j] >= 0:
+            grad_residual[index_a[j]] += d_additive[j]
+    return out.sum(), grad_theta, grad_residual
 
 
 class LogLikelihoodOp(Op):
-    """log p(y | theta, sigma) of every record of the design, with its gradient.
+    """log p(y | theta, residual SDs) of every record of the design, with its gradient.
 
-    records: `population.record_arrays` (LLOQ, error model and analyte slot of each record);
-    additive: the combined error model's additive SD of each record; m4: M4 censoring."""
+    records: `population.record_arrays` (LLOQ, error model and residual SDs of each record);
+    m4: M4 censoring. The residual input is the vector [sigma..., sigma_add...]."""
 
     __props__ = ("key",)
 
-    def __init__(self, predictions: Predictions, records: dict, additive: np.ndarray, m4: bool):
+    def __init__(self, predictions: Predictions, records: dict, m4: bool):
         self.predictions = predictions
-        self.slot = np.ascontiguousarray(records["slot"], dtype=np.int64)
+        self.index_s = np.ascontiguousarray(records["residual_sigma"], dtype=np.int64)
+        self.index_a = np.ascontiguousarray(records["residual_additive"], dtype=np.int64)
         self.lloq = np.ascontiguousarray(records["lloq"], dtype=float)
         self.error = np.ascontiguousarray(records["error"], dtype=np.int64)
-        self.additive = np.ascontiguousarray(additive, dtype=float)
         self.m4 = bool(m4)
         self.key = f"{predictions.key}:m4={self.m4}"
 
@@ -128,8 +138,8 @@ class LogLikelihoodOp(Op):
 
     def _terms(self, pred, jac, sigma, y, censored):
         d = self.predictions.design
-        return _log_likelihood(pred, jac, d.subject_index, len(d.subjects), self.slot, sigma, y, self.lloq,
-                               censored, self.error, self.additive, self.m4)
+        return _log_likelihood(pred, jac, d.subject_index, len(d.subjects), self.index_s, self.index_a, sigma, y,
+                               self.lloq, censored, self.error, self.m4)
 
     def perform(self, node, inputs, outputs):
         log_theta, sigma, y, censored = (np.ascontiguousarray(x) for x in inputs)
@@ -158,14 +168,14 @@ def _numba_log_likelihood(op, node=None, **kwargs):
     predictions = op.predictions.compiled()
     d = op.predictions.design
     subject_index, n_subjects = d.subject_index, len(d.subjects)
-    slot, lloq, error, additive, m4 = op.slot, op.lloq, op.error, op.additive, op.m4
+    index_s, index_a, lloq, error, m4 = op.index_s, op.index_a, op.lloq, op.error, op.m4
 
     @numba.njit
     def log_likelihood(log_theta, sigma, y, censored):
         pred, jac = predictions(np.ascontiguousarray(log_theta))
-        total, grad_theta, grad_sigma = _log_likelihood(pred, jac, subject_index, n_subjects, slot,
+        total, grad_theta, grad_sigma = _log_likelihood(pred, jac, subject_index, n_subjects, index_s, index_a,
                                                         np.ascontiguousarray(sigma), np.ascontiguousarray(y),
-                                                        lloq, np.ascontiguousarray(censored), error, additive, m4)
+                                                        lloq, np.ascontiguousarray(censored), error, m4)
         return np.array(total, dtype=np.float64), grad_theta, grad_sigma
 
     return log_likelihood

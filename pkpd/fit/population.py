@@ -3,9 +3,10 @@
     log theta_ik = mu_k + sum_c beta_c * X_ic + eta_ik
     eta_i ~ N(0, diag(omega)) (or N(0, Omega) with an LKJ prior on its correlations)
     mu_k ~ N(log prior median, prior sigma)      from the model's parameter priors (overridable)
-    omega_k ~ HalfNormal(max(0.5, 2 * default IIV SD))
+    omega_k ~ HalfNormal(max(0.5, 2 * default IIV SD))       (overridable: omega_NAME)
     beta_c ~ N(0, 1)                              covariate effects on typical values
-    sigma_a ~ LogNormal(log model default, 0.5)  per-analyte residual error
+    sigma_a ~ LogNormal(log model default, 0.5)  per-analyte log-scale or proportional SD
+    sigma_add_a ~ LogNormal(log model default, 0.5)  per-analyte additive SD (additive, combined)
     y ~ residual-error model around the predictions; below the LLOQ: M3 (or M4)
 
 The sampler does not see eta: it sees u, which `random_effects` maps to eta by whitening each
@@ -27,6 +28,7 @@ import numpy as np
 
 from ..data.cohort import Cohort
 from ..models import LogNormal, Model
+from .priors import Prior, check_priors
 from ..simulate.compiled import Design, Tolerances
 from . import likelihood
 
@@ -70,7 +72,7 @@ class PopulationSpec:
     iiv: tuple[str, ...] = ()
     fixed_effects: tuple[str, ...] = ()
     covariates: tuple[CovariateEffect, ...] = ()
-    priors: Mapping[str, LogNormal] = field(default_factory=dict)
+    priors: Mapping[str, Prior] = field(default_factory=dict)
     correlated: bool = False
     censoring: str = "M3"
     # adaptive Cash-Karp by default: about 2x faster than fixed RK4 and 25-65x more accurate at
@@ -107,10 +109,7 @@ class PopulationSpec:
             if effect.covariate not in CATEGORICAL + CONTINUOUS:
                 raise ValueError(f"covariate effect {effect.label}: unknown covariate {effect.covariate!r}; "
                                  f"use one of {', '.join(CATEGORICAL + CONTINUOUS)}")
-        priors = dict(priors or {})
-        unknown = sorted(set(priors) - names)
-        if unknown:
-            raise ValueError(f"priors: model {model.name} has no parameter(s) {', '.join(unknown)}")
+        priors = check_priors(model, iiv, priors or {})
         if censoring not in ("M3", "M4"):
             raise ValueError(f"censoring must be 'M3' or 'M4', not {censoring!r}")
         return cls(model, iiv, tuple(n for n in fixed_effects if n not in iiv), effects, priors,
@@ -124,12 +123,57 @@ class PopulationSpec:
         return [n for n in self.model.parameter_names if n in wanted]
 
     def prior(self, name: str) -> LogNormal:
+        """The prior of a parameter's typical value."""
         return self.priors.get(name) or self.model.parameter(name).prior_or_default
+
+    def omega_scale(self, name: str) -> float:
+        """Scale of the HalfNormal prior on the variability SD of parameter `name`."""
+        if f"omega_{name}" in self.priors:
+            return self.priors[f"omega_{name}"].scale
+        return max(0.5, 2 * (self.model.parameter(name).iiv or 0.25))
+
+    def residual_prior(self, analyte: str, additive: bool = False) -> LogNormal:
+        """The prior of an analyte's residual SD: log-scale or proportional, or additive."""
+        obs = self.model.observations[analyte]
+        if additive:
+            return self.priors.get(f"sigma_add_{analyte}") or obs.additive_prior_or_default
+        return self.priors.get(f"sigma_{analyte}") or obs.sigma_prior_or_default
+
+
+def spec_record(spec: PopulationSpec) -> dict:
+    """The specification as plain data (the run folder's record of it)."""
+    from dataclasses import asdict
+
+    priors = {k: ({"LogNormal": [v.median, v.sigma]} if isinstance(v, LogNormal) else {"HalfNormal": [v.scale]})
+              for k, v in spec.priors.items()}
+    return {"iiv": list(spec.iiv), "fixed_effects": list(spec.fixed_effects),
+            "covariates": [c.label + (f":{c.form}" if c.form != "auto" else "") for c in spec.covariates],
+            "priors": priors, "correlated": spec.correlated, "censoring": spec.censoring,
+            "steps": {"solver": "adaptive", **asdict(spec.steps)}}
+
+
+def spec_from_record(model: Model, record: dict) -> PopulationSpec:
+    """The specification `spec_record` wrote, for `model`."""
+    from ..models import HalfNormal
+
+    priors = {}
+    for name, value in record.get("priors", {}).items():
+        if isinstance(value, dict):
+            (kind, args), = value.items()
+            priors[name] = LogNormal(*args) if kind == "LogNormal" else HalfNormal(*args)
+        else:  # [median, sigma] as written by earlier versions
+            priors[name] = LogNormal(*value)
+    steps = record.get("steps")
+    return PopulationSpec.default(
+        model, iiv=record.get("iiv"), fixed_effects=record.get("fixed_effects"),
+        covariates=record.get("covariates", ()), priors=priors, correlated=bool(record.get("correlated", False)),
+        censoring=record.get("censoring", "M3"),
+        steps=Tolerances(**{k: v for k, v in steps.items() if k != "solver"}) if isinstance(steps, dict) else None)
 
 
 def _covariate_values(cohort: Cohort) -> dict[str, np.ndarray]:
     subjects = cohort.subjects
-    first = cohort.doses.sort_values("time", kind="stable").groupby("subject")["cells"].first()
+    first = cohort.doses.sort_values("time", kind="stable").groupby("subject")["absolute"].first()
     return {"dose": first.reindex(subjects.index).to_numpy(float), "weight": subjects["weight"].to_numpy(float)}
 
 
@@ -183,13 +227,35 @@ def covariate_design(spec: PopulationSpec, cohort: Cohort,
 
 
 def record_arrays(spec: PopulationSpec, design: Design) -> dict:
-    """Per-record arrays of the likelihood: value, LLOQ, censoring, error model, analyte slot."""
+    """Per-record arrays of the likelihood: value, LLOQ, censoring, error model, analyte slot,
+    and where each record's residual SDs sit in the residual vector [sigma..., sigma_add...]
+    (`residual_sigma`, `residual_additive`; -1 where the error model has no such part)."""
     model = spec.model
     observed = [a for a in design.analyte_names if (design.analyte == design.analyte_names.index(a)).any()]
-    slot = np.array([observed.index(design.analyte_names[a]) for a in design.analyte])
+    slot = np.array([observed.index(design.analyte_names[a]) for a in design.analyte], dtype=np.int64)
     error = np.array([likelihood.ERROR_CODE[model.observations[a].error] for a in observed])
+    with_sigma = [a for a in observed if model.observations[a].has_sigma]
+    with_additive = [a for a in observed if model.observations[a].has_additive]
+    index_sigma = np.array([with_sigma.index(a) if a in with_sigma else -1 for a in observed], dtype=np.int64)
+    index_additive = np.array([len(with_sigma) + with_additive.index(a) if a in with_additive else -1
+                               for a in observed], dtype=np.int64)
     return {"observed": observed, "slot": slot, "error": error[slot], "value": design.value,
-            "lloq": np.nan_to_num(design.lloq, nan=0.0), "censored": design.censored}
+            "lloq": np.nan_to_num(design.lloq, nan=0.0), "censored": design.censored,
+            "sigma_analytes": with_sigma, "additive_analytes": with_additive,
+            "residual_sigma": index_sigma[slot], "residual_additive": index_additive[slot]}
+
+
+def residual_vector(spec: PopulationSpec, records: dict) -> np.ndarray:
+    """The model's typical residual SDs in the order of the residual vector."""
+    obs = spec.model.observations
+    return np.array([obs[a].sigma for a in records["sigma_analytes"]]
+                    + [obs[a].additive for a in records["additive_analytes"]], float)
+
+
+def record_sds(records: dict, residual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each record's (log-scale or proportional SD, additive SD) from a residual vector."""
+    padded = np.append(np.asarray(residual, float), 0.0)  # index -1 reads the 0 at the end
+    return padded[records["residual_sigma"]], padded[records["residual_additive"]]
 
 
 def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str, np.ndarray] | None = None):
@@ -216,8 +282,8 @@ def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str,
     pieces = {"design": design, "records": records, "predictions": predictions, "X": X,
               "covariate_labels": cov_labels}
     coords = {"subject": cohort.subject_ids, "parameter": estimated, "iiv_parameter": list(spec.iiv),
-              "analyte": records["observed"], "covariate_effect": cov_labels}
-    error_models = {a: model.observations[a] for a in records["observed"]}
+              "analyte": records["sigma_analytes"], "additive_analyte": records["additive_analytes"],
+              "covariate_effect": cov_labels}
     with pm.Model(coords=coords) as pm_model:
         priors = [spec.prior(n) for n in estimated]
         mu = pm.Normal("mu", mu=np.log([p.median for p in priors]), sigma=[p.sigma for p in priors],
@@ -229,7 +295,7 @@ def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str,
             owner[np.arange(len(cov_labels)), owners] = 1.0
             log_theta = log_theta + pt.dot(X * beta[None, :], owner)
         if spec.iiv:
-            scale = np.array([max(0.5, 2 * (model.parameter(n).iiv or 0.25)) for n in spec.iiv])
+            scale = np.array([spec.omega_scale(n) for n in spec.iiv])
             if spec.correlated and len(spec.iiv) > 1:
                 chol, _, omega = pm.LKJCholeskyCov("chol", n=len(spec.iiv), eta=2.0,
                                                    sd_dist=pm.HalfNormal.dist(sigma=scale, shape=len(spec.iiv)),
@@ -249,14 +315,20 @@ def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str,
             log_theta = pt.set_subtensor(log_theta[:, iiv_index], individual_iiv)
         pm.Deterministic("typical", pt.exp(mu), dims="parameter")
         pm.Deterministic("theta", pt.exp(log_theta), dims=("subject", "parameter"))
-        sigma = pm.LogNormal("sigma", mu=np.log([e.sigma for e in error_models.values()]), sigma=0.5,
-                             dims="analyte", initval=initial.get("sigma"))
-        additive = np.array([e.additive for e in error_models.values()])
+        parts = []
+        for name, analytes, additive in (("sigma", records["sigma_analytes"], False),
+                                         ("sigma_add", records["additive_analytes"], True)):
+            if analytes:
+                priors = [spec.residual_prior(a, additive) for a in analytes]
+                parts.append(pm.LogNormal(name, mu=np.log([p.median for p in priors]), sigma=[p.sigma for p in priors],
+                                          dims="additive_analyte" if additive else "analyte",
+                                          initval=initial.get(name)))
+        residual = pt.concatenate(parts) if len(parts) > 1 else parts[0]
         # observed values as data, so that a compiled model can be refitted to new values (SBC)
         y = pm.Data("y_obs", records["value"])
         censored = pm.Data("censored_obs", records["censored"].astype("int64"))
-        data_loglik = LogLikelihoodOp(predictions, records, additive[records["slot"]], m4=spec.censoring == "M4")
-        total, _, _ = data_loglik(log_theta, sigma, y, censored)
+        data_loglik = LogLikelihoodOp(predictions, records, m4=spec.censoring == "M4")
+        total, _, _ = data_loglik(log_theta, residual, y, censored)
         pm.Potential("loglik", total)
     return pm_model, pieces
 
@@ -317,8 +389,7 @@ def data_information(spec: PopulationSpec, pieces: dict, log_theta: np.ndarray) 
     cols = [spec.estimated.index(n) for n in spec.iiv]
     f = np.maximum(pred, 1e-300)
     g = jac[:, cols] / f[:, None]
-    sigma = np.array([model.observations[a].sigma for a in rec["observed"]])[rec["slot"]]
-    additive = np.array([model.observations[a].additive for a in rec["observed"]])[rec["slot"]]
+    sigma, additive = record_sds(rec, residual_vector(spec, rec))
     _, _, sd = likelihood.standardise(pred, rec["value"], rec["lloq"], rec["error"], sigma, additive)
     # the mean of each record's scale moves with log f at rate 1 ('log') or f (normal models)
     weight = np.square(np.where(rec["error"] == 0, 1.0, f) / sd)
@@ -330,18 +401,18 @@ def data_information(spec: PopulationSpec, pieces: dict, log_theta: np.ndarray) 
     return information
 
 
-def pointwise_loglik(spec: PopulationSpec, pieces: dict, theta: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+def pointwise_loglik(spec: PopulationSpec, pieces: dict, theta: np.ndarray, residual: np.ndarray) -> np.ndarray:
     """Log-likelihood of every record for one posterior draw (numpy, same formulas as the sampler).
 
-    theta: (N, K) individual values; sigma: (n_analytes,)."""
+    theta: (N, K) individual values; residual: the residual vector (`record_arrays`)."""
     from ..simulate.compiled import predict_compiled
 
     rec = pieces["records"]
     pred, _ = predict_compiled(pieces["design"], pieces["predictions"].individual(theta), [], spec.steps)
-    additive = np.array([spec.model.observations[a].additive for a in rec["observed"]])
-    return likelihood.pointwise(pred, rec["value"], rec["lloq"], rec["censored"], rec["error"],
-                                sigma[rec["slot"]], additive[rec["slot"]], m4=spec.censoring == "M4")
+    sigma, additive = record_sds(rec, residual)
+    return likelihood.pointwise(pred, rec["value"], rec["lloq"], rec["censored"], rec["error"], sigma, additive,
+                                m4=spec.censoring == "M4")
 
 
 __all__ = ["CovariateEffect", "PopulationSpec", "build_pymc_model", "initial_values", "pointwise_loglik",
-           "covariate_design", "record_arrays"]
+           "covariate_design", "record_arrays", "record_sds", "residual_vector", "spec_record", "spec_from_record"]

@@ -21,13 +21,14 @@ from ..models import Model, load
 from ..simulate import simulate
 from ..simulate.compiled import Tolerances, predict_compiled
 from .individual import fit_individual
-from .population import PopulationSpec, build_pymc_model, initial_values, random_effect_centres
+from ..simulate.virtual import residual_draws
+from .population import PopulationSpec, build_pymc_model, initial_values, random_effect_centres, record_sds
 
 
 @dataclass(frozen=True)
 class SBCResult:
     ranks: pd.DataFrame  # one row per replication, one column per population parameter
-    summary: pd.DataFrame  # parameter, chi2, p_value, replications
+    summary: pd.DataFrame  # parameter, chi2, p_value, replicates
     n_draws: int  # posterior draws the ranks are taken among (rank in 0..n_draws)
     bins: int
 
@@ -53,7 +54,7 @@ class SBCResult:
             ax.set_yticks([])
         for ax in axes.ravel()[len(cols):]:
             ax.axis("off")
-        fig.suptitle(f"SBC rank histograms, {len(self.ranks)} replications (band: 99% for uniform ranks)",
+        fig.suptitle(f"SBC rank histograms, {len(self.ranks)} replicates (band: 99% for uniform ranks)",
                      fontsize=10)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
@@ -61,14 +62,15 @@ class SBCResult:
         return Path(path)
 
 
-def sbc(model: Model | str, *, replications: int = 100, subjects: int = 8, dose: str = "1e6/kg",
+def sbc(model: Model | str, *, replicates: int = 100, subjects: int = 8, dose: str = "1e6/kg",
         chains: int = 2, draws: int = 200, tune: int = 200, thin_to: int = 99, bins: int = 10,
         seed: int = 0, progress=None) -> SBCResult:
-    """Run SBC on a small design: `subjects` at one dose on the trials' schedule."""
+    """Run SBC on a small design: `subjects` given one regimen (`dose`) on the model's default
+    schedule; `replicates` simulate-and-fit replicates."""
     import nutpie
 
-    if replications < 2:
-        raise ValueError("SBC needs at least 2 replications (100 or more for a meaningful test)")
+    if replicates < 2:
+        raise ValueError(f"SBC needs at least 2 replicates (100 or more for a meaningful test), not {replicates}")
     model = load(model)
     spec = PopulationSpec.default(model)
     template = simulate(model, [dose], n=subjects, seed=seed)
@@ -76,21 +78,22 @@ def sbc(model: Model | str, *, replications: int = 100, subjects: int = 8, dose:
     compiled = nutpie.compile_pymc_model(pm_model)
     design, predictions, records = pieces["design"], pieces["predictions"], pieces["records"]
     estimated, iiv_cols = spec.estimated, [spec.estimated.index(n) for n in spec.iiv]
-    observed = records["observed"]
-    sigma_default = np.array([model.observations[a].sigma for a in observed])
-    scale = np.array([max(0.5, 2 * (model.parameter(n).iiv or 0.25)) for n in spec.iiv])
+    residual_priors = [spec.residual_prior(a) for a in records["sigma_analytes"]] + \
+        [spec.residual_prior(a, additive=True) for a in records["additive_analytes"]]
+    scale = np.array([spec.omega_scale(n) for n in spec.iiv])
     priors = [spec.prior(n) for n in estimated]
-    names = [f"typical_{n}" for n in estimated] + [f"omega_{n}" for n in spec.iiv] + [f"sigma_{a}" for a in observed]
+    names = [f"typical_{n}" for n in estimated] + [f"omega_{n}" for n in spec.iiv] + \
+        [f"sigma_{a}" for a in records["sigma_analytes"]] + [f"sigma_add_{a}" for a in records["additive_analytes"]]
     rows = []
-    for r in range(replications):
+    for r in range(replicates):
         rng = np.random.default_rng([seed, r])
         mu = np.array([rng.normal(np.log(p.median), p.sigma) for p in priors])
         omega = np.abs(rng.normal(0, scale))
-        sigma = np.exp(rng.normal(np.log(sigma_default), 0.5))
+        residual = np.exp([rng.normal(np.log(p.median), p.sigma) for p in residual_priors])
         log_theta = np.tile(mu, (len(template.subject_ids), 1))
         log_theta[:, iiv_cols] += rng.standard_normal((len(template.subject_ids), len(iiv_cols))) * omega
         pred, _ = predict_compiled(design, predictions.individual(np.exp(log_theta)), [], spec.steps)
-        y, censored = _observe(model, observed, records, pred, sigma, rng)
+        y, censored = _observe(model, records, pred, residual, rng)
         # as pkpd.fit does: individual fits of this replication's data centre the random effects
         data = _with_values(template, design.records, y, censored)
         individual = fit_individual(model, data, estimate=estimated, steps=Tolerances())
@@ -98,21 +101,20 @@ def sbc(model: Model | str, *, replications: int = 100, subjects: int = 8, dose:
         trace = nutpie.sample(compiled.with_data(y_obs=y, censored_obs=censored, **centres), chains=chains,
                               draws=draws, tune=tune, seed=int(rng.integers(2**31)), progress_bar=False)
         post = trace["posterior"]
-        truth = np.concatenate([mu, omega, np.log(sigma)])
-        samples = np.concatenate([
-            post["mu"].stack(s=("chain", "draw")).transpose("s", ...).to_numpy(),
-            post["omega"].stack(s=("chain", "draw")).transpose("s", ...).to_numpy(),
-            np.log(post["sigma"].stack(s=("chain", "draw")).transpose("s", ...).to_numpy())], axis=1)
+        truth = np.concatenate([mu, omega, np.log(residual)])
+        stacked = lambda var: post[var].stack(s=("chain", "draw")).transpose("s", ...).to_numpy()
+        samples = np.concatenate([stacked("mu"), stacked("omega") if spec.iiv else np.zeros((len(stacked("mu")), 0))]
+                                 + [np.log(stacked(v)) for v in ("sigma", "sigma_add") if v in post], axis=1)
         keep = np.linspace(0, len(samples) - 1, thin_to).astype(int)  # thin: ranks need ~independent draws
         rows.append((samples[keep] < truth[None, :]).sum(axis=0))
         if progress is not None:
-            progress(r + 1, replications)
+            progress(r + 1, replicates)
     ranks = pd.DataFrame(rows, columns=names)
     summary = []
     for col in names:
         counts = np.histogram(ranks[col], bins=np.linspace(0, thin_to + 1, bins + 1))[0]
         chi2, p = stats.chisquare(counts)
-        summary.append({"parameter": col, "chi2": float(chi2), "p_value": float(p), "replications": replications})
+        summary.append({"parameter": col, "chi2": float(chi2), "p_value": float(p), "replicates": replicates})
     return SBCResult(ranks, pd.DataFrame(summary), thin_to, bins)
 
 
@@ -124,12 +126,12 @@ def _with_values(template, records, y, censored):
     return dataclasses.replace(template, observations=obs)
 
 
-def _observe(model, observed, records, pred, sigma, rng):
+def _observe(model, records, pred, residual, rng):
     """Values with residual error (per the model's error models) and censoring at the LLOQ."""
-    slot, lloq = records["slot"], records["lloq"]
-    z = rng.standard_normal(len(pred))
-    s = sigma[slot]
-    error = records["error"]
-    y = np.where(error == 0, pred * np.exp(s * z), pred * (1 + s * z))
+    lloq = records["lloq"]
+    sigma, additive = record_sds(records, residual)
+    names = np.asarray(records["observed"])[records["slot"]]
+    y = residual_draws(model, names, pred, rng, sigma={a: sigma for a in records["observed"]},
+                       additive={a: additive for a in records["observed"]})
     below = y < lloq
     return np.where(below, lloq, y), below.astype(np.int64)

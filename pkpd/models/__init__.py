@@ -3,10 +3,10 @@
     model = pkpd.models.load("antigen_driven+cytokines+immunoglobulins")
 """
 
-from .spec import COVARIATES, ERROR_MODELS, Dosing, LogNormal, Module, ModelError, Observation, Parameter
+from .spec import COVARIATES, ERROR_MODELS, Dosing, HalfNormal, LogNormal, Module, ModelError, Observation, Parameter
 from .model import Model, ModelSource
-from .library import builtin_modules, list_models, load
+from .library import builtin_modules, list_models, load, modules_from_source
 from .codegen import numpy_functions
 
-__all__ = ["COVARIATES", "ERROR_MODELS", "Dosing", "LogNormal", "Module", "ModelError", "Observation", "Parameter",
-           "Model", "ModelSource", "builtin_modules", "list_models", "load", "numpy_functions"]
+__all__ = ["COVARIATES", "ERROR_MODELS", "Dosing", "HalfNormal", "LogNormal", "Module", "ModelError", "Observation", "Parameter",
+           "Model", "ModelSource", "builtin_modules", "list_models", "load", "modules_from_source", "numpy_functions"]

@@ -3,59 +3,90 @@
 A model file is a Python file that defines Module objects (a `MODULES` tuple, or module-level
 Module variables). `load("antigen_driven+cytokines")` composes built-ins; an item that is a
 path (`my_model.py`, or `my_model.py:name` when the file defines several) loads a user's module.
+Loading a model file runs it, as NONMEM runs its control streams' code and Stan its programs:
+load only files you trust. Each module keeps the text of its file (`Model.sources`), so that a
+fit result can rebuild its model from what was fitted, not from whatever the file says later.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
+import types
 from functools import lru_cache
 from pathlib import Path
 
 from ..resources import builtin_dir
-from .model import Model
+from .model import Model, ModelSource
 from .spec import Module, ModelError
 
 
-def _modules_in_file(path: Path) -> dict[str, Module]:
-    name = f"pkpd_model_{path.stem}_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ModelError(f"cannot load model file {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+def _modules_in_text(text: str, label: str, module_name: str) -> dict[str, Module]:
+    """Run a model file's text as a Python module and return its Module objects by name."""
+    module = types.ModuleType(module_name)
+    module.__file__ = label
+    sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        exec(compile(text, label, "exec"), module.__dict__)
     except ModelError as exc:
-        raise ModelError(f"{path}: {exc}") from exc
+        raise ModelError(f"{label}: {exc}") from exc
     except Exception as exc:
-        raise ModelError(f"model file {path} failed to import: {type(exc).__name__}: {exc}") from exc
+        raise ModelError(f"model file {label} failed to import: {type(exc).__name__}: {exc}") from exc
     found = list(getattr(module, "MODULES", ())) or [v for v in vars(module).values() if isinstance(v, Module)]
     return {m.name: m for m in found}
 
 
+def _modules_in_file(path: Path, label: str | None = None) -> dict[str, tuple[Module, ModelSource]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"cannot read model file {path}: {exc}") from exc
+    label = label or str(path)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    modules = _modules_in_text(text, label, f"pkpd_model_{path.stem}_{digest[:12]}")
+    return {name: (m, ModelSource.of(name, label, text)) for name, m in modules.items()}
+
+
+def modules_from_source(source: ModelSource) -> Module:
+    """The module `source.module` rebuilt from its recorded file text, checked against the
+    recorded hash (a fit result reopens its model this way, whatever happened to the file)."""
+    digest = hashlib.sha256(source.text.encode()).hexdigest()
+    if digest != source.sha256:
+        raise ModelError(f"the recorded source of module {source.module} ({source.file}) does not match its hash "
+                         f"(sha256 {digest[:12]} != {source.sha256[:12]}): the run folder was altered; re-run the fit")
+    modules = _modules_in_text(source.text, f"{source.file} (as fitted)", f"pkpd_fitted_{digest[:12]}")
+    if source.module not in modules:
+        raise ModelError(f"the recorded source {source.file} defines no module {source.module!r}")
+    return modules[source.module]
+
+
 @lru_cache(maxsize=1)
-def builtin_modules() -> dict[str, Module]:
-    """name -> Module for every built-in definition in models/."""
-    out: dict[str, Module] = {}
+def _builtins() -> dict[str, tuple[Module, ModelSource]]:
+    out: dict[str, tuple[Module, ModelSource]] = {}
     for path in sorted(builtin_dir("models").glob("*.py")):
         if path.name.startswith("_"):
             continue
-        for name, module in _modules_in_file(path).items():
+        for name, entry in _modules_in_file(path, f"builtin:{path.name}").items():
             if name in out:
                 raise ModelError(f"built-in module {name!r} is defined twice (in {path.name})")
-            out[name] = module
+            out[name] = entry
     return out
 
 
-def _resolve(item: str) -> Module:
+def builtin_modules() -> dict[str, Module]:
+    """name -> Module for every built-in definition in models/."""
+    return {name: module for name, (module, _) in _builtins().items()}
+
+
+def _resolve(item: str) -> tuple[Module, ModelSource]:
     item = item.strip()
     path_text, _, wanted = item.partition(".py:")
     if item.endswith(".py") or wanted:
         path = Path(path_text if wanted else item[:-3]).with_suffix(".py")
-        if not path.exists():
+        if not path.is_file():
             raise ModelError(f"model file {path} does not exist")
-        modules = _modules_in_file(path)
+        modules = _modules_in_file(path, path.name)
         if wanted:
             if wanted not in modules:
                 raise ModelError(f"{path} defines no module {wanted!r}; it defines {', '.join(modules)}")
@@ -64,7 +95,7 @@ def _resolve(item: str) -> Module:
             raise ModelError(f"{path} defines {len(modules)} modules ({', '.join(modules) or 'none'}); "
                              f"name one as {path}:NAME")
         return next(iter(modules.values()))
-    modules = builtin_modules()
+    modules = _builtins()
     if item not in modules:
         raise ModelError(f"unknown model {item!r}; built-in: {', '.join(modules)}; or give the path "
                          "of your own model file (my_model.py)")
@@ -80,7 +111,8 @@ def load(spec: "str | Model | Module") -> Model:
     parts = [p for p in str(spec).split("+")]
     if any(not p.strip() for p in parts):
         raise ModelError(f"empty module name in {spec!r}")
-    return Model.compose([_resolve(p) for p in parts])
+    resolved = [_resolve(p) for p in parts]
+    return Model.compose([m for m, _ in resolved], sources=[src for _, src in resolved])
 
 
 def list_models() -> list[Module]:

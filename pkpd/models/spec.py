@@ -55,6 +55,17 @@ class LogNormal:
 
 
 @dataclass(frozen=True)
+class HalfNormal:
+    """Prior on a standard deviation (the variability of a random effect): |Normal(0, scale)|."""
+
+    scale: float
+
+    def __post_init__(self):
+        if not (self.scale > 0 and math.isfinite(self.scale)):
+            raise ModelError(f"HalfNormal prior needs scale > 0, got {self}")
+
+
+@dataclass(frozen=True)
 class Parameter:
     """A positive structural parameter (estimated on the log scale).
 

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .._files import atomic_path  # noqa: E402
-from .ppc import PosteriorPredictive  # noqa: E402
+from .ppc import STRATA, PosteriorPredictive  # noqa: E402
 from .vpc import PERCENTILES, vpc_statistics  # noqa: E402
 
 BLQ_STYLE = dict(marker="v", facecolors="none", edgecolors="tab:red", s=18, linewidths=0.8)
@@ -58,10 +58,10 @@ def individual_panels(ppc: PosteriorPredictive, analyte: str, max_subjects: int 
         ax.set_visible(False)
     handles, labels = axes.ravel()[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper right", fontsize=7, ncol=4)
-    fig.supxlabel("time (d)", fontsize=8)
+    fig.supxlabel(f"time ({ppc.time_unit})", fontsize=8)
     fig.supylabel(f"{analyte} ({ppc.units.get(analyte, '')})", fontsize=8)
-    fig.suptitle(f"Individual fits: {analyte} (IPRED median and 90% band, PRED dashed, LLOQ dotted)",
-                 fontsize=9, x=0.02, ha="left")
+    fig.suptitle(f"Individual fits: {analyte} (IPRED median and {100 * ppc.ci_prob:.0f}% band, PRED dashed, "
+                 "LLOQ dotted)", fontsize=9, x=0.02, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
 
@@ -78,7 +78,7 @@ def goodness_of_fit(ppc: PosteriorPredictive, analyte: str) -> plt.Figure:
         lo, hi = _positive_floor(both) / 2, np.nanmax(both) * 2 if both.size else 1
         ax.plot([lo, hi], [lo, hi], color="tab:blue", lw=1)
         ax.set(xscale="log", yscale="log", xlabel=name, ylabel="observed", title=f"DV vs {name}")
-    for ax, col, xlabel, log in ((axes[2], "time", "time (d)", False), (axes[3], "pred", "PRED", True)):
+    for ax, col, xlabel, log in ((axes[2], "time", f"time ({ppc.time_unit})", False), (axes[3], "pred", "PRED", True)):
         ax.scatter(q[col], q["npd"], s=8, alpha=0.6, color="k")
         ax.scatter(b[col], b["npd"], **BLQ_STYLE)
         for y in (-1.96, 0, 1.96):
@@ -93,7 +93,7 @@ def goodness_of_fit(ppc: PosteriorPredictive, analyte: str) -> plt.Figure:
 
 
 def vpc_figure(table: pd.DataFrame, analyte: str, unit: str = "", records: pd.DataFrame | None = None,
-               prediction_corrected: bool = False) -> plt.Figure:
+               prediction_corrected: bool = False, time_unit: str = "d") -> plt.Figure:
     """Observed percentiles over the simulated 90% intervals of the same percentiles, per stratum;
     below, the observed and simulated fractions below the LLOQ."""
     t = table[table["analyte"] == analyte]
@@ -120,7 +120,7 @@ def vpc_figure(table: pd.DataFrame, analyte: str, unit: str = "", records: pd.Da
         blq.plot(s["time"], s["sim_blq_med"], color="tab:purple", lw=1)
         blq.plot(s["time"], s["obs_blq"], "o-", color="k", ms=3, lw=1)
         blq.set_ylim(-0.02, 1.02)
-        blq.set_xlabel("nominal time (d)")
+        blq.set_xlabel(f"nominal time ({time_unit})")
     axes[0, 0].set_ylabel(("prediction-corrected " if prediction_corrected else "") + f"{analyte} ({unit})")
     axes[1, 0].set_ylabel("fraction < LLOQ")
     kind = "pcVPC" if prediction_corrected else "VPC"
@@ -138,27 +138,46 @@ def save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def write_ppc(ppc: PosteriorPredictive, out: str | Path, stratify: str = "product") -> list[Path]:
-    """All figures and tables of the checks into `out`; returns the files written."""
+def vpc_tables(ppc: PosteriorPredictive, stratify: str = "auto") -> tuple[str, pd.DataFrame]:
+    """(the strata used, the VPC and pcVPC statistics with a `kind` column)."""
+    if stratify == "auto":
+        stratify = "product" if ppc.records["product"].nunique() > 1 else "all"
+    if stratify not in ppc.records.columns:
+        raise ValueError(f"stratify {stratify!r} is not one of all, {', '.join(STRATA)}")
+    tables = [vpc_statistics(ppc.records, ppc.replicates, ppc.replicate_censored, stratify=stratify,
+                             prediction_corrected=pc).assign(kind="pcvpc" if pc else "vpc") for pc in (False, True)]
+    return stratify, pd.concat(tables, ignore_index=True)
+
+
+def ppc_figures(ppc: PosteriorPredictive, stratify: str = "auto"):
+    """(name, Figure) of every check: vpc_A, pcvpc_A, individual_A and gof_A per analyte A."""
+    stratify, table = vpc_tables(ppc, stratify)
+    records = ppc.records.assign(_stratum=ppc.records[stratify].astype(str))
+    for kind in ("vpc", "pcvpc"):
+        part = table[table["kind"] == kind]
+        for analyte in part["analyte"].unique():
+            yield f"{kind}_{analyte}", vpc_figure(part, analyte, ppc.units.get(analyte, ""), records, kind == "pcvpc",
+                                                  ppc.time_unit)
+    for analyte in ppc.records["analyte"].unique():
+        yield f"individual_{analyte}", individual_panels(ppc, analyte)
+        yield f"gof_{analyte}", goodness_of_fit(ppc, analyte)
+
+
+def write_ppc(ppc: PosteriorPredictive, out: str | Path, stratify: str = "auto") -> list[Path]:
+    """All figures and tables of the checks into `out`; returns the files written.
+
+    stratify: the VPC strata: 'all' (one stratum), product, dose_level, dose_group,
+    lymphodepletion or disease; 'auto': product when the cohort has several, else one stratum."""
+    _, table = vpc_tables(ppc, stratify)  # checks `stratify` before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = []
     with atomic_path(out / "records.csv") as tmp:
         ppc.records.to_csv(tmp, index=False)
     files.append(out / "records.csv")
-    tables = []
-    for pc in (False, True):
-        table = vpc_statistics(ppc.records, ppc.replicates, ppc.replicate_censored, stratify=stratify,
-                               prediction_corrected=pc)
-        tables.append(table.assign(kind="pcvpc" if pc else "vpc"))
-        records = ppc.records.assign(_stratum=ppc.records[stratify].astype(str))
-        for analyte in table["analyte"].unique():
-            name = f"{'pcvpc' if pc else 'vpc'}_{analyte}.png"
-            files.append(save(vpc_figure(table, analyte, ppc.units.get(analyte, ""), records, pc), out / name))
     with atomic_path(out / "vpc.csv") as tmp:
-        pd.concat(tables).to_csv(tmp, index=False)
+        table.to_csv(tmp, index=False)
     files.append(out / "vpc.csv")
-    for analyte in ppc.records["analyte"].unique():
-        files.append(save(individual_panels(ppc, analyte), out / f"individual_{analyte}.png"))
-        files.append(save(goodness_of_fit(ppc, analyte), out / f"gof_{analyte}.png"))
+    for name, fig in ppc_figures(ppc, stratify):
+        files.append(save(fig, out / f"{name}.png"))
     return files

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..data.cohort import Cohort
 from ..fit.population import covariate_design
-from ..fit.run import Run
+from ..fit.result import FitResult
 from ..simulate.compiled import Design, predict_compiled
 
 
@@ -27,32 +27,31 @@ def _stacked(post, name: str, *dims: str) -> np.ndarray:
 class PosteriorDraws:
     """The population posterior as arrays over S draws (chains stacked)."""
 
-    run: Run
+    result: FitResult
     mu: np.ndarray               # (S, K) log typical values of the estimated parameters
     beta: np.ndarray             # (S, C) covariate effects
     omega: np.ndarray            # (S, Q) SD of the random effects
     corr: np.ndarray | None      # (S, Q, Q) correlation of the random effects, or None
-    sigma: np.ndarray            # (S, A) residual SD per fitted analyte
+    residual: dict               # analyte -> {'sigma': (S,), 'additive': (S,)} residual SDs
     theta: np.ndarray            # (S, N, K) individual values of the fitted subjects
-    analytes: list[str]          # fitted analytes (order of sigma's columns)
+    analytes: list[str]          # fitted analytes
     owner: np.ndarray            # (C, K) which parameter each covariate column acts on
 
     @classmethod
-    def from_run(cls, run: Run) -> "PosteriorDraws":
-        post = run.result.posterior
-        spec = run.spec
+    def from_result(cls, result: FitResult) -> "PosteriorDraws":
+        post = result.posterior
+        spec = result.spec
         K, Q = len(spec.estimated), len(spec.iiv)
         S = post.sizes["chain"] * post.sizes["draw"]
-        _, labels, owners = covariate_design(spec, run.cohort)
+        _, labels, owners = covariate_design(spec, result.cohort)
         owner = np.zeros((len(labels), K))
         owner[np.arange(len(labels)), owners] = 1.0
         beta = _stacked(post, "beta", "covariate_effect") if "beta" in post else np.zeros((S, 0))
         omega = _stacked(post, "omega", "iiv_parameter") if Q else np.zeros((S, 0))
         corr = _stacked(post, "chol_corr", "chol_corr_dim_0", "chol_corr_dim_1") \
             if "chol_corr" in post and Q > 1 else None
-        return cls(run, _stacked(post, "mu", "parameter"), beta, omega, corr,
-                   _stacked(post, "sigma", "analyte"), _stacked(post, "theta", "subject", "parameter"),
-                   [str(a) for a in post["analyte"].values], owner)
+        return cls(result, _stacked(post, "mu", "parameter"), beta, omega, corr, result.residual_draws(),
+                   _stacked(post, "theta", "subject", "parameter"), result.analytes, owner)
 
     @property
     def n_draws(self) -> int:
@@ -64,7 +63,7 @@ class PosteriorDraws:
 
     def covariates(self, cohort: Cohort) -> np.ndarray:
         """Covariate rows of `cohort`'s subjects, with the fitted cohort's reference levels."""
-        X, _, _ = covariate_design(self.run.spec, cohort, reference=self.run.cohort)
+        X, _, _ = covariate_design(self.result.spec, cohort, reference=self.result.cohort)
         return X
 
     def typical_log(self, draws: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -86,24 +85,27 @@ class PosteriorDraws:
                 eta = np.einsum("mij,mj->mi", np.linalg.cholesky(cov), z)
             else:
                 eta = z * self.omega[draws]
-            cols = [self.run.spec.estimated.index(n) for n in self.run.spec.iiv]
+            cols = [self.result.spec.estimated.index(n) for n in self.result.spec.iiv]
             log_theta[:, cols] += eta
         return log_theta
 
     def parameter_matrix(self, log_theta: np.ndarray) -> np.ndarray:
         """(M, n_parameters) full parameter rows: estimated ones from log_theta, others typical."""
-        model, spec = self.run.model, self.run.spec
+        model, spec = self.result.model, self.result.spec
         P = np.tile([p.typical for p in model.parameters], (log_theta.shape[0], 1))
         P[:, [model.parameter_names.index(n) for n in spec.estimated]] = np.exp(log_theta)
         return P
 
-    def sigma_of(self, draws: int | np.ndarray) -> dict[str, np.ndarray]:
-        """{analyte: residual SD at the draw (or at each of the draws)}."""
-        return {a: self.sigma[draws, i] for i, a in enumerate(self.analytes)}
+    def residual_of(self, draws: int | np.ndarray) -> tuple[dict, dict]:
+        """({analyte: log-scale/proportional SD}, {analyte: additive SD}) at the draw (or at each
+        of the draws), for `residual_draws`."""
+        sigma = {a: parts["sigma"][draws] for a, parts in self.residual.items() if "sigma" in parts}
+        additive = {a: parts["additive"][draws] for a, parts in self.residual.items() if "additive" in parts}
+        return sigma, additive
 
 
-def predictions(run: Run, design: Design, P: np.ndarray) -> np.ndarray:
+def predictions(result: FitResult, design: Design, P: np.ndarray) -> np.ndarray:
     """Predictions at the design's records for parameter rows P (one row per design subject)."""
-    pred, _ = predict_compiled(design, P, [], run.spec.steps)
+    pred, _ = predict_compiled(design, P, [], result.spec.steps)
     return pred
 

@@ -1,8 +1,8 @@
 """Posterior-predictive quantities for the observed subjects.
 
-- IPRED: the individual prediction at each record, median and 90% band over posterior draws of
-  the subject's own parameters; PRED: the typical subject with the subject's covariates
-  (posterior medians of mu and beta, random effects zero).
+- IPRED: the individual prediction at each record, median and `ci_prob` band (90% by default)
+  over posterior draws of the subject's own parameters; PRED: the typical subject with the
+  subject's covariates (posterior medians of mu and beta, random effects zero).
 - Replicates: the whole cohort simulated again R times, each from one posterior draw of the
   population (new random effects, residual error, and censoring below each record's LLOQ the
   same way as the data); the VPC and the PIT residuals use them.
@@ -10,7 +10,10 @@
   PIT uniformly between 0 and the replicates' fraction below the LLOQ, seeded); NPD =
   Phi^-1(PIT), the normalised prediction discrepancy (not decorrelated within a subject, so
   NPD rather than NPDE).
-- Curves: IPRED bands and PRED on a fine time grid, for the individual-fit panels.
+- Curves: IPRED bands and PRED on a grid spanning each subject's data, dense after every dose
+  (`pkpd.simulate.curve_grid`), so that fast dynamics (an absorption peak, CAR-T expansion)
+  are drawn; the subject's own doses, events and time-varying covariates apply.
+Times are in the cohort's time unit (`time_unit`).
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ import numpy as np
 import pandas as pd
 import scipy.stats as st
 
-from ..fit.run import Run
+from ..fit.result import FitResult
 from ..simulate.compiled import Design
-from ..simulate.virtual import fine_schedule, residual_draws, template_cohort
+from ..simulate.virtual import curve_grid, residual_draws, template_cohort
 from .posterior import PosteriorDraws, predictions
 
-BAND = (0.05, 0.95)  # the 90% bands of IPRED
+CI_PROB = 0.9  # the IPRED bands
 
 
 @dataclass(frozen=True)
@@ -37,41 +40,50 @@ class PosteriorPredictive:
     replicate_censored: np.ndarray  # (R, n_records) bool
     curves: pd.DataFrame    # subject, analyte, time, pred, ipred, ipred_lo, ipred_hi
     units: dict             # analyte -> unit
+    time_unit: str          # of every time above (the cohort's)
+    ci_prob: float          # width of the IPRED bands
 
 
-def posterior_predictive(run: Run, *, replicates: int = 200, draws: int = 100,
-                         seed: int = 0) -> PosteriorPredictive:
-    """IPRED/PRED at the records and on a fine grid, R replicates of the cohort, PIT and NPD."""
+def posterior_predictive(result: FitResult, *, replicates: int = 200, draws: int = 100, seed: int = 0,
+                         ci_prob: float = CI_PROB) -> PosteriorPredictive:
+    """IPRED/PRED at the records and on a fine grid, `replicates` replicates of the cohort, PIT
+    and NPD; `draws` posterior draws for the IPRED bands of width `ci_prob`."""
     if replicates < 20:
-        raise ValueError("replicates must be at least 20 (percentile bands and PIT need them)")
+        raise ValueError(f"replicates must be at least 20 (percentile bands and PIT need them), not {replicates}")
+    if draws < 1:
+        raise ValueError(f"draws must be at least 1, not {draws}")
+    if not 0 < ci_prob < 1:
+        raise ValueError(f"ci_prob must lie between 0 and 1, not {ci_prob}")
     rng = np.random.default_rng(seed)
-    posterior = PosteriorDraws.from_run(run)
-    cohort, model = run.cohort, run.model
+    posterior = PosteriorDraws.from_result(result)
+    cohort, model = result.cohort, result.model
     design = Design(model, cohort, analytes=posterior.analytes)
     picks = posterior.pick(draws, rng)
     X = posterior.covariates(cohort)
+    lo, hi = (1 - ci_prob) / 2, 1 - (1 - ci_prob) / 2
 
-    ipred_draws = np.stack([predictions(run, design, posterior.parameter_matrix(np.log(posterior.theta[s])))
+    ipred_draws = np.stack([predictions(result, design, posterior.parameter_matrix(np.log(posterior.theta[s])))
                             for s in picks])
-    pred = predictions(run, design, posterior.parameter_matrix(posterior.point_typical_log(X)))
+    pred = predictions(result, design, posterior.parameter_matrix(posterior.point_typical_log(X)))
 
-    sims, sim_cens = simulate_replicates(run, posterior, design, X, replicates, rng)
+    sims, sim_cens = simulate_replicates(result, posterior, design, X, replicates, rng)
     obs = cohort.observations.loc[design.records]
     records = pd.DataFrame({
-        "subject": obs["subject"].to_numpy(), "time": design.time, "nominal_time": obs["nominal_time"].to_numpy(float),
+        "subject": obs["subject"].to_numpy(), "time": design.data_time,
+        "nominal_time": obs["nominal_time"].to_numpy(float),
         "analyte": np.asarray(design.analyte_names)[design.analyte], "dv": design.value,
         "lloq": design.lloq, "censored": design.censored == 1, "pred": pred,
-        "ipred": np.median(ipred_draws, axis=0), "ipred_lo": np.quantile(ipred_draws, BAND[0], axis=0),
-        "ipred_hi": np.quantile(ipred_draws, BAND[1], axis=0)})
-    records = records.join(_strata(cohort), on="subject")
+        "ipred": np.median(ipred_draws, axis=0), "ipred_lo": np.quantile(ipred_draws, lo, axis=0),
+        "ipred_hi": np.quantile(ipred_draws, hi, axis=0)})
+    records = records.join(strata(cohort), on="subject")
     records["pit"] = pit(records["dv"].to_numpy(), records["censored"].to_numpy(), sims, sim_cens, rng)
     records["npd"] = st.norm.ppf(records["pit"])
-    curves = _curves(run, posterior, picks, X)
+    curves = _curves(result, posterior, picks, X, lo, hi)
     units = {a: model.observations[a].unit for a in posterior.analytes}
-    return PosteriorPredictive(records, sims, sim_cens, curves, units)
+    return PosteriorPredictive(records, sims, sim_cens, curves, units, cohort.time_unit, ci_prob)
 
 
-def simulate_replicates(run: Run, posterior: PosteriorDraws, design: Design, X: np.ndarray, n: int,
+def simulate_replicates(result: FitResult, posterior: PosteriorDraws, design: Design, X: np.ndarray, n: int,
                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(values, censored), each (n, n_records): the cohort simulated n times from the posterior."""
     picks = posterior.pick(n, rng)
@@ -81,8 +93,9 @@ def simulate_replicates(run: Run, posterior: PosteriorDraws, design: Design, X: 
     for r, s in enumerate(picks):
         draw = np.full(X.shape[0], s)
         P = posterior.parameter_matrix(posterior.new_subjects(draw, X, rng))
-        pred = predictions(run, design, P)
-        values[r] = residual_draws(run.model, analytes, pred, rng, sigma=posterior.sigma_of(s))
+        pred = predictions(result, design, P)
+        sigma, additive = posterior.residual_of(s)
+        values[r] = residual_draws(result.model, analytes, pred, rng, sigma=sigma, additive=additive)
     censored = values < lloq[None, :]
     return np.where(censored, lloq[None, :], values), censored
 
@@ -101,27 +114,44 @@ def pit(dv: np.ndarray, censored: np.ndarray, sims: np.ndarray, sim_censored: np
     return np.clip(value, 0.5 / R, 1 - 0.5 / R)
 
 
-def _strata(cohort) -> pd.DataFrame:
-    cols = [c for c in ("product", "dose_level", "lymphodepletion", "disease") if c in cohort.subjects]
-    frame = cohort.subjects[cols].copy()
-    frame["dose_group"] = frame.get("product", "").astype(str) + " " + frame.get("dose_level", "").astype(str)
-    return frame.astype(str)
+STRATA = ("product", "dose_level", "dose_group", "lymphodepletion", "disease")
 
 
-def _curves(run: Run, posterior: PosteriorDraws, picks: np.ndarray, X: np.ndarray) -> pd.DataFrame:
-    """IPRED median and band, and PRED, on a fine grid up to the last fitted record."""
-    cohort = run.cohort
-    last = float(cohort.observations["time"].max())
-    grid = fine_schedule()
-    grid = grid[grid <= max(last, 1.0)]
-    template = template_cohort(run.model, cohort.subjects, cohort.doses, grid, posterior.analytes)
-    design = Design(run.model, template, analytes=posterior.analytes)
-    draws = np.stack([predictions(run, design, posterior.parameter_matrix(np.log(posterior.theta[s])))
+def strata(cohort) -> pd.DataFrame:
+    """The columns a VPC can be stratified by, per subject (as text; 'all' is one stratum)."""
+    subjects = cohort.subjects
+    frame = pd.DataFrame(index=subjects.index)
+    for column in ("product", "dose_level", "lymphodepletion", "disease"):
+        frame[column] = subjects[column].astype(object).where(subjects[column].notna(), "not recorded").astype(str) \
+            if column in subjects else "not recorded"
+    frame["dose_group"] = (frame["product"] + " " + frame["dose_level"]).str.replace("not recorded ", "")
+    frame["all"] = "all subjects"
+    return frame
+
+
+def _curves(result: FitResult, posterior: PosteriorDraws, picks: np.ndarray, X: np.ndarray, lo: float,
+            hi: float) -> pd.DataFrame:
+    """IPRED median and band, and PRED, on a grid over each subject's data (dense after doses)."""
+    cohort = result.cohort
+    obs = cohort.observations
+    doses = cohort.dose_records()
+    frames = []
+    for s in cohort.subject_ids:
+        mine = obs["time"][obs["subject"] == s]
+        first = float(doses.loc[doses["subject"] == s, "time"].min())
+        end = max(float(mine.max()) if len(mine) else first, first)
+        start = min(float(mine.min()) if len(mine) else first, first)
+        grid = curve_grid(end, doses.loc[doses["subject"] == s, "time"].tolist(), start=start, points=200)
+        frames.append(pd.DataFrame({"subject": s, "time": grid, "nominal_time": grid}))
+    template = template_cohort(result.model, cohort.subjects, cohort.doses, pd.concat(frames, ignore_index=True),
+                               posterior.analytes, time_unit=cohort.time_unit, events=cohort.events)
+    design = Design(result.model, template, analytes=posterior.analytes)
+    draws = np.stack([predictions(result, design, posterior.parameter_matrix(np.log(posterior.theta[s])))
                       for s in picks])
     typical = posterior.point_typical_log(X)
     return pd.DataFrame({
-        "subject": np.asarray(cohort.subject_ids)[design.subject_index], "time": design.time,
+        "subject": np.asarray(cohort.subject_ids)[design.subject_index], "time": design.data_time,
         "analyte": np.asarray(design.analyte_names)[design.analyte],
-        "pred": predictions(run, design, posterior.parameter_matrix(typical)),
-        "ipred": np.median(draws, axis=0), "ipred_lo": np.quantile(draws, BAND[0], axis=0),
-        "ipred_hi": np.quantile(draws, BAND[1], axis=0)})
+        "pred": predictions(result, design, posterior.parameter_matrix(typical)),
+        "ipred": np.median(draws, axis=0), "ipred_lo": np.quantile(draws, lo, axis=0),
+        "ipred_hi": np.quantile(draws, hi, axis=0)})

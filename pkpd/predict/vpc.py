@@ -56,7 +56,7 @@ def bins_of(nominal_time: np.ndarray, max_bins: int = MAX_BINS) -> np.ndarray:
 
 def vpc_statistics(records: pd.DataFrame, sims: np.ndarray, sim_censored: np.ndarray, *,
                    stratify: str | None = None, prediction_corrected: bool = False,
-                   percentiles: Sequence[float] = PERCENTILES, ci: float = 0.9) -> pd.DataFrame:
+                   percentiles: Sequence[float] = PERCENTILES, ci_prob: float = 0.9) -> pd.DataFrame:
     """One row per analyte, stratum and bin.
 
     records: columns analyte, nominal_time, dv, censored, lloq (and pred for pcVPC, and the
@@ -65,10 +65,10 @@ def vpc_statistics(records: pd.DataFrame, sims: np.ndarray, sim_censored: np.nda
     obs_blq, sim_blq_lo/_med/_hi, lloq."""
     if sims.shape[1] != len(records):
         raise ValueError(f"replicates have {sims.shape[1]} records, the data {len(records)}")
-    lo_q, hi_q = (1 - ci) / 2, 1 - (1 - ci) / 2
+    lo_q, hi_q = (1 - ci_prob) / 2, 1 - (1 - ci_prob) / 2
     frame = records.reset_index(drop=True).copy()
     frame["bin"] = bins_of(frame["nominal_time"].to_numpy())
-    frame["stratum"] = frame[stratify].astype(str) if stratify else "all"
+    frame["stratum"] = frame[stratify].astype(str) if stratify and stratify != "all" else "all subjects"
     dv = frame["dv"].to_numpy(float)
     cens = frame["censored"].to_numpy(bool)
     rows = []

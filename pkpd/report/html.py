@@ -1,15 +1,17 @@
-"""One self-contained HTML report of a fit run: every figure embedded, no external files.
+"""One self-contained HTML report of a fit: every figure embedded, no external files.
 
 Sections (ids in SECTIONS): data summary, NCA, parameters, diagnostics, individual fits,
-goodness of fit, VPC, model comparison, dose selection, provenance. The report reads the
-folders written by `write_ppc`, `write_dose` and a comparison run, so it recomputes nothing
-that is already on disk.
+goodness of fit, VPC, model comparison, dose selection, provenance. The report takes objects:
+the FitResult, and the posterior-predictive checks, dose selection and comparison leaderboard
+when they were already computed (otherwise it computes the first two with defaults).
+Every value written into the page is escaped.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from .._files import write_text
-from ..fit.run import Run
+from ..fit.result import FitResult
 
 SECTIONS = {
     "data": "Data summary", "nca": "Non-compartmental analysis", "parameters": "Parameter estimates",
@@ -26,9 +28,10 @@ SECTIONS = {
     "provenance": "Provenance",
 }
 
-# the metrics the report shows for each kind of analyte (all are in the NCA files)
-NCA_METRICS_BY_KIND = {"ck": ("cmax", "tmax", "auc_0_28"), "cytokine": ("cmax", "tmax"),
-                       "bcell": ("aplasia_duration", "nadir"), "ig": ("nadir",), "autoantibody": ("nadir",)}
+# the metrics the report shows for each kind of analyte (all are in the NCA table)
+NCA_METRICS_BY_KIND = {"ck": ("cmax", "tmax", "auc_0_28d"), "cytokine": ("cmax", "tmax"),
+                       "bcell": ("aplasia_duration", "nadir"), "ig": ("nadir",), "autoantibody": ("nadir",),
+                       "other": ("cmax", "tmax", "auc_0_24h", "auc_inf", "half_life", "auc_tau", "cmin_ss")}
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1300px;padding:1em 2em;color:#222}
@@ -41,8 +44,14 @@ nav a{margin-right:1em;font-size:.9em} .note{color:#555;font-size:.9em} pre{font
 """
 
 
-def _image(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+def _image(fig, alt: str) -> str:
+    """A matplotlib Figure embedded as PNG data (and closed)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=90, format="png")
+    plt.close(fig)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
@@ -58,29 +67,28 @@ def _table(frame: pd.DataFrame, digits: int = 4) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _images(folder: Path | None, prefix: str, what: str) -> str:
-    if folder is None:
-        return f'<p class="note">No {what} given.</p>'
-    files = sorted(folder.glob(f"{prefix}*.png"))
-    if not files:
-        return f'<p class="note">No {what} figures in {html.escape(str(folder))}.</p>'
-    return "".join(f"<h3>{html.escape(f.stem.replace('_', ' '))}</h3>{_image(f, f.stem)}" for f in files)
+def _figures(figures, prefix: str) -> str:
+    return "".join(f"<h3>{html.escape(name.replace('_', ' '))}</h3>{_image(fig, name)}"
+                   for name, fig in figures if name.startswith(prefix))
 
 
-def _data_section(run: Run) -> str:
-    cohort = run.cohort
+def _data_section(result: FitResult) -> str:
+    cohort = result.cohort
     by = cohort.subjects.groupby(["product", "dose_level", "lymphodepletion"], dropna=False).size()
     groups = by.rename("subjects").reset_index()
-    return (f"<p>{len(cohort.subjects)} subjects, {len(cohort.observations)} observation records "
-            f"(source {html.escape(str(cohort.source))}).</p>" + _table(cohort.summary()) +
+    return (f"<p>{len(cohort.subjects)} subjects, {len(cohort.observations)} observation records, "
+            f"{len(cohort.doses)} dose records (source {html.escape(str(cohort.source))}); times in "
+            f"{html.escape(cohort.time_unit)}.</p>" + _table(cohort.summary()) +
             "<h3>Subjects by product, dose level and lymphodepletion</h3>" + _table(groups))
 
 
-def _nca_section(run: Run) -> str:
+def _nca_section(result: FitResult) -> str:
     from ..nca import nca, summarize
 
-    summary = summarize(nca(run.cohort), metrics=["cmax", "tmax", "auc_0_28", "aplasia_duration", "nadir"])
-    kinds = {name: analyte.kind for name, analyte in run.cohort.analytes.items()}
+    summary = summarize(nca(result.cohort))
+    if summary.empty:
+        return '<p class="note">No NCA metric could be computed.</p>'
+    kinds = {name: analyte.kind for name, analyte in result.cohort.analytes.items()}
     relevant = summary.apply(lambda r: r["metric"] in NCA_METRICS_BY_KIND.get(kinds.get(r["analyte"]), ()), axis=1)
     summary = summary[relevant]
     cols = [c for c in ("product", "dose_level", "analyte", "metric", "unit", "n", "geo_mean", "geo_cv_percent",
@@ -89,8 +97,7 @@ def _nca_section(run: Run) -> str:
            '(conventions in pkpd.nca).</p>' + _table(summary[cols])
 
 
-def _diagnostics_section(run: Run) -> str:
-    result = run.result
+def _diagnostics_section(result: FitResult) -> str:
     items = "".join(f'<li><span class="{"ok" if d.ok else "fail"}">{"ok" if d.ok else "FAIL"}</span> '
                     f"{html.escape(d.message)}</li>" for d in result.diagnostics())
     attrs = result.tree.attrs
@@ -104,32 +111,31 @@ def _diagnostics_section(run: Run) -> str:
     return f"{verdict}<ul>{items}</ul><p>{html.escape(timing)}</p>"
 
 
-def _comparison_section(compare_dir: Path | None) -> str:
-    if compare_dir is None:
+def _comparison_section(leaderboard: pd.DataFrame | None) -> str:
+    from ..compare.leaderboard import figure
+
+    if leaderboard is None:
         return '<p class="note">No model comparison was given (pkpd report --compare DIR).</p>'
-    table_path = compare_dir / "leaderboard.csv"
-    if not table_path.is_file():
-        return f'<p class="note">{html.escape(str(compare_dir))} has no leaderboard.csv.</p>'
-    table = pd.read_csv(table_path)
-    cols = [c for c in ("rank", "model", "dataset", "elpd_loo", "se", "d_elpd", "d_se", "weight", "pareto_k_bad",
-                        "converged", "status", "seconds") if c in table]
-    png = compare_dir / "leaderboard.png"
+    cols = [c for c in ("rank", "model", "variant", "dataset", "elpd_loo", "se", "d_elpd", "d_se", "weight",
+                        "pareto_k_bad", "converged", "status", "seconds") if c in leaderboard]
     return ('<p class="note">PSIS-LOO with the subject as the unit; stacking weights (az.compare).</p>'
-            + _table(table[cols]) + (_image(png, "leaderboard") if png.is_file() else ""))
+            + _table(leaderboard[cols]) + _image(figure(leaderboard), "leaderboard"))
 
 
-def _dose_section(dose_dir: Path | None) -> str:
-    if dose_dir is None or not (dose_dir / "pta.csv").is_file():
-        return '<p class="note">No dose selection was given.</p>'
-    rec = json.loads((dose_dir / "recommendation.json").read_text())
-    pta = pd.read_csv(dose_dir / "pta.csv")
+def _dose_section(selection, note: str, cohort) -> str:
+    from ..dose import dose_figures
+
+    if selection is None:
+        return f'<p class="note">{html.escape(note or "No dose selection was given.")}</p>'
+    rec, pta = selection.recommendation, selection.pta
     best = rec.get("recommended")
     if best:
         probs = "; ".join(f"{k}: {v['probability']:.2f} ({v['lower']:.2f}-{v['upper']:.2f})"
                           for k, v in best.get("probabilities", {}).items())
         head = (f'<div class="rec"><b>Recommended: {html.escape(str(best["recommended_dose"]))}, '
-                f'{html.escape(best["scenario"])}</b>: the lowest candidate dose with P(efficacy) &ge; '
-                f'{rec["efficacy_level"]} and every P(safety) &ge; {rec["safety_level"]}. {html.escape(probs)}</div>')
+                f'{html.escape(str(best["scenario"]))}</b>: the candidate with the lowest total dose with '
+                f'P(efficacy) &ge; {html.escape(str(rec["efficacy_level"]))} and every P(safety) &ge; '
+                f'{html.escape(str(rec["safety_level"]))}. {html.escape(probs)}</div>')
     else:
         head = '<div class="rec"><b>No candidate dose meets the levels in any scenario.</b></div>'
     per = pd.DataFrame([{"scenario": s, "recommended dose": e.get("recommended_dose") or "none",
@@ -138,41 +144,59 @@ def _dose_section(dose_dir: Path | None) -> str:
     skipped_html = ("<p class='note'>Skipped targets: " + "; ".join(
         html.escape(f"{s['target']}: {s['reason']}") for s in skipped) + "</p>") if skipped else ""
     wide = pta.pivot_table(index=["scenario", "dose"], columns="target", values="probability", sort=False)
-    figures = "".join(_image(dose_dir / name, name) for name in ("pta.png", "exposure_response.png")
-                      if (dose_dir / name).is_file())
+    figures = "".join(_image(fig, name) for name, fig in dose_figures(selection, cohort))
     return head + _table(per) + skipped_html + figures + "<h3>Probability of target attainment</h3>" + \
         _table(wide.reset_index(), 3)
 
 
-def _provenance_section(run: Run) -> str:
-    attrs = run.result.tree.attrs
-    keys = ("model", "model_hash", "data_hash", "data_source", "seed", "sampler", "sampler_settings", "spec",
-            "packages")
+def _provenance_section(result: FitResult) -> str:
+    attrs = result.tree.attrs
+    keys = ("model", "model_hash", "data_hash", "data_source", "time_unit", "seed", "sampler", "sampler_settings",
+            "spec", "packages")
     rows = pd.DataFrame([{"item": k, "value": str(attrs.get(k, ""))} for k in keys])
-    return _table(rows) + f"<p class='note'>Run folder: {html.escape(str(run.folder))}</p>"
+    sources = pd.DataFrame([{"module": s.module, "file": s.file, "sha256": s.sha256[:16]}
+                            for s in result.model.sources])
+    return _table(rows) + ("<h3>Model source files (recorded at fit time)</h3>" + _table(sources)
+                           if len(sources) else "")
 
 
-def write_report(run: Run, out: str | Path, *, ppc_dir: Path | None = None, dose_dir: Path | None = None,
-                 compare_dir: Path | None = None) -> Path:
-    """Write the report to `out` (atomically) and return its path."""
-    parameters = run.result.parameter_table()
+def write_report(result: FitResult, out: str | Path, *, ppc=None, selection=None,
+                 leaderboard: pd.DataFrame | None = None, stratify: str = "auto", seed: int = 0) -> Path:
+    """Write the report of `result` to `out` (atomically) and return its path.
+
+    ppc: a PosteriorPredictive (default: computed now with `seed`); selection: a DoseSelection
+    (default: computed now with the default targets, or left out with the reason when none of
+    them can be evaluated); leaderboard: a comparison's leaderboard (pkpd.compare)."""
+    from ..dose import select_dose
+    from ..predict import posterior_predictive
+    from ..predict.plots import ppc_figures
+
+    ppc = ppc if ppc is not None else posterior_predictive(result, seed=seed)
+    note = ""
+    if selection is None:
+        try:
+            selection = select_dose(result, seed=seed)
+        except ValueError as exc:
+            note = f"No dose selection: {exc}"
+    figures = list(ppc_figures(ppc, stratify))
+    parameters = result.parameter_table()
     body = {
-        "data": _data_section(run),
-        "nca": _nca_section(run),
+        "data": _data_section(result),
+        "nca": _nca_section(result),
         "parameters": '<p class="note">Posterior median and 95% interval; IIV as CV%; eta-shrinkage; '
                       "R-hat, bulk and tail ESS.</p>" + _table(parameters),
-        "diagnostics": _diagnostics_section(run),
-        "individual": _images(ppc_dir, "individual_", "posterior-predictive check"),
-        "gof": _images(ppc_dir, "gof_", "posterior-predictive check"),
-        "vpc": _images(ppc_dir, "vpc_", "posterior-predictive check") + _images(ppc_dir, "pcvpc_", "pcVPC"),
-        "comparison": _comparison_section(compare_dir),
-        "dose": _dose_section(dose_dir),
-        "provenance": _provenance_section(run),
+        "diagnostics": _diagnostics_section(result),
+        "individual": _figures(figures, "individual_"),
+        "gof": _figures(figures, "gof_"),
+        "vpc": _figures(figures, "vpc_") + _figures(figures, "pcvpc_"),
+        "comparison": _comparison_section(leaderboard),
+        "dose": _dose_section(selection, note, result.cohort),
+        "provenance": _provenance_section(result),
     }
     nav = "".join(f'<a href="#{k}">{v}</a>' for k, v in SECTIONS.items())
     sections = "".join(f'<section id="{k}"><h2>{SECTIONS[k]}</h2>{body[k]}</section>' for k in SECTIONS)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    title = f"cart-pkpd report: {run.model.name}"
+    title = f"cart-pkpd report: {result.model.name}"
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<p class='note'>Generated {stamp} by cart-pkpd {html.escape(_version())}.</p><nav>{nav}</nav>"

@@ -5,19 +5,19 @@ The result is a Cohort, so it feeds NCA and fitting directly. Reproducible with 
 
 from __future__ import annotations
 
-import math
-import re
-from typing import Mapping, NamedTuple, Sequence
+from dataclasses import replace
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .. import analytes as catalogue
-from ..data.cohort import Cohort, DOSE_COLUMNS, EVENT_COLUMNS, OBSERVATION_COLUMNS, dose_frame, in_subject_order
-from ..units import dose_unit
+from ..data.cohort import Cohort, DOSE_COLUMNS, EVENT_COLUMNS, OBSERVATION_COLUMNS, in_subject_order
 from ..data.read import PRODUCTS, format_dose
 from ..models import Model
+from ..units import time_factor
 from .predict import predict
+from .regimen import Regimen, parse_regimen
 
 MONTHS = [round(30.4167 * k) for k in range(1, 13)]
 
@@ -28,51 +28,54 @@ def trial_schedule(baseline: bool = False) -> np.ndarray:
     return np.array(([-1.0] if baseline else []) + [float(d) for d in days])
 
 
-def fine_schedule() -> np.ndarray:
-    """A dense grid for typical curves: 0.25 d apart in month 1, daily to day 365."""
-    return np.concatenate([np.arange(0, 30, 0.25), np.arange(30, 366, 1.0)])
+def fine_schedule(model: Model | None = None, regimens: Sequence[Regimen] = ()) -> np.ndarray:
+    """A dense grid for curves: for a model in days (or none) 0.25 d apart in month 1, daily
+    to day 365; otherwise `curve_grid` over the span of `default_schedule`."""
+    if model is None or model.time_unit == "d":
+        last = max([r.last_dose("d") for r in regimens] + [0.0])
+        base = np.concatenate([np.arange(0, 30, 0.25), np.arange(30, 366, 1.0)])
+        return np.unique(np.concatenate([base, last + base]))
+    doses = sorted({t for r in regimens for t in r.doses("x", 70.0, model.time_unit)["time"]} | {0.0})
+    return curve_grid(float(default_schedule(model, regimens).max()), doses)
 
 
-class Dose(NamedTuple):
-    """A dose as given ('1.5 mg/kg'): amount, unit, and the absolute amount for a body weight."""
+def curve_grid(end: float, dose_times: Sequence[float], start: float = 0.0, points: int = 400) -> np.ndarray:
+    """Times for drawing a curve from `start` to `end`: evenly spaced, plus log-spaced times after
+    every dose (from 1e-4 of the span), so that a peak shortly after a dose (absorption, an
+    infusion's end, CAR-T expansion) is drawn however long the span is."""
+    span = max(end - start, 1e-9)
+    grid = [np.linspace(start, end, points)]
+    doses = sorted(t for t in dose_times if start <= t <= end)
+    per_dose = max(12, 240 // max(len(doses), 1))
+    for k, t in enumerate(doses):
+        until = doses[k + 1] if k + 1 < len(doses) else end
+        if until > t:
+            grid.append(t + np.geomspace(1e-4 * span, until - t, per_dose))
+    return np.unique(np.concatenate(grid))
 
-    amount: float
-    unit: str
-    absolute: float
-    absolute_unit: str
 
-
-def parse_dose(text: str | float, weight: float = 70.0, default_unit: str = "cells") -> Dose:
-    """'3e8' -> 3e8 cells; '1e6/kg' -> 1e6 cells/kg (absolute: 1e6 x weight); '100 mg',
-    '1.5 mg/kg': the unit after the number (`default_unit` when there is none)."""
-    if isinstance(text, (int, float)):
-        amount, unit_text = float(text), default_unit
-    else:
-        match = re.fullmatch(r"\s*([0-9.]+(?:[eE][+\-]?\d+)?)\s*(.*?)\s*", str(text))
-        if not match:
-            raise ValueError(f"dose {text!r} is not an amount with an optional unit: 3e8 (cells), 1e6/kg, "
-                             "100 mg or 1.5 mg/kg")
-        amount = float(match.group(1))
-        unit_text = match.group(2) or default_unit
-        if unit_text.startswith("/"):
-            unit_text = default_unit.split("/")[0] + unit_text
-    unit = dose_unit(unit_text)
-    if unit is None:
-        raise ValueError(f"dose {text!r}: unknown unit {unit_text!r}; use cells, cells/kg, mg, mg/kg, ug, ...")
-    if not (amount > 0 and math.isfinite(amount)):
-        raise ValueError(f"dose {text!r} must be positive and finite")
-    if not weight > 0:
-        raise ValueError(f"weight {weight} must be positive (kg)")
-    return Dose(amount, unit.text, amount * weight if unit.per_kg else amount, unit.absolute)
+def default_schedule(model: Model, regimens: Sequence[Regimen] = ()) -> np.ndarray:
+    """Sampling times (model time unit) when none are given: the CAR-T trials' schedule for a
+    model in days (day -1, 0, 3, ..., 27, monthly to day 365); for a model in hours a PK
+    schedule (pre-dose, 0.25-72 h) after the first and the last dose of the regimens."""
+    if model.time_unit == "d":
+        last = max([r.last_dose("d") for r in regimens] + [0.0])
+        return np.unique(np.concatenate([trial_schedule(baseline=True), last + trial_schedule()]))
+    pk = np.array([0.25, 0.5, 1, 2, 3, 4, 6, 8, 12, 24, 36, 48, 72.0]) * time_factor("h", model.time_unit)
+    last = max([r.last_dose(model.time_unit) for r in regimens] + [0.0])
+    return np.unique(np.concatenate([[-time_factor("h", model.time_unit)], pk, last + pk]))
 
 
 def template_cohort(model: Model, subjects: pd.DataFrame, doses: pd.DataFrame,
                     times: Sequence[float] | pd.DataFrame, analytes: Sequence[str] | None = None,
-                    source: str = "simulation") -> Cohort:
+                    source: str = "simulation", *, time_unit: str | None = None,
+                    events: pd.DataFrame | None = None) -> Cohort:
     """A Cohort with observation records (values NaN) at `times` for every subject.
 
     subjects: index subject; columns as Cohort.subjects. doses: as Cohort.doses.
-    times: one schedule for all (nominal = actual), or a frame subject/time/nominal_time."""
+    times: one schedule for all (nominal = actual), or a frame subject/time/nominal_time.
+    time_unit: of the times and doses (default: the model's); events: EVID 2/3 rows to keep
+    (time-varying covariates, resets)."""
     analytes = list(analytes or model.analytes)
     unknown = sorted(set(analytes) - set(model.analytes))
     if unknown:
@@ -89,9 +92,11 @@ def template_cohort(model: Model, subjects: pd.DataFrame, doses: pd.DataFrame,
     obs = in_subject_order(obs, subjects.index, ("time", "analyte"))
     known = {a: catalogue.BY_NAME.get(a) or catalogue.custom(a, model.observations[a].unit)
              for a in analytes}
-    events = pd.DataFrame(columns=EVENT_COLUMNS).astype({"time": float, "nominal_time": float, "evid": int})
+    if events is None:
+        events = pd.DataFrame(columns=EVENT_COLUMNS).astype({"time": float, "nominal_time": float, "evid": int})
     return Cohort(subjects=subjects, doses=in_subject_order(doses[DOSE_COLUMNS], subjects.index),
-                  observations=obs[OBSERVATION_COLUMNS], events=events, analytes=known, source=source)
+                  observations=obs[OBSERVATION_COLUMNS], events=events, analytes=known, source=source,
+                  time_unit=time_unit or model.time_unit)
 
 
 def draw_parameters(model: Model, n: int, rng: np.random.Generator, *, iiv: bool = True,
@@ -133,11 +138,13 @@ def draw_parameters(model: Model, n: int, rng: np.random.Generator, *, iiv: bool
 
 
 def residual_draws(model: Model, analytes: np.ndarray, pred: np.ndarray, rng,
-                   sigma: Mapping[str, float | np.ndarray] | None = None) -> np.ndarray:
+                   sigma: Mapping[str, float | np.ndarray] | None = None,
+                   additive: Mapping[str, float | np.ndarray] | None = None) -> np.ndarray:
     """Observed values: predictions with each analyte's residual error.
 
-    sigma: per analyte, an SD or an array of SDs aligned with the records (e.g. one posterior
-    draw per record); default the model's."""
+    sigma, additive: per analyte, the log-scale or proportional SD and the additive SD: a value
+    or an array aligned with the records (e.g. one posterior draw per record); default the
+    model's."""
     out = np.array(pred, float)
     z = rng.standard_normal(len(out))
     for analyte, obs in model.observations.items():
@@ -145,14 +152,20 @@ def residual_draws(model: Model, analytes: np.ndarray, pred: np.ndarray, rng,
         if not rows.any():
             continue
         f = out[rows]
-        sd = np.asarray((sigma or {}).get(analyte, obs.sigma), float)
-        sd = sd[rows] if sd.ndim else sd
+
+        def sd_of(table, default):
+            value = np.asarray((table or {}).get(analyte, default), float)
+            return value[rows] if value.ndim else value
+
+        s, a = sd_of(sigma, obs.sigma), sd_of(additive, obs.additive)
         if obs.error == "log":
-            out[rows] = f * np.exp(sd * z[rows])
+            out[rows] = f * np.exp(s * z[rows])
         elif obs.error == "proportional":
-            out[rows] = f * (1 + sd * z[rows])
+            out[rows] = f * (1 + s * z[rows])
+        elif obs.error == "additive":
+            out[rows] = f + a * z[rows]
         else:
-            out[rows] = f + np.sqrt(obs.additive**2 + (sd * f) ** 2) * z[rows]
+            out[rows] = f + np.sqrt(a**2 + (s * f) ** 2) * z[rows]
     return out
 
 
@@ -168,45 +181,49 @@ def observe(model: Model, template: Cohort, params: pd.DataFrame | None, rng, *,
     below = values < obs["lloq"].to_numpy()
     obs["censored"] = below.astype(int)
     obs["value"] = np.where(below, obs["lloq"], values)
-    return Cohort(template.subjects, template.doses, obs, template.events, template.analytes,
-                  template.source)
+    return replace(template, observations=obs)
 
 
-def simulate(model: Model, doses: Sequence[str | float] = ("1e6/kg",), n: int = 10, *,
-             seed: int | None = None, product: str = "CD19", lymphodepletion: bool = True,
+def simulate(model: Model, doses: Sequence[str | float | Regimen] = ("1e6/kg",), n: int = 10, *,
+             seed: int | None = None, product: str | None = "CD19", lymphodepletion: bool = True,
              weight: float = 70.0, disease: str = "SLE", times: Sequence[float] | None = None,
              analytes: Sequence[str] | None = None, iiv: bool = True, residual: bool = True,
              omega: Mapping[str, float] | None = None,
              correlation: Mapping[tuple[str, str], float] | None = None,
              typical: Mapping[str, float] | None = None, lloq: Mapping[str, float] | None = None,
              return_parameters: bool = False):
-    """A virtual trial: `n` subjects per dose level, observed on `times` (default: the
-    trials' schedule with a pre-infusion baseline), with inter-individual variability,
-    residual error and censoring below each analyte's LLOQ.
+    """A virtual trial: `n` subjects per regimen, observed on `times` (model time unit; default
+    `default_schedule`), with inter-individual variability, residual error and censoring below
+    each analyte's LLOQ.
 
-    doses: cells ('3e8') or cells per kg ('1e6/kg', with `weight`).
-    Returns a Cohort (and the individual parameters when `return_parameters`)."""
+    doses: regimens (pkpd.simulate.regimen): '3e8', '1e6/kg' (with `weight`), '100 mg x6 q12h',
+    '3e8 split 10/30/60 q1d + 3e8 at 90d', ...; amounts without a unit are in the model's dose
+    unit. product/lymphodepletion/disease: the CAR-T covariates (product None: not recorded).
+    Returns a Cohort in the model's time unit (and the individual parameters when
+    `return_parameters`)."""
     if n < 1:
         raise ValueError("n must be at least 1 subject per dose level")
-    if product not in PRODUCTS:
+    if product is not None and product not in PRODUCTS:
         raise ValueError(f"product {product!r} is not one of {', '.join(PRODUCTS)}")
+    if not weight > 0:
+        raise ValueError(f"weight {weight} must be positive (kg)")
     rng = np.random.default_rng(seed)
-    parsed = [parse_dose(d, weight) for d in doses]
-    ids = [str(i + 1) for i in range(n * len(parsed))]
-    level = [format_dose(d.amount, d.unit) for d in parsed for _ in range(n)]
+    regimens = [d if isinstance(d, Regimen) else parse_regimen(d, model.dose_unit) for d in doses]
+    ids = [str(i + 1) for i in range(n * len(regimens))]
     index = pd.Index(ids, name="subject", dtype=object)
+    level = [r.label if r.count > 1 or r.extra or len(r.fractions) > 1 else format_dose(r.amount, r.unit)
+             for r in regimens for _ in range(n)]
     subjects = pd.DataFrame({
         "dose_level": pd.Series(level, index=index, dtype=object),
-        "product": pd.Series(product, index=index, dtype=object),
-        "lymphodepletion": pd.Series(bool(lymphodepletion), index=index, dtype="boolean"),
+        "product": pd.Series(product if product is not None else pd.NA, index=index, dtype=object),
+        "lymphodepletion": pd.Series(bool(lymphodepletion) if product is not None else pd.NA, index=index,
+                                     dtype="boolean"),
         "disease": pd.Series(disease, index=index, dtype=object),
         "weight": float(weight), "age": np.nan, "sex": pd.Series(pd.NA, index=index, dtype=object),
     }, index=index)
-    dose_rows = dose_frame(subject=ids, time=0.0, amount=[d.amount for d in parsed for _ in range(n)],
-                           unit=[d.unit for d in parsed for _ in range(n)],
-                           absolute=[d.absolute for d in parsed for _ in range(n)],
-                           absolute_unit=[d.absolute_unit for d in parsed for _ in range(n)])
-    schedule = trial_schedule(baseline=True) if times is None else np.asarray(times, float)
+    dose_rows = pd.concat([r.doses(sid, weight, model.time_unit) for r, sid in
+                           zip([r for r in regimens for _ in range(n)], ids)], ignore_index=True)
+    schedule = default_schedule(model, regimens) if times is None else np.asarray(times, float)
     template = template_cohort(model, subjects, dose_rows, schedule, analytes,
                                source=f"simulate({model.name}, seed={seed})")
     params = draw_parameters(model, len(ids), rng, iiv=iiv, omega=omega, correlation=correlation,
@@ -216,14 +233,14 @@ def simulate(model: Model, doses: Sequence[str | float] = ("1e6/kg",), n: int = 
     return (cohort, params) if return_parameters else cohort
 
 
-def simulate_typical(model: Model, doses: Sequence[str | float] = ("1e6/kg",), *, product: str = "CD19",
-                     lymphodepletion: bool = True, weight: float = 70.0,
+def simulate_typical(model: Model, doses: Sequence[str | float | Regimen] = ("1e6/kg",), *,
+                     product: str | None = "CD19", lymphodepletion: bool = True, weight: float = 70.0,
                      times: Sequence[float] | None = None, **options) -> Cohort:
-    """The typical subject's noise-free predictions (one subject per dose) on a fine grid
-    (0.25 d apart in month 1, then daily), uncensored."""
-    cohort = simulate(model, doses, 1, product=product, lymphodepletion=lymphodepletion, weight=weight,
-                      times=fine_schedule() if times is None else times, iiv=False, residual=False,
-                      lloq={a: 0.0 for a in model.analytes}, **options)
+    """The typical subject's noise-free predictions (one subject per regimen) on a fine grid
+    (`fine_schedule`), uncensored."""
+    regimens = [d if isinstance(d, Regimen) else parse_regimen(d, model.dose_unit) for d in doses]
+    grid = fine_schedule(model, regimens) if times is None else times
+    cohort = simulate(model, regimens, 1, product=product, lymphodepletion=lymphodepletion, weight=weight,
+                      times=grid, iiv=False, residual=False, lloq={a: 0.0 for a in model.analytes}, **options)
     obs = cohort.observations.assign(lloq=np.nan)
-    return Cohort(cohort.subjects, cohort.doses, obs, cohort.events, cohort.analytes,
-                  f"typical {model.name}")
+    return replace(cohort, observations=obs, source=f"typical {model.name}")

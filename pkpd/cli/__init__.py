@@ -1,0 +1,53 @@
+"""The `pkpd` command line: a thin mirror of the library (typer + rich), one module per group.
+
+    data.py        pkpd data check|convert, pkpd nca
+    models.py      pkpd models list|show, pkpd simulate
+    fitting.py     pkpd fit-individual, pkpd fit, pkpd sbc
+    after_fit.py   pkpd ppc, pkpd dose, pkpd report
+    comparison.py  pkpd compare
+    demo.py        pkpd demo
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from . import after_fit, comparison, data, demo, fitting, models
+from .common import console, fail
+
+app = typer.Typer(help="cart-pkpd: CAR-T cell PK/PD modelling.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(data.app, name="data")
+app.add_typer(models.app, name="models")
+app.command("nca")(data.nca_command)
+app.command("simulate")(models.simulate_command)
+app.command("fit-individual")(fitting.fit_individual_command)
+app.command("fit")(fitting.fit_command)
+app.command("sbc")(fitting.sbc_command)
+app.command("ppc")(after_fit.ppc_command)
+app.command("dose")(after_fit.dose_command)
+app.command("report")(after_fit.report_command)
+app.command("compare")(comparison.compare_command)
+app.command("demo")(demo.demo)
+
+
+def _version(value: bool):
+    if value:
+        console.print(f"cart-pkpd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """cart-pkpd: CAR-T cell PK/PD modelling."""
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "fail", "main"]

@@ -1,0 +1,66 @@
+"""`pkpd compare SPEC` and `pkpd compare show DIR`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import pandas as pd
+import typer
+from rich.table import Table
+
+from .common import console, fail, g
+
+
+def compare_command(
+        target: Annotated[str, typer.Argument(help="Run specification (TOML), or 'show' to print a run's leaderboard.")],
+        directory: Annotated[Optional[Path], typer.Argument(help="With 'show': the run folder.")] = None,
+        out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Run folder (default: SPECNAME-run beside the spec).")] = None,
+        scheduler: Annotated[Optional[str], typer.Option(help="Address of a running dask scheduler (default: a LocalCluster).")] = None,
+        workers: Annotated[Optional[int], typer.Option(min=1, help="LocalCluster worker processes (default: one per core).")] = None) -> None:
+    """Run every fit a spec names (resuming a killed run) and print the ranked leaderboard;
+    `pkpd compare show DIR` prints a run's leaderboard again."""
+    from rich.progress import Progress
+
+    from ..compare import SpecError, compare, leaderboard, load_spec, write
+
+    if target == "show":
+        if directory is None or not (directory / "fits").is_dir():
+            fail(f"{directory} is not a comparison run folder (no fits/)")
+        table = leaderboard(directory)
+        write(table, directory)
+        print_leaderboard(table)
+        return
+    try:
+        spec = load_spec(target)
+    except SpecError as exc:
+        fail(exc)
+    console.print(f"{len(spec.fits)} fit(s): " + ", ".join(f.id for f in spec.fits), highlight=False)
+    with Progress(console=console) as bar:
+        task = bar.add_task("fits", total=len(spec.fits))
+
+        def report(result, done, total):
+            bar.update(task, completed=len(spec.fits) - total + done)
+            colour = "green" if result["status"] == "ok" else "red"
+            bar.console.print(f"[{colour}]{result['status']:6}[/] {result['id']} ({result.get('seconds') or 0:.0f} s)"
+                              + (f" {result['reason']}" if result.get("reason") else ""), highlight=False)
+
+        result = compare(spec, out, scheduler=scheduler, workers=workers, on_result=report)
+    print_leaderboard(result.leaderboard)
+    console.print(f"wrote {result.directory / 'leaderboard.csv'} and {result.directory / 'leaderboard.png'}")
+
+
+def print_leaderboard(table: pd.DataFrame) -> None:
+    for dataset, group in table.groupby("dataset", sort=False):
+        rich_table = Table(title=f"Leaderboard, dataset {dataset}: PSIS-LOO with the subject as the unit")
+        for col in ("rank", "model", "variant", "elpd_loo", "se", "d_elpd", "d_se", "weight", "k>0.7",
+                    "elpd (records)", "converged", "time s", "note"):
+            rich_table.add_column(col, justify="right" if col not in ("model", "variant", "note", "converged") else "left")
+        for _, r in group.iterrows():
+            conv = "yes" if r["converged"] else "[bold red]NO[/]"
+            rich_table.add_row("-" if pd.isna(r["rank"]) else str(int(r["rank"])), str(r["model"]), str(r["variant"]),
+                               g(r["elpd_loo"], 6), g(r["se"], 3), g(r["d_elpd"], 3), g(r["d_se"], 3),
+                               g(r["weight"], 2), "-" if pd.isna(r["pareto_k_bad"]) else str(int(r["pareto_k_bad"])),
+                               g(r["elpd_loo_obs"], 6), conv, g(r["seconds"], 3),
+                               str(r["reason"] or "") or ("" if r["converged"] else "diagnostics failed: see fits/*/diagnostics.json"))
+        console.print(rich_table)
