@@ -86,7 +86,7 @@ def test_nca_writes_tables_and_prints_summary(example_nonmem, tmp_path):
     assert result.exit_code == 0
     assert "NCA summary by dose group" in result.output and "CD19/BCMA" in result.output
     table = pd.read_csv(out)
-    assert {"cmax", "tmax", "auc_0_28", "auc_0_90", "auc_last", "half_life", "aplasia_duration",
+    assert {"cmax", "tmax", "auc_0_28d", "auc_0_90d", "auc_last", "half_life", "aplasia_duration",
             "nadir_fold_change"} <= set(table.columns)
     summary = pd.read_csv(tmp_path / "nca_summary.csv")
     assert {"n", "geo_mean", "geo_cv_percent", "median", "min", "max"} <= set(summary.columns)

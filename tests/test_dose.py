@@ -12,14 +12,13 @@ import xarray as xr
 from pkpd.dose import Target, recommend, select_dose
 from pkpd.fit.population import PopulationSpec
 from pkpd.fit.result import FitResult
-from pkpd.fit.run import Run
 from pkpd.models import load
 from pkpd.simulate import simulate
 
 MU_CMAX, OMEGA_CMAX = math.log(24000.0), 0.65
 
 
-def synthetic_run(draws: int = 40) -> Run:
+def synthetic_run(draws: int = 40) -> FitResult:
     """A multiphasic 'fit' whose posterior is a point: log Cmax ~ N(MU_CMAX, OMEGA_CMAX) between
     subjects, peak exactly on a sampling day (Tmax = 9 d), negligible residual error."""
     model = load("multiphasic")
@@ -37,8 +36,8 @@ def synthetic_run(draws: int = 40) -> Run:
                 "analyte": ["transgene"], "subject": cohort.subject_ids})
     assert K == 2
     tree = xr.DataTree.from_dict({"posterior": posterior})
-    tree.attrs.update(model=model.name, model_hash=model.hash)
-    return Run(None, FitResult(tree), cohort, model, spec)
+    tree.attrs.update(model=model.name, model_hash=model.hash, analytes=json.dumps(["transgene"]))
+    return FitResult(tree, model, spec, cohort)
 
 
 def test_pta_matches_the_log_normal_answer():
@@ -74,7 +73,7 @@ def test_recommendation_is_the_lowest_dose_meeting_every_level():
     for dose, cells, eff, safe in (("1e8", 1e8, 0.5, 0.99), ("3e8", 3e8, 0.85, 0.95), ("6e8", 6e8, 0.95, 0.85)):
         for target, kind, p in (("aplasia", "efficacy", eff), ("igg", "safety", safe)):
             rows.append({"scenario": "A", "dose": dose, "dose_amount": cells, "dose_unit": "cells",
-                         "dose_cells": cells, "target": target, "kind": kind, "definition": target,
+                         "dose_total": cells, "target": target, "kind": kind, "definition": target,
                          "probability": p, "lower": p - 0.05, "upper": p + 0.05})
     rec = recommend(pd.DataFrame(rows), 0.8, 0.9)
     assert rec["scenarios"]["A"]["recommended_dose"] == "3e8"
@@ -95,5 +94,5 @@ def test_bad_targets_and_levels_are_clear_errors():
     run = synthetic_run()
     with pytest.raises(ValueError, match="efficacy_level must be a probability"):
         select_dose(run, ["3e8"], efficacy_level=1.5)
-    with pytest.raises(ValueError, match="dose 'lots'"):
+    with pytest.raises(ValueError, match="regimen 'lots'"):
         select_dose(run, ["lots"], targets=[Target("p", "transgene", "cmax", ">=", 1.0, "efficacy")])

@@ -24,8 +24,8 @@ def test_log_down_trapezoid_is_exact_for_an_exponential_decline():
     t = np.array([0, 1, 3, 7, 14, 21, 28, 35, 60, 90.0])
     c = c0 * np.exp(-k * t)
     out = exposure_metrics(t, c, np.zeros_like(t))
-    assert out["auc_0_28"] == pytest.approx(c0 / k * (1 - math.exp(-k * 28)), rel=1e-12)
-    assert out["auc_0_90"] == pytest.approx(c0 / k * (1 - math.exp(-k * 90)), rel=1e-12)
+    assert out["auc_0_28d"] == pytest.approx(c0 / k * (1 - math.exp(-k * 28)), rel=1e-12)
+    assert out["auc_0_90d"] == pytest.approx(c0 / k * (1 - math.exp(-k * 90)), rel=1e-12)
     assert out["half_life"] == pytest.approx(math.log(2) / k, rel=1e-10)
     assert out["r2_adj"] == pytest.approx(1.0)
     assert (out["cmax"], out["tmax"], out["tlast"]) == (c0, 0.0, 90.0)
@@ -42,7 +42,7 @@ def test_linear_up_is_exact_for_a_linear_rise():
     t = np.array([0, 2, 5, 9, 28, 40.0])
     c = 3.0 * t + 1.0
     out = exposure_metrics(t, c, np.zeros_like(t))
-    assert out["auc_0_28"] == pytest.approx(3.0 * 28**2 / 2 + 28, rel=1e-12)
+    assert out["auc_0_28d"] == pytest.approx(3.0 * 28**2 / 2 + 28, rel=1e-12)
     assert math.isnan(out["half_life"])  # no decline, no terminal phase
 
 
@@ -52,8 +52,8 @@ def test_stein_typical_curve_reproduces_published_exposure():
     out = exposure_metrics(t, stein(t), np.zeros_like(t))
     assert out["cmax"] == pytest.approx(24000.0)
     assert out["tmax"] == pytest.approx(9.3)
-    assert out["auc_0_28"] == pytest.approx(171774.285, rel=1e-3)  # scipy.quad of the closed form
-    assert out["auc_0_28"] == pytest.approx(1.72e5, rel=0.01)
+    assert out["auc_0_28d"] == pytest.approx(171774.285, rel=1e-3)  # scipy.quad of the closed form
+    assert out["auc_0_28d"] == pytest.approx(1.72e5, rel=0.01)
     # the last monthly points lie on the persistence phase: beta = 0.0032/d, t1/2 ~ 217 d
     assert out["half_life"] == pytest.approx(math.log(2) / 0.0032, rel=0.05)
 
@@ -72,16 +72,16 @@ def test_blq_handling():
     out = exposure_metrics(t, c, cens)
     # leading BLQ counts as 0: first segment is (0, 0) -> (3, 800) linear
     expected = 800 * 3 / 2 + auc_to(t[1:6], c[1:6], 28.0)
-    assert out["auc_0_28"] == pytest.approx(expected)
+    assert out["auc_0_28d"] == pytest.approx(expected)
     assert out["auc_last"] == pytest.approx(expected)  # Tlast = 28
-    assert out["auc_0_90"] == pytest.approx(expected)  # BLQ after Tlast, sampled to 90 d
+    assert out["auc_0_90d"] == pytest.approx(expected)  # BLQ after Tlast, sampled to 90 d
     assert (out["tlast"], out["clast"], out["t_first_blq_after_peak"]) == (28.0, 300.0, 60.0)
 
 
 def test_partial_auc_missing_when_follow_up_ends_early():
     t = np.array([0, 3, 9, 20.0])
     out = exposure_metrics(t, np.array([1, 100, 1000, 200.0]), np.zeros(4))
-    assert math.isnan(out["auc_0_28"]) and math.isnan(out["auc_0_90"])
+    assert math.isnan(out["auc_0_28d"]) and math.isnan(out["auc_0_90d"])
 
 
 def test_all_blq_profile_gives_no_metrics():
@@ -121,7 +121,7 @@ def test_nca_on_the_example_cohort(example_nonmem):
     obs = cohort.analyte_observations("transgene")
     observed_max = obs[obs["censored"] == 0].groupby("subject")["value"].max()
     pd.testing.assert_series_equal(tg["cmax"], observed_max.reindex(tg.index), check_names=False)
-    assert tg["auc_0_28"].notna().all() and (tg["tmax"].between(2, 28)).all()
+    assert tg["auc_0_28d"].notna().all() and (tg["tmax"].between(2, 28)).all()
     b = table[table["analyte"] == "bcells"]
     assert b["aplasia_duration"].between(40, 200).all()
     igg = table[table["analyte"] == "igg"]

@@ -52,19 +52,19 @@ def test_ppc_writes_every_figure_and_table(run_folder, tmp_path):
 def test_dose_writes_pta_and_recommendation(run_folder, tmp_path):
     result = invoke("dose", run_folder, "-o", tmp_path / "dose", "--doses", "1e8,3e8", "--doses", "6e8",
                     "--target", "peak:transgene:cmax>=5000:efficacy", "--target",
-                    "exposure:transgene:auc_0_28<1e7:safety", "--draws", "20", "--patients", "5")
+                    "exposure:transgene:auc_0_28d<1e7:safety", "--draws", "20", "--patients", "5")
     pta = pd.read_csv(tmp_path / "dose" / "pta.csv")
     assert list(pta.columns[:6]) == ["dose", "scenario", "target", "probability", "lower", "upper"]
     assert len(pta) == 3 * 2  # three doses, two targets, one scenario (multiphasic has no covariates)
     assert (pta["lower"] <= pta["probability"]).all() and (pta["probability"] <= pta["upper"]).all()
     rec = json.loads((tmp_path / "dose" / "recommendation.json").read_text())
     assert {"efficacy_level", "safety_level", "scenarios", "recommended", "settings"} <= set(rec)
-    assert "Lowest dose" in result.output
+    assert "Lowest total dose" in result.output
 
 
 def test_dose_and_report_refuse_bad_input(run_folder, tmp_path):
     bad = runner.invoke(app, ["dose", str(run_folder), "-o", str(tmp_path / "d"), "--doses", "many"])
-    assert bad.exit_code == 2 and "dose 'many'" in bad.output
+    assert bad.exit_code == 2 and "regimen 'many'" in bad.output
     assert not (tmp_path / "d").exists()
     missing = runner.invoke(app, ["report", str(tmp_path), "-o", str(tmp_path / "r.html")])
     assert missing.exit_code == 2 and "no posterior.nc" in " ".join(missing.output.split())
@@ -83,7 +83,7 @@ def test_report_contains_every_section(report):
         assert f'id="{key}"' in page and title in page
     assert "src=\"http" not in page and "src='http" not in page  # self-contained
     assert page.count("data:image/png;base64,") >= 4  # individual fits, GOF, VPC, pcVPC
-    assert "No dose selection was given" in page  # default targets need B cells, IL-6 and IgG
+    assert "No dose selection: no target can be evaluated" in page  # default targets need B cells, IL-6, IgG
 
 
 def test_report_renders_in_headless_chromium_with_every_image_loaded(report, tmp_path):

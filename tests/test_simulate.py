@@ -11,7 +11,7 @@ from pkpd.cli import app
 from pkpd.data import read_cohort
 from pkpd.models import load
 from pkpd.nca import nca
-from pkpd.simulate import (covariate_matrix, draw_parameters, fine_schedule, parse_dose,
+from pkpd.simulate import (covariate_matrix, draw_parameters, fine_schedule, parse_regimen,
                            predict, simulate, simulate_typical, solve, trial_schedule)
 
 
@@ -26,15 +26,27 @@ def test_trial_schedule():
 
 
 @pytest.mark.parametrize("text, expected", [("3e8", (3e8, "cells", 3e8)), ("1e6/kg", (1e6, "cells/kg", 7e7)),
-                                            ("4.5E8", (4.5e8, "cells", 4.5e8)), (6e8, (6e8, "cells", 6e8))])
-def test_parse_dose(text, expected):
-    assert parse_dose(text, 70.0) == expected
+                                            ("4.5E8", (4.5e8, "cells", 4.5e8)), (6e8, (6e8, "cells", 6e8)),
+                                            ("100 mg", (100, "mg", 100)), ("1.5 mg/kg", (1.5, "mg/kg", 105))])
+def test_single_doses(text, expected):
+    doses = parse_regimen(text).doses("1", 70.0, "d")
+    assert len(doses) == 1 and doses[["amount", "unit", "absolute"]].iloc[0].tolist() == list(expected)
 
 
-@pytest.mark.parametrize("text", ["lots", "-3e8", "0", "1e6/m2"])
-def test_bad_doses_are_clear_errors(text):
-    with pytest.raises(ValueError, match="dose"):
-        parse_dose(text)
+def test_regimens_repeat_infuse_split_and_reinfuse():
+    six = parse_regimen("100 mg x6 q12h over 30min").doses("1", 70.0, "h")
+    assert six["time"].tolist() == [0, 12, 24, 36, 48, 60] and six["duration"].tolist() == [0.5] * 6
+    split = parse_regimen("3e8 split 10/30/60 q1d + 3e8 at 90d").doses("1", 70.0, "d")
+    assert split["time"].tolist() == [0, 1, 2, 90] and split["amount"].tolist() == [3e7, 9e7, 1.8e8, 3e8]
+    assert parse_regimen("100 mg x2 q12h").doses("1", 70.0, "d")["time"].tolist() == [0, 0.5]
+
+
+@pytest.mark.parametrize("text, wording", [("lots", "is not AMOUNT"), ("-3e8", "is not AMOUNT"), ("0", "positive"),
+                                           ("1e6/m2", "unknown dose unit"), ("100 mg x3", "need an interval"),
+                                           ("3e8 q1y", "unknown time unit")])
+def test_bad_regimens_are_clear_errors(text, wording):
+    with pytest.raises(ValueError, match=wording):
+        parse_regimen(text)
 
 
 def test_reproducible_with_a_seed():
@@ -63,7 +75,7 @@ def test_cells_per_kg_doses_use_the_weight():
     model = load("antigen_driven")
     light = simulate(model, ["1e6/kg"], n=1, weight=50, iiv=False, residual=False)
     heavy = simulate(model, ["1e6/kg"], n=1, weight=100, iiv=False, residual=False)
-    assert light.doses["cells"].iloc[0] == 5e7 and heavy.doses["cells"].iloc[0] == 1e8
+    assert light.doses["absolute"].iloc[0] == 5e7 and heavy.doses["absolute"].iloc[0] == 1e8
     assert light.subjects["dose_level"].iloc[0] == "1.0e6 cells/kg"
     tg = lambda c: c.analyte_observations("transgene")["value"].to_numpy()
     assert tg(light)[1] < tg(heavy)[1]  # day 0: fewer cells infused
@@ -143,7 +155,7 @@ def test_simulate_command(tmp_path):
     result = runner.invoke(app, ["simulate", "multiphasic", "--typical", "-o", str(typical)])
     assert result.exit_code == 0 and read_cohort(typical).observations["time"].nunique() > 300
     bad = runner.invoke(app, ["simulate", "antigen_driven", "--dose", "lots", "-o", str(tmp_path / "x.csv")])
-    assert bad.exit_code == 2 and "dose 'lots'" in bad.output and not (tmp_path / "x.csv").exists()
+    assert bad.exit_code == 2 and "regimen 'lots'" in bad.output and not (tmp_path / "x.csv").exists()
 
 
 def test_models_commands():

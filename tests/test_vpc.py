@@ -21,7 +21,7 @@ def test_percentiles_of_a_small_case_by_hand():
     records = _records(dv, np.zeros(10, bool), times)
     # three replicates: the data times 1, 2 and 3
     sims = np.stack([dv * k for k in (1.0, 2.0, 3.0)])
-    table = vpc_statistics(records, sims, np.zeros_like(sims, bool), ci=0.9)
+    table = vpc_statistics(records, sims, np.zeros_like(sims, bool), ci_prob=0.9)
     day3 = table[table["time"] == 3].iloc[0]
     # type-7 quantiles by hand: p05 of (2,4,6,8,10): position 0.2 -> 2 + 0.2*2 = 2.4; median 6;
     # p95: position 3.8 -> 8 + 0.8*2 = 9.6

@@ -139,8 +139,10 @@ def print_parameter_table(table: pd.DataFrame, title: str) -> None:
 def print_diagnostics(result) -> list[str]:
     lines = []
     for d in result.diagnostics():
-        console.print(("[green]ok  [/] " if d.ok else "[bold red]FAIL[/] ") + d.message, highlight=False)
-        lines.append(("ok   " if d.ok else "FAIL ") + d.message)
+        word = "ok" if d.ok else "WARN" if d.warning else "FAIL"
+        style = "green" if d.ok else "yellow" if d.warning else "bold red"
+        console.print(f"[{style}]{word:4}[/] " + d.message, highlight=False)
+        lines.append(f"{word:4} " + d.message)
     return lines
 
 

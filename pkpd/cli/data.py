@@ -107,10 +107,12 @@ def print_summary(summary: pd.DataFrame, all_metrics: bool) -> None:
     if all_metrics:
         wanted = [(a, m, "median" if m in _TIME_METRICS else "geo", f"{a} {m}") for a, m in pairs]
     else:
-        known = {a for a, *_ in HEADLINE}
-        wanted = HEADLINE + [(a, m, "median" if m == "tmax" else "geo", f"{a} {m}") for a, m in pairs
-                             if a not in known and (m in ("cmax", "tmax") or m.startswith("auc_0_"))]
-    wanted = [w for w in wanted if ((summary["analyte"] == w[0]) & (summary["metric"] == w[1])).any()]
+        wanted = HEADLINE
+    present = lambda w: ((summary["analyte"] == w[0]) & (summary["metric"] == w[1])).any()
+    wanted = [w for w in wanted if present(w)]
+    if not wanted:  # no CAR-T analyte: Cmax, Tmax and the partial AUCs of each analyte
+        wanted = [(a, m, "median" if m == "tmax" else "geo", f"{a} {m}") for a, m in pairs
+                  if m in ("cmax", "tmax") or m.startswith("auc_0_")]
     table = Table(title="NCA summary by dose group: geometric mean (CV%) or median \\[range]")
     for col in [*group_cols, "n"]:
         table.add_column(col)

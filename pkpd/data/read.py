@@ -752,9 +752,11 @@ def _product(text: str):
 
 
 def format_dose(amount: float, unit: str) -> str:
-    """Dose-level label as trials print it: '3.0e8 cells', '1.0e6 cells/kg'."""
+    """Dose-level label as trials print it: '3.0e8 cells', '1.0e6 cells/kg', '100 mg'."""
     if amount is None or not np.isfinite(amount):
         return "unknown"
+    if not str(unit).startswith("cells"):
+        return f"{amount:g} {unit}"
     mantissa, exponent = f"{amount:.1e}".split("e")
     return f"{mantissa}e{int(exponent)} {unit}"
 

@@ -36,9 +36,12 @@ BFMI_MIN = 0.3
 
 @dataclass(frozen=True)
 class Diagnostic:
+    """One check of a fit; a failed `warning` is reported but does not make the fit unconverged."""
+
     name: str
     ok: bool
     message: str
+    warning: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -213,10 +216,11 @@ class FitResult:
         modes = json.loads(self.tree.attrs.get("individual_modes", "{}"))
         if modes:
             example = next(iter(modes.items()))
-            out.append(Diagnostic("modes", False, f"{len(modes)} subject(s) fit equally well at two optima "
-                                  f"(e.g. subject {example[0]}: {example[1]}): the likelihood has several modes "
-                                  "and the chains explore the one they started in; constrain the model "
-                                  "(e.g. ka = ke + delta for flip-flop absorption) or give informative priors"))
+            out.append(Diagnostic("modes", False, f"{len(modes)} subject(s) fit as well at another optimum "
+                                  f"(e.g. subject {example[0]}: {example[1]}): their data do not tell the modes "
+                                  "apart and the chains explore the one they start in; if the whole population can "
+                                  "sit in either (flip-flop absorption: ka against CL/V), constrain the model "
+                                  "(ka = ke + delta) or give informative priors", warning=True))
         return tuple(out)
 
     def diagnostics(self) -> list[Diagnostic]:
@@ -225,8 +229,9 @@ class FitResult:
 
     @property
     def converged(self) -> bool:
-        """Every diagnostic passed: the one definition the fit, comparisons and reports use."""
-        return all(d.ok for d in self._diagnostics)
+        """Every diagnostic passed (warnings aside): the one definition the fit, comparisons and
+        reports use."""
+        return all(d.ok for d in self._diagnostics if not d.warning)
 
     def __repr__(self) -> str:
         post = self.posterior

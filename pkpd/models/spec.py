@@ -121,6 +121,8 @@ class Observation:
            'combined'     y ~ N(f, sqrt(additive^2 + (sigma*f)^2))
     sigma, additive: typical residual SDs; both are estimated by the population engine, each
     with a LogNormal prior (default: median the typical value, sigma 0.5).
+    lloq: the assay's lower limit of quantification, used when simulating (default: the
+    analyte catalogue's; else values below 0 are censored at 0 for the natural-scale models).
     Values below the LLOQ enter the likelihood as censored (M3).
     """
 
@@ -133,6 +135,7 @@ class Observation:
     source: str = ""
     sigma_prior: LogNormal | None = None
     additive_prior: LogNormal | None = None
+    lloq: float | None = None
 
     def __post_init__(self):
         if self.error not in ERROR_MODELS:

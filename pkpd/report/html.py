@@ -98,8 +98,8 @@ def _nca_section(result: FitResult) -> str:
 
 
 def _diagnostics_section(result: FitResult) -> str:
-    items = "".join(f'<li><span class="{"ok" if d.ok else "fail"}">{"ok" if d.ok else "FAIL"}</span> '
-                    f"{html.escape(d.message)}</li>" for d in result.diagnostics())
+    items = "".join(f'<li><span class="{"ok" if d.ok else "fail"}">{"ok" if d.ok else "WARN" if d.warning else "FAIL"}'
+                    f"</span> {html.escape(d.message)}</li>" for d in result.diagnostics())
     attrs = result.tree.attrs
     settings = json.loads(attrs.get("sampler_settings", "{}"))
     timing = (f"{settings.get('chains')} chains x ({settings.get('tune')} warm-up + {settings.get('draws')} draws); "

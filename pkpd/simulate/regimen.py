@@ -58,9 +58,9 @@ class Regimen:
             for j, fraction in enumerate(self.fractions):
                 rows.append((k * (i * self.interval + j * self.split_interval), self.amount * fraction))
         rows += [(k * t, a) for t, a in self.extra]
-        rows.sort()
+        rows = sorted((float(f"{t:.12g}"), a) for t, a in rows)  # unit conversions: no float noise
         amount = np.array([a for _, a in rows])
-        duration = k * self.duration
+        duration = float(f"{k * self.duration:.12g}")
         return dose_frame(subject=[subject] * len(rows), time=[t for t, _ in rows], amount=amount,
                           unit=[parsed.text] * len(rows),
                           absolute=amount * (weight if parsed.per_kg else 1.0),

@@ -175,9 +175,15 @@ def observe(model: Model, template: Cohort, params: pd.DataFrame | None, rng, *,
     obs = template.observations.copy()
     pred = predict(model, template, params).to_numpy()
     values = residual_draws(model, obs["analyte"].to_numpy(), pred, rng) if residual else pred
-    limits = {a: (catalogue.BY_NAME[a].lloq if a in catalogue.BY_NAME else None) for a in template.analytes}
-    limits.update(dict(lloq or {}))
-    obs["lloq"] = obs["analyte"].map(lambda a: limits.get(a) or np.nan).astype(float)
+    limits = {}
+    for a in template.analytes:
+        declared = model.observations[a].lloq if a in model.observations else None
+        known = catalogue.BY_NAME[a].lloq if a in catalogue.BY_NAME else None
+        # a natural-scale error model can give negative values: they are censored at 0
+        natural = a in model.observations and model.observations[a].error != "log"
+        limit = dict(lloq or {}).get(a, declared if declared is not None else known)
+        limits[a] = limit if limit else (0.0 if natural and residual else np.nan)
+    obs["lloq"] = obs["analyte"].map(limits).astype(float)
     below = values < obs["lloq"].to_numpy()
     obs["censored"] = below.astype(int)
     obs["value"] = np.where(below, obs["lloq"], values)
@@ -186,7 +192,7 @@ def observe(model: Model, template: Cohort, params: pd.DataFrame | None, rng, *,
 
 def simulate(model: Model, doses: Sequence[str | float | Regimen] = ("1e6/kg",), n: int = 10, *,
              seed: int | None = None, product: str | None = "CD19", lymphodepletion: bool = True,
-             weight: float = 70.0, disease: str = "SLE", times: Sequence[float] | None = None,
+             weight: float = 70.0, disease: str | None = "SLE", times: Sequence[float] | None = None,
              analytes: Sequence[str] | None = None, iiv: bool = True, residual: bool = True,
              omega: Mapping[str, float] | None = None,
              correlation: Mapping[tuple[str, str], float] | None = None,
@@ -218,7 +224,7 @@ def simulate(model: Model, doses: Sequence[str | float | Regimen] = ("1e6/kg",),
         "product": pd.Series(product if product is not None else pd.NA, index=index, dtype=object),
         "lymphodepletion": pd.Series(bool(lymphodepletion) if product is not None else pd.NA, index=index,
                                      dtype="boolean"),
-        "disease": pd.Series(disease, index=index, dtype=object),
+        "disease": pd.Series(disease if product is not None else pd.NA, index=index, dtype=object),
         "weight": float(weight), "age": np.nan, "sex": pd.Series(pd.NA, index=index, dtype=object),
     }, index=index)
     dose_rows = pd.concat([r.doses(sid, weight, model.time_unit) for r, sid in
