@@ -68,6 +68,7 @@ def fit_command(
         target_accept: Annotated[float, typer.Option(min=0.5, max=0.999, help="NUTS target acceptance rate; raise it (0.9, 0.95) when the diagnostics report divergences.")] = 0.8,
         covariate: Annotated[Optional[list[str]], typer.Option("--covariate", help="Covariate effect PARAMETER~COVARIATE[:power|exponential] (repeatable), e.g. rho~lymphodepletion.")] = None,
         iiv: Annotated[Optional[list[str]], typer.Option("--iiv", help="Parameter with inter-individual variability (repeatable; default: the model's).")] = None,
+        fixed_effect: Annotated[Optional[list[str]], typer.Option("--fixed-effect", help="Parameter estimated without variability (repeatable); the others without variability stay at their typical values.")] = None,
         prior: Annotated[Optional[list[str]], typer.Option("--prior", help="Prior NAME=LogNormal(MEDIAN,SD) for a typical value, sigma_ANALYTE or sigma_add_ANALYTE; omega_NAME=HalfNormal(SCALE) (repeatable).")] = None,
         priors: Annotated[Optional[Path], typer.Option("--priors", help="TOML file with a [priors] table of the same NAME = \"LogNormal(MEDIAN, SD)\".")] = None,
         analyte: Annotated[Optional[list[str]], typer.Option("--analyte", help="Fit only these analytes (repeatable; default: every analyte the model predicts).")] = None,
@@ -98,13 +99,17 @@ def fit_command(
     try:
         if analyte:
             cohort = cohort.select_analytes(analyte)
-        result = fit(m, cohort, chains=chains, draws=draws, tune=tune, seed=seed, iiv=iiv,
+        result = fit(m, cohort, chains=chains, draws=draws, tune=tune, seed=seed, iiv=iiv, fixed_effects=fixed_effect,
                      covariates=covariate or (), priors=chosen, correlated=correlated, censoring=censoring,
                      progress=progress, target_accept=target_accept)
     except (ValueError, ModelError, SolverError) as exc:
         fail(exc)
     result.save(out)
     print_parameter_table(result.parameter_table(), m.name)
+    held = [p.name for p in m.parameters if p.name not in result.spec.estimated]
+    if held:
+        console.print(f"held at their typical values (not estimated): {', '.join(held)}; estimate one with "
+                      "--fixed-effect NAME or --iiv NAME", highlight=False)
     lines = print_diagnostics(result)
     attrs = result.tree.attrs
     summary = (f"{chains} chains x ({tune} warm-up + {draws} draws): compile {attrs['compile_seconds']:.0f} s, "

@@ -40,7 +40,7 @@ def models_show(name: Annotated[str, typer.Argument(help="Model name, a composit
         table.add_column(col)
     for p in model.parameters:
         prior = p.prior_or_default
-        iiv_prior = f"HalfNormal({max(0.5, 2 * (p.iiv or 0.25)):g})" if not p.fixed else "-"
+        iiv_prior = f"HalfNormal({max(0.5, 2 * p.iiv):g})" if p.iiv and not p.fixed else "-"
         table.add_row(p.name, p.unit, f"{p.typical:.4g}", "fixed" if p.fixed else f"{p.bounds[0]:.3g} - {p.bounds[1]:.3g}",
                       "-" if p.fixed else f"median {prior.median:.3g}, sd {prior.sigma:g}",
                       f"{p.iiv:g}" if p.iiv else "-", iiv_prior, p.description, p.source)

@@ -59,8 +59,10 @@ def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 100
                                   analytes=observed)
     started = time.perf_counter()
     if individual is None:
-        individual = fit_individual(model, cohort, estimate=spec.estimated, steps=spec.steps, starts=starts,
-                                    seed=0 if seed is None else int(seed))
+        # the parameters with variability: one without it is not determined by a subject alone
+        # (its value is shared), and starts from its typical value
+        individual = fit_individual(model, cohort, estimate=list(spec.iiv) or spec.estimated, steps=spec.steps,
+                                    starts=starts, seed=0 if seed is None else int(seed))
     init = initial_values(spec, individual)
     pm_model, pieces = build_pymc_model(spec, cohort, init)
     t0 = time.perf_counter()

@@ -341,12 +341,15 @@ def _another_start(model, cohort, estimate, subjects, start, steps, max_nfev, ro
         apart = np.max(np.abs(other["x"][i] - result["x"][i])) > MODE_DISTANCE
         if not apart or not (np.isfinite(ofv[i]) and np.isfinite(other_ofv[i])):
             continue
+        # where the subject's data do not determine every parameter (a ridge, singular
+        # information) optima differ along it without being separate modes
+        determined = np.all(np.isfinite(result["cov"][i])) and np.all(np.isfinite(other["cov"][i]))
         if other_ofv[i] < ofv[i] - MODE_OFV:  # clearly better: it becomes the estimate
             for key in ("x", "decrease", "cov", "ofv"):
                 result[key][i] = other[key][i]
             result["n_modes"][i] = 1
             result["alternative"][i] = np.nan
-        elif abs(other_ofv[i] - ofv[i]) <= MODE_OFV:
+        elif determined and abs(other_ofv[i] - ofv[i]) <= MODE_OFV:
             result["n_modes"][i] += 1
             result["alternative"][i] = np.exp(other["x"][i])
     result["pred"] = result["problem"].evaluate(result["x"])[0]

@@ -59,12 +59,16 @@ class Predictions:
         n_obs, n_states, n_subjects = d.n_obs, len(d.model.states), len(d.subjects)
         rtol, atol, max_step, max_steps, control_sens = args
         n_events, K = max(d.max_events, 1), len(est)
+        # integers and flags through arrays: a captured scalar would reach the kernel as a literal
+        # type, and a kernel already compiled (and cached) for the individual fits would compile again
+        counts = np.array([max_steps, n_states], dtype=np.int64)
+        flags = np.array([control_sens])
 
         @numba.njit
         def solve(P, pred, jac):
             kernel(P, covariates, seg_start, seg_time, est, start, time, analyte, ev_start, ev_time, ev_kind,
-                   ev_target, ev_amount, ev_length, ev_ss, dose_state, rtol, atol, max_step, max_steps, control_sens,
-                   n_states, pred, jac, np.zeros(n_subjects, dtype=np.int64), np.zeros(n_events, np.int64),
+                   ev_target, ev_amount, ev_length, ev_ss, dose_state, rtol, atol, max_step, counts[0], flags[0],
+                   counts[1], pred, jac, np.zeros(n_subjects, dtype=np.int64), np.zeros(n_events, np.int64),
                    np.zeros(n_events), np.zeros(n_events, np.int64), np.zeros(n_events), np.zeros(n_events, np.int64),
                    np.zeros(n_events), np.zeros((n_events, K)), np.zeros((n_events, K)))
 

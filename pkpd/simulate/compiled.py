@@ -67,6 +67,7 @@ def predict_compiled(design: Design, P: np.ndarray, estimated: list[str] | None 
     model = design.model
     steps = steps or Tolerances()
     est = np.array([model.parameter_names.index(n) for n in (estimated or [])], dtype=np.int64)
+    est.setflags(write=False)  # as in the sampler's compiled log density: one kernel signature
     pred = np.empty(design.n_obs)
     dpred = np.zeros((design.n_obs, len(est)))
     if n_steps is None:

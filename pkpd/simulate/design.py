@@ -38,6 +38,7 @@ class Design:
         self.start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.dose_state = np.array([model.states.index(d.target) for d in model.dosing], dtype=np.int64)
         self.max_events = int(np.max(np.diff(self.schedule.start), initial=0))
+        _freeze(self)
 
     @classmethod
     def on_grid(cls, model: Model, C: np.ndarray, times: np.ndarray, analytes) -> "Design":
@@ -76,6 +77,7 @@ class Design:
             np.arange(N + 1, dtype=np.int64), np.full(N, -np.inf), np.ascontiguousarray(C.T, float), np.zeros(N))
         self.dose_state = np.array([model.states.index(d.target) for d in model.dosing], dtype=np.int64)
         self.max_events = int(n_ev.max(initial=0))
+        _freeze(self)
         return self
 
     @property
@@ -90,3 +92,12 @@ class Design:
     def event_arguments(self) -> tuple:
         s = self.schedule
         return (s.start, s.time, s.kind, s.target, s.amount, s.length, s.ss, self.dose_state)
+
+
+def _freeze(design: Design) -> None:
+    """Make the design's arrays read-only: they are values; and the sampler's compiled log density
+    holds them as read-only constants, so the kernels are compiled for one signature, not two."""
+    arrays = [v for v in vars(design).values() if isinstance(v, np.ndarray)]
+    arrays += [v for v in vars(design.schedule).values() if isinstance(v, np.ndarray)]
+    for array in arrays:
+        array.setflags(write=False)
