@@ -8,7 +8,7 @@ Targets for the typical CD19 patient (70 kg, 1e6 cells/kg = 7e7 CAR+ cells, Flu/
 - B cells back above 5 cells/uL at day 110 (110 +/- 32 d, same source);
 - >= 80% of baseline by day 365 (naive B-cell reconstitution);
 - transgene peak ~15,000 copies/ug near day 8 (Tmax 7-14 d; peaks centred on oncology values,
-  science.md 2.5).
+  Stein et al. 2019).
 The exhaustion rate kexh is held at 0.02/d so that returning B cells cannot re-trigger expansion.
 Calibrated: kkill, kb, fblood, kkills, ks (Nelder-Mead on log scale).
 """

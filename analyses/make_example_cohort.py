@@ -6,7 +6,8 @@ Model: antigen_driven+cytokines+immunoglobulins with its default (published or c
 typical values, log-normal inter-individual variability with each parameter's default SD,
 each analyte's residual error, and censoring below typical assay LLOQs (pkpd.analytes).
 
-Design, mirroring the registered autoimmune CAR-T trials (../shared/reference/science.md, 1):
+Design, mirroring the registered autoimmune CAR-T trials (CD19/CD20 escalation at 3.0e8-6.0e8 cells,
+CD19/BCMA without lymphodepletion, CD19 after Flu/Cy as in Mackensen et al. 2022):
 - CD19/CD20 dose escalation at 3.0e8, 4.5e8 and 6.0e8 CAR+ cells after Flu/Cy, 8 per level;
 - CD19/BCMA at 1e6, 2e6 and 3e6 cells/kg without lymphodepletion, 4 per level;
 - CD19 at 1e6 cells/kg after Flu/Cy, 5 subjects (Mackensen et al. 2022 design);

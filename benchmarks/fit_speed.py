@@ -34,7 +34,7 @@ from pkpd.fit import PopulationSpec, fit, fit_individual
 from pkpd.fit.population import initial_values
 from pkpd.models import load
 from pkpd.simulate import simulate
-from pkpd.simulate.compiled import Design, StepSizes
+from pkpd.simulate.compiled import Design
 
 def _arguments(argv: list[str]):
     import argparse
@@ -90,7 +90,7 @@ def ours(model, cohort) -> dict:
     # the individual fits are part of pkpd.fit (and of its wall time); made here so that Stan
     # starts from the same point
     spec = PopulationSpec.default(model)
-    individual = fit_individual(model, cohort, estimate=spec.estimated, steps=StepSizes())
+    individual = fit_individual(model, cohort, estimate=spec.estimated, steps=spec.steps, starts=3, seed=1)
     result = fit(model, cohort, seed=1, progress=False, individual=individual, **OURS)
     wall = time.perf_counter() - t0
     post = result.posterior

@@ -1,7 +1,7 @@
 """Antigen-driven CAR-T kinetics with B-cell depletion and recovery (autoimmune default).
 
 In autoimmune disease the antigen is the patient's own CD19+ B-cell pool, removed within days,
-so expansion is short and antigen-limited (science.md 2.4). States (blood-equivalent units):
+so expansion is short and antigen-limited (Mackensen et al., Nat Med 2022; Mueller et al., NEJM 2024). States (blood-equivalent units):
 
     E  effector CAR-T cells (cells/uL)     dE/dt = (rho*F(t)*B/(B + kb) - alpha - kem)*E
     M  memory CAR-T cells (cells/uL)       dM/dt = kem*E - beta*M
@@ -16,7 +16,7 @@ so expansion is short and antigen-limited (science.md 2.4). States (blood-equiva
     E = M = 0, B = b0, S = 1 - sld*LD (Flu/Cy lymphodepletion also suppresses marrow output).
     Observed: transgene = scale*(E + M) copies/ug; CAR-T cells = E + M; blood B cells = B.
 
-Why this structure (science.md 2.4, pitfall): with expansion driven by B/(B + kb) and memory
+Why this structure: with expansion driven by B/(B + kb) and memory
 cells that keep killing, B cells settle at an interior equilibrium B* = kb*(alpha+kem)/(rho-alpha-
 kem), 30-40% of baseline, with a damped second wave of effectors. SLE patients recover B cells
 fully (naive phenotype) around day 110 (Mackensen et al., Nat Med 2022: 110 +/- 32 d), so here
@@ -29,11 +29,12 @@ The aplasia therefore lasts longer with more expansion (a larger AUC of effector
 Sources of the default values:
 - alpha 0.16/d, beta 0.0032/d, kem = FB*(alpha-beta) with FB 0.0079: Stein et al., CPT:PSP
   2019;8:285, Table 1 (effector decline, persistence).
-- rho 1.3/d: doubling time of the net expansion 0.75-0.8 d (science.md 2.5; rho 0.9-1.5/d).
-- b0 150 cells/uL: normal peripheral CD19+ B cells 100-500 cells/uL (science.md 3.1).
+- rho 1.3/d: doubling time of the net expansion 0.75-0.8 d (Stein et al. 2019: 0.78 d;
+  Ogasawara et al., Clin Pharmacokinet 2021: 0.755 d; rho 0.9-1.5/d).
+- b0 150 cells/uL: normal peripheral CD19+ B cells 100-500 cells/uL (reference range, recalled).
 - kout 0.05/d: B-cell regrowth rate 0.05/d (Hosseini et al. 2020, T-cell-engager model).
 - scale 60 copies/ug per CAR-T cell/uL: 1 ug gDNA ~ 1.5e5 nucleated cells, ~5,000 leukocytes/uL,
-  ~2 vector copies per CAR-T cell (science.md 4).
+  ~2 vector copies per CAR-T cell (about 6.6 pg DNA per diploid cell).
 - kkill, kkills, ks, kexh, kb, fblood, sld: calibrated (not published) so that the typical CD19
   patient at 1e6 cells/kg after Flu/Cy reproduces the published behaviour: B cells below 5/uL
   within 7 days, back above 5/uL between day 80 and 140, >= 50% of baseline by day 365, and a
@@ -72,7 +73,7 @@ antigen_driven = Module(
     description="effector/memory CAR-T expanding on CD19+ B cells; B-cell killing, marrow recovery",
     parameters=(
         Parameter("rho", 1.3, "1/d", "maximal antigen-driven expansion rate",
-                  "science.md 2.5 (doubling 0.75-0.8 d; rho 0.9-1.5/d)", lower=0.05, upper=10,
+                  "Stein 2019 (doubling 0.78 d), Ogasawara 2021 (0.755 d)", lower=0.05, upper=10,
                   prior=LogNormal(1.3, 0.3), iiv=0.15),
         Parameter("kb", 4.7, "cells/uL", "B-cell level giving half-maximal expansion", CAL,
                   lower=0.01, upper=1e4, prior=LogNormal(4.7, 1.0)),
@@ -87,8 +88,8 @@ antigen_driven = Module(
         Parameter("fblood", 0.027, "1", "fraction of infused cells in blood at infusion", CAL,
                   lower=1e-6, upper=1, prior=LogNormal(0.027, 1.0), iiv=0.6),
         Parameter("scale", 60.0, "copies/ug per cells/uL", "transgene copies per CAR-T cell level",
-                  "science.md 4 (1.5e5 cells per ug gDNA)", fixed=True),
-        Parameter("b0", 150.0, "cells/uL", "baseline blood CD19+ B cells", "science.md 3.1",
+                  "1.5e5 nucleated cells per ug gDNA (6.6 pg DNA per cell)", fixed=True),
+        Parameter("b0", 150.0, "cells/uL", "baseline blood CD19+ B cells", "reference range 100-500 cells/uL",
                   lower=1, upper=5000, prior=LogNormal(150.0, 0.7), iiv=0.5),
         Parameter("kout", 0.05, "1/d", "B-cell turnover rate", "Hosseini et al. 2020 (regrowth 0.05/d)",
                   lower=1e-3, upper=2, prior=LogNormal(0.05, 0.5)),

@@ -1,15 +1,16 @@
 """Cytokines released by antigen-engaged CAR-T effectors: IL-6, IFN-gamma, IL-10, IL-2.
 
 Drive = antigen-engaged effectors A = E*B/(B + kb) (signal `engaged` of the cellular-kinetic
-module). Each cytokine has a baseline and first-order elimination (science.md 3.3):
+module). Each cytokine has a baseline and first-order elimination:
 
     dC/dt = kel*(base + emax*A/(A + ec50) - C),   C(0) = base
 
 so the baseline is a steady state, the peak comes while effectors meet B cells (within the
 first two weeks), and levels return to baseline within a month once B cells are gone.
-Elimination half-lives: IL-6 ~20 min (science.md 3.3); IFN-gamma ~1 h, IL-10 ~2 h, IL-2 ~10 min
+Elimination half-lives: IL-6 ~20 min, IFN-gamma ~1 h, IL-10 ~2 h, IL-2 ~10 min
 are recalled values [R], fixed because 3-day sampling cannot inform them. Baselines and
-maximal increases are typical of grade-1 CRS in SLE (mostly fever; science.md 3.3) [R].
+maximal increases are typical of grade-1 CRS in SLE (mostly fever; Mackensen et al., Nat Med
+2022; Mueller et al., NEJM 2024) [R].
 Observed on the log scale with censoring below the LLOQ.
 """
 
@@ -17,9 +18,9 @@ import math
 
 from pkpd.models import LogNormal, Module, Observation, Parameter
 
-SCIENCE = "science.md 3.3"
+SCIENCE = "grade-1 CRS in SLE (Mackensen 2022, Mueller 2024)"
 CYTOKINES = {  # name: (baseline pg/mL, max increase pg/mL, half-life in hours, source of half-life)
-    "il6": (3.0, 60.0, 20 / 60, "science.md 3.3 (IL-6 t1/2 ~20 min)"),
+    "il6": (3.0, 60.0, 20 / 60, "IL-6 t1/2 ~20 min (recalled [R])"),
     "ifng": (5.0, 40.0, 1.0, "recalled [R]"),
     "il10": (2.0, 20.0, 2.0, "recalled [R]"),
     "il2": (1.0, 6.0, 10 / 60, "recalled [R]"),
@@ -28,7 +29,7 @@ CYTOKINES = {  # name: (baseline pg/mL, max increase pg/mL, half-life in hours, 
 
 def _parameters():
     out = [Parameter("ec50_cyt", 20.0, "cells/uL", "engaged effectors giving half the maximal release",
-                     "calibrated: peaks within 14 days (science.md 3.3)", lower=0.01, upper=1e4,
+                     "calibrated: cytokine peaks within 14 days (Mackensen 2022)", lower=0.01, upper=1e4,
                      prior=LogNormal(20.0, 1.0))]
     for name, (base, emax, half_life_h, source) in CYTOKINES.items():
         out += [

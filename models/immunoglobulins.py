@@ -2,7 +2,8 @@
 
 Short-lived plasma cells SL are fed by B cells (signal `bcell_fraction`) and partly CD19+, so
 every product (CD19, CD19/CD20, CD19/BCMA) removes them; long-lived plasma cells LL are CD19-
-negative and BCMA+, so only BCMA targeting kills them (science.md 3.2). Both are fractions of
+negative and BCMA+, so only BCMA targeting kills them (Mackensen et al., Nat Med 2022;
+Wang et al., Ann Rheum Dis 2024). Both are fractions of
 baseline:
 
     dSL/dt = ksl*(b - SL) - kkillsl*E*SL
@@ -12,9 +13,9 @@ baseline:
 with b = B/B0 and E the effector CAR-T cells. At baseline (b = 1) every state is at steady state.
 phi is the share of an isotype's production coming from long-lived plasma cells relative to
 short-lived ones: IgG falls ~17.5% after CD19 CAR-T while vaccine titres stay stable
-(science.md 3.2), which gives phi_igg ~ 10; IgM is mostly short-lived-plasma-cell derived;
+(Mackensen et al., Nat Med 2022), which gives phi_igg ~ 10; IgM is mostly short-lived-plasma-cell derived;
 anti-dsDNA is a short-lived-plasma-cell product (autoantibodies negative by 3 months, Wang et al.,
-Ann Rheum Dis 2024). Half-lives [R]: IgG 21 d, IgA 6 d, IgM 5 d, IgE 2.5 d (science.md 3.2).
+Ann Rheum Dis 2024). Half-lives [R, textbook values]: IgG 21 d, IgA 6 d, IgM 5 d, IgE 2.5 d.
 Baselines: IgG 11.4 g/L and proportional error 8.6% (Valenzuela et al., CPT:PSP 2025); IgM, IgA
 within adult ranges [R]; IgE and anti-dsDNA typical of active SLE [R].
 """
@@ -23,7 +24,7 @@ import math
 
 from pkpd.models import LogNormal, Module, Observation, Parameter
 
-SCIENCE = "science.md 3.2"
+SCIENCE = "textbook immunoglobulin turnover [R]"
 VALENZUELA = "Valenzuela et al., CPT:PSP 2025 (IgG baseline 11.4 g/L, net elimination t1/2 ~19 d)"
 ISOTYPES = {  # name: (baseline, unit, half-life d, phi, error sd, source)
     "igg": (11.4, "g/L", 21.0, 10.0, 0.086, VALENZUELA),
@@ -44,7 +45,7 @@ def _parameters(isotypes=tuple(ISOTYPES)):
         Parameter("kkillsl", 0.001, "uL/cell/d", "killing of (partly CD19+) short-lived plasma cells",
                   "calibrated", lower=1e-7, upper=1, prior=LogNormal(0.001, 1.0)),
         Parameter("kkillll", 2.5e-4, "uL/cell/d", "killing of long-lived plasma cells (BCMA targeting)",
-                  "calibrated: CD19/BCMA lowers IgG clearly more than CD19 (science.md 3.2)",
+                  "calibrated: CD19/BCMA lowers IgG clearly more than CD19 (Wang et al., Ann Rheum Dis 2024)",
                   lower=1e-7, upper=1, prior=LogNormal(2.5e-4, 1.0), iiv=0.4),
     ]
     for name in isotypes:

@@ -16,7 +16,7 @@ Variants:
   so that the doubling time is 0.755 d over Tmax - lag.
 - multiphasic_smooth: the switch at Tmax is a logistic gate of width `gate` (0.5 d), blending
   the expansion and contraction lines of log E, so that the log-density is differentiable in
-  Tmax (science.md 2.1: the kink hurts gradient samplers).
+  Tmax (the kink makes the gradient jump there, which hurts gradient-based samplers).
 
 No covariate was retained by Stein et al. (dose, tocilizumab, steroids, lymphodepletion);
 covariate effects belong to the population model. Before the infusion (t < 0) the level is 0.
@@ -137,7 +137,7 @@ multiphasic_smooth = Module(
     description="multiphasic kinetics with a logistic switch at Tmax (differentiable in Tmax)",
     parameters=(*_parameters(STEIN),
                 Parameter("gate", 0.5, "d", "width of the logistic switch at Tmax",
-                          "science.md 2.1 (0.5-1 d)", lower=0.05, upper=3, fixed=True)),
+                          "a modelling choice (0.5-1 d)", lower=0.05, upper=3, fixed=True)),
     closed_form=_smooth_closed_form,
     signals={"car": lambda t, s, p, c, x, m: s.E + s.M},
     observations=(TRANSGENE,),

@@ -22,7 +22,9 @@ from .models import load as load_model
 from .simulate import simulate, simulate_typical
 from .fit import fit, fit_individual, FitResult
 from .compare import compare
+from .predict import posterior_predictive
+from .dose import select_dose
 
 __all__ = ["Cohort", "DataError", "FitResult", "Report", "analytes", "units", "check_file", "compare", "example_data",
-           "fit", "fit_individual", "load_model", "nca", "read_cohort", "simulate", "simulate_typical", "summarize",
-           "write_adam", "write_cohort", "write_nonmem", "__version__"]
+           "fit", "fit_individual", "load_model", "nca", "posterior_predictive", "read_cohort", "select_dose",
+           "simulate", "simulate_typical", "summarize", "write_adam", "write_cohort", "write_nonmem", "__version__"]

@@ -23,7 +23,7 @@ class Analyte:
     unit: str  # canonical unit
     kind: str  # "ck" (cellular kinetics), "cytokine", "bcell", "ig", "autoantibody", "other"
     aliases: tuple[str, ...] = field(default=())
-    lloq: float | None = None  # typical assay LLOQ, used when simulating (science.md 4) [R]
+    lloq: float | None = None  # typical assay LLOQ, used when simulating (recalled, not a cited value)
 
     def factor_from(self, unit: str) -> float:
         """Factor taking a value in `unit` to this analyte's canonical unit (UnitError if impossible)."""

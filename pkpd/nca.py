@@ -43,7 +43,7 @@ CAR_T_WINDOWS = ("28d", "90d")
 OTHER_WINDOWS = ("24h",)
 APLASIA_METRICS = ["aplasia_onset", "aplasia_duration", "aplasia_ongoing"]
 NADIR_METRICS = ["baseline", "nadir", "t_nadir", "nadir_fold_change"]
-DEFAULT_APLASIA_THRESHOLD = 5.0  # cells/uL (science.md 3.1)
+DEFAULT_APLASIA_THRESHOLD = 5.0  # cells/uL: the clinical definition of B-cell aplasia (Mackensen et al., Nat Med 2022)
 
 
 # --- building blocks on arrays ----------------------------------------------------------

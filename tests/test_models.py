@@ -46,7 +46,7 @@ def test_multiphasic_ode_matches_closed_form():
 
 
 def test_stein_typical_curve():
-    # Stein et al., CPT:PSP 2019;8:285, Table 1 and derived figures (science.md 2.1)
+    # Stein et al., CPT:PSP 2019;8:285, Table 1 and derived figures 
     t = np.unique(np.concatenate([np.arange(0, 28.001, 0.01), [9.3], np.arange(30, 366.0)]))
     c = typical_curve("multiphasic", t, dose=3e8)["transgene"]
     out = exposure_metrics(t, c, np.zeros_like(t))
@@ -89,7 +89,7 @@ def test_smooth_variant_is_differentiable_in_tmax_and_close_to_the_kinked_curve(
 
 
 def test_antigen_driven_cd19_b_cell_aplasia_and_full_recovery():
-    # Mackensen et al., Nat Med 2022: B cells return after 110 +/- 32 d (science.md 3.1)
+    # Mackensen et al., Nat Med 2022: B cells return after 110 +/- 32 d
     t = fine_schedule()
     curves = typical_curve("antigen_driven", t, **CD19_1E6_PER_KG)
     b = curves["bcells"]
@@ -108,7 +108,7 @@ def test_bcma_lowers_igg_clearly_more_than_cd19():
     cd19 = typical_curve(name, t, bcma=0, **CD19_1E6_PER_KG)["igg"]
     bcma = typical_curve(name, t, bcma=1, **CD19_1E6_PER_KG)["igg"]
     cd19_drop, bcma_drop = 1 - cd19.min() / cd19[0], 1 - bcma.min() / bcma[0]
-    assert cd19_drop == pytest.approx(0.175, abs=0.05)  # science.md 3.2: ~17.5% after CD19 CAR-T
+    assert cd19_drop == pytest.approx(0.175, abs=0.05)  # ~17.5% after CD19 CAR-T (Mackensen et al., Nat Med 2022)
     assert bcma_drop > cd19_drop + 0.2
 
 

@@ -47,7 +47,7 @@ def test_linear_up_is_exact_for_a_linear_rise():
 
 
 def test_stein_typical_curve_reproduces_published_exposure():
-    # Stein 2019 (derived in science.md 2.1): Cmax 24,000 copies/ug at 9.3 d, AUC0-28 ~1.72e5.
+    # Stein et al., CPT:PSP 2019;8:285, Table 1: Cmax 24,000 copies/ug at 9.3 d, AUC0-28 ~1.72e5.
     t = np.unique(np.concatenate([np.arange(0, 28.01, 0.05), [9.3], np.arange(30, 366, 30.0)]))
     out = exposure_metrics(t, stein(t), np.zeros_like(t))
     assert out["cmax"] == pytest.approx(24000.0)
@@ -127,7 +127,7 @@ def test_nca_on_the_example_cohort(example_nonmem):
     igg = table[table["analyte"] == "igg"]
     bcma = igg[igg["product"] == "CD19/BCMA"]["nadir_fold_change"].median()
     cd19 = igg[igg["product"] != "CD19/BCMA"]["nadir_fold_change"].median()
-    assert bcma < cd19  # BCMA targeting lowers IgG more (science.md 3.2)
+    assert bcma < cd19  # BCMA targeting lowers IgG more (Wang et al., Ann Rheum Dis 2024)
     summary = summarize(table)
     row = summary[(summary["analyte"] == "transgene") & (summary["metric"] == "cmax")]
     assert row["n"].sum() == 41 and set(row["product"]) == {"CD19", "CD19/BCMA", "CD19/CD20"}
@@ -136,3 +136,45 @@ def test_nca_on_the_example_cohort(example_nonmem):
 def test_nca_rejects_unknown_analyte(example_nonmem):
     with pytest.raises(ValueError, match="not in the cohort"):
         nca(read_cohort(example_nonmem), analytes=["il99"])
+
+
+def test_windows_follow_the_time_unit_and_auc_inf_extrapolates():
+    from pkpd.nca import window_names
+
+    assert window_names(["24h", "28d"], "h") == [(24.0, "auc_0_24h"), (672.0, "auc_0_28d")]
+    assert window_names([12], "h") == [(12.0, "auc_0_12h")]
+    with pytest.raises(ValueError, match="not a duration"):
+        window_names(["soon"], "h")
+    k, c0 = 0.1, 50.0
+    t = np.array([0, 1, 2, 4, 8, 12, 24.0])
+    out = exposure_metrics(t, c0 * np.exp(-k * t), np.zeros_like(t), windows=window_names(["24h"], "h"))
+    assert out["auc_0_24h"] == pytest.approx(c0 / k * (1 - math.exp(-k * 24)), rel=1e-12)
+    assert out["auc_inf"] == pytest.approx(c0 / k, rel=1e-9)
+    assert out["auc_extrap_percent"] == pytest.approx(100 * math.exp(-k * 24), rel=1e-6)
+
+
+def test_steady_state_metrics_over_the_last_interval():
+    from pkpd.nca import steady_state_metrics
+
+    k, tau, dose_times = 0.1, 12.0, np.arange(0, 60, 12.0)
+    t = np.unique(np.concatenate([np.arange(0, 72.01, 0.25)]))
+    # IV bolus every 12 h: C(t) = sum over past doses of 10 exp(-k (t - t_d))
+    c = sum(np.where(t >= d, 10 * np.exp(-k * (t - d)), 0.0) for d in dose_times)
+    out = steady_state_metrics(t, c, np.zeros_like(t), dose_times)
+    accumulated = 10 * sum(np.exp(-k * tau * j) for j in range(5))  # level just after the 5th dose
+    assert out["tau"] == tau and out["cmax_ss"] == pytest.approx(accumulated)
+    assert out["cmin_ss"] == pytest.approx(accumulated * np.exp(-k * tau))
+    assert out["auc_tau"] == pytest.approx(accumulated / k * (1 - np.exp(-k * tau)), rel=1e-9)
+    assert math.isnan(steady_state_metrics(t, c, np.zeros_like(t), [0.0])["auc_tau"])  # a single dose
+
+
+def test_nca_of_a_pk_cohort_in_hours(tmp_path):
+    text = ("ID,TIME,TIMEU,AMT,AMTU,EVID,DV,ANALYTE,UNIT\n1,0,HOURS,100,mg,1,.,.,.\n"
+            + "".join(f"1,{t},HOURS,0,.,0,{50 * math.exp(-0.1 * t):.6g},conc,mg/L\n" for t in (1, 2, 4, 8, 12, 24)))
+    (tmp_path / "pk.csv").write_text(text)
+    table = nca(read_cohort(tmp_path / "pk.csv"))
+    row = table.iloc[0]
+    assert table.attrs["time_unit"] == "h" and "auc_0_24h" in table and "auc_0_28d" not in table
+    assert row["half_life"] == pytest.approx(math.log(2) / 0.1, rel=1e-4)
+    summary = summarize(table)
+    assert summary.loc[summary["metric"] == "auc_0_24h", "unit"].iloc[0] == "mg/L*h"

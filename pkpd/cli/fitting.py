@@ -106,7 +106,7 @@ def fit_command(
         fail(exc)
     result.save(out)
     print_parameter_table(result.parameter_table(), m.name)
-    held = [p.name for p in m.parameters if p.name not in result.spec.estimated]
+    held = [p.name for p in m.parameters if not p.fixed and p.name not in result.spec.estimated]
     if held:
         console.print(f"held at their typical values (not estimated): {', '.join(held)}; estimate one with "
                       "--fixed-effect NAME or --iiv NAME", highlight=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .leaderboard import leaderboard, write
+from .leaderboard import leaderboard, rank, write
 from .run import read_result, run
 from .spec import FitSpec, RunSpec, SpecError, load_spec
 
@@ -38,5 +38,5 @@ def compare(spec: str | Path | RunSpec, out: str | Path | None = None, *, schedu
     return Comparison(table, fits, out)
 
 
-__all__ = ["Comparison", "FitSpec", "RunSpec", "SpecError", "compare", "leaderboard", "load_spec", "read_result",
-           "run", "write"]
+__all__ = ["Comparison", "FitSpec", "RunSpec", "SpecError", "compare", "leaderboard", "load_spec", "rank",
+           "read_result", "run", "write"]

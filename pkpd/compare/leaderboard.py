@@ -58,22 +58,41 @@ def _tree(folder: Path):
     """The posterior tree of a fit folder (the LOO needs nothing else, so no model is rebuilt)."""
     import xarray as xr
 
-    return xr.open_datatree(folder / "posterior.nc", engine="h5netcdf").load()
+    with xr.open_datatree(folder / "posterior.nc", engine="h5netcdf") as opened:
+        return opened.load()
 
 
 def leaderboard(out: str | Path) -> pd.DataFrame:
     """Build the leaderboard from the fits of a run folder."""
-    import arviz as az
-
-    out = Path(out)
-    rows, trees = [], {}
-    for result_path in sorted((out / "fits").glob("*/result.json")):
+    entries = []
+    for result_path in sorted((Path(out) / "fits").glob("*/result.json")):
         result = json.loads(result_path.read_text())
         row = {"dataset": result.get("dataset"), "model": result.get("model"), "variant": result.get("variant"),
                "status": result.get("status"), "reason": result.get("reason", ""),
                "seconds": result.get("seconds"), "converged": bool(result.get("converged", False))}
-        if result.get("status") == "ok":
-            tree = _tree(result_path.parent)
+        entries.append((row, _tree(result_path.parent) if result.get("status") == "ok" else None))
+    return _rank(entries)
+
+
+def rank(results, dataset: str = "data") -> pd.DataFrame:
+    """The leaderboard of FitResult objects fitted to the same records: {label: result}, the
+    label 'model' or 'model/variant'."""
+    entries = []
+    for label, result in dict(results).items():
+        model, _, variant = str(label).partition("/")
+        entries.append(({"dataset": dataset, "model": model, "variant": variant or "base", "status": "ok",
+                         "reason": "", "seconds": result.tree.attrs.get("total_seconds"),
+                         "converged": result.converged}, result.tree))
+    return _rank(entries)
+
+
+def _rank(entries) -> pd.DataFrame:
+    """Rows (with each fit's posterior tree, or None when it failed) ranked per dataset."""
+    import arviz as az
+
+    rows, trees = [], {}
+    for row, tree in entries:
+        if tree is not None:
             try:
                 subject, record = _loo(tree, "y_subject"), _loo(tree, "y")
             except (ValueError, FloatingPointError) as exc:

@@ -18,7 +18,7 @@
     name = "antigen_driven"                 # label in the leaderboard (default: the model)
     model = "antigen_driven"                # built-in name, composition, or a model file
     iiv = ["rho", "alpha", "fblood"]        # optional
-    priors = { rho = [1.3, 0.3] }           # optional: LogNormal(median, sigma)
+    priors = { rho = [1.3, 0.3], omega_rho = "HalfNormal(0.5)" }   # optional: as pkpd.fit.priors
     variants = { base = [], ld = ["rho~lymphodepletion"] }   # optional covariate variants
 
 Every dataset x model x variant is one fit, with id DATASET/MODEL/VARIANT.
@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models import LogNormal, ModelError, load
+from ..models import ModelError, load
 from ..fit.population import CovariateEffect
+from ..fit.priors import check_priors, prior_value
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -67,7 +68,7 @@ class FitSpec:
     variant: str
     covariates: tuple[str, ...] = ()
     iiv: tuple[str, ...] | None = None
-    priors: tuple[tuple[str, float, float], ...] = ()
+    priors: tuple[tuple[str, object], ...] = ()  # (name, LogNormal or HalfNormal)
     chains: int = 4
     draws: int = 1000
     tune: int = 1000
@@ -209,11 +210,10 @@ def _models(entries, problems: list[str]) -> list[dict]:
             iiv = None
         priors = []
         for pname, value in dict(entry.get("priors", {})).items():
-            if (not isinstance(value, list) or len(value) != 2
-                    or not all(isinstance(v, (int, float)) and v > 0 for v in value)):
-                problems.append(f"{where}.priors.{pname} must be [median, sigma] with both positive")
-                continue
-            priors.append((pname, float(value[0]), float(value[1])))
+            try:
+                priors.append((pname, prior_value(pname, value)))
+            except ValueError as exc:
+                problems.append(f"{where}.priors.{pname}: {exc}")
         variants = entry.get("variants", {"base": []})
         if not isinstance(variants, dict) or not variants:
             problems.append(f"{where}.variants must be a table of name = [covariate effects]")
@@ -233,9 +233,12 @@ def _models(entries, problems: list[str]) -> list[dict]:
                 if model is not None and parsed.parameter not in model.parameter_names:
                     problems.append(f"{where}.variants.{vname}: model {spec} has no parameter {parsed.parameter!r}")
         if model is not None:
-            for pname, *_ in priors:
-                if pname not in model.parameter_names:
-                    problems.append(f"{where}.priors: model {spec} has no parameter {pname!r}")
+            declared = [p.name for p in model.parameters if p.iiv and not p.fixed]
+            for pname, prior in priors:
+                try:
+                    check_priors(model, iiv or declared, {pname: prior})
+                except ValueError as exc:
+                    problems.append(f"{where}.priors: {exc}")
             for pname in iiv or []:
                 if pname not in model.parameter_names:
                     problems.append(f"{where}.iiv: model {spec} has no parameter {pname!r}")
@@ -247,5 +250,5 @@ def _models(entries, problems: list[str]) -> list[dict]:
     return out
 
 
-def priors_of(fit: FitSpec) -> dict[str, LogNormal]:
-    return {name: LogNormal(median, sigma) for name, median, sigma in fit.priors}
+def priors_of(fit: FitSpec) -> dict:
+    return dict(fit.priors)

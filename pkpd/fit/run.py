@@ -100,7 +100,8 @@ def load_run(folder: str | Path, model: Model | None = None) -> FitResult:
     if not (folder / DATA_FILE).is_file():
         raise RunError(f"{folder}: no {DATA_FILE} (the fitted data); re-run the fit with this version of pkpd")
     try:
-        tree = xr.open_datatree(posterior, engine="h5netcdf").load()
+        with xr.open_datatree(posterior, engine="h5netcdf") as opened:  # closed again: the run stays movable
+            tree = opened.load()
     except Exception as exc:  # h5py and xarray raise several types for a damaged file
         raise RunError(f"{posterior} cannot be read ({type(exc).__name__}: {exc}); it is damaged or "
                        "incomplete: re-run the fit") from None

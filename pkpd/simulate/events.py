@@ -37,8 +37,8 @@ class Schedule:
     units, lag included; then the dose itself follows. target: index into model.dosing; amount:
     in the target's unit.
     Covariates: values (S, n_covariates) of segments seg_start[i]:seg_start[i+1] of subject i,
-    each starting at seg_time (the first at -inf); covariates of the first segment are what
-    the initial states and closed forms of a single-dose model see.
+    each starting at seg_time (the first at -inf); the segment in force at t = 0 gives the
+    initial states.
     offset: each subject's first dose time in the cohort's own time (records are shifted by it).
     """
 
@@ -64,10 +64,6 @@ class Schedule:
         return pd.DataFrame({"time": self.time[sl], "kind": [KIND_NAMES[k] for k in self.kind[sl]],
                              "target": self.target[sl], "amount": self.amount[sl], "length": self.length[sl],
                              "ss": self.ss[sl]})
-
-    def first_covariates(self) -> np.ndarray:
-        """(N, n_covariates): each subject's covariates at its first segment."""
-        return self.covariates[self.seg_start[:-1]]
 
     def covariates_at(self, subject_index: np.ndarray, times: np.ndarray) -> np.ndarray:
         """(n, n_covariates) covariates of each (subject, model time) pair: the segment in force."""

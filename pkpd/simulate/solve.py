@@ -71,7 +71,6 @@ def predict_reference(design: Design, P: np.ndarray, *, rtol: float = 1e-8, atol
     sched = design.schedule
     N = len(design.subjects)
     pred = np.full(design.n_obs, np.nan)
-    first_C = sched.first_covariates().T  # (n_cov, N)
     # before the first dose: the pre-dose baseline, with the covariates of the record's time
     before = design.time < 0
     if before.any():
@@ -95,7 +94,7 @@ def predict_reference(design: Design, P: np.ndarray, *, rtol: float = 1e-8, atol
                 pred[idx[rows]] = f.observe[analyte](design.time[idx][rows], Y[:, rows], P[:, design.subject_index[idx]][:, rows],
                                                      C[:, rows])
         return pred
-    for group, breaks in _groups(design, P, first_C).items():
+    for group, breaks in _groups(design, P).items():
         members = np.array(group)
         _solve_group(design, f, P, members, breaks, pred, rtol, atol)
     return pred
@@ -116,7 +115,7 @@ def _event_times(design: Design, f, P: np.ndarray, i: int) -> list[tuple[float, 
     return sorted(out, key=lambda x: (x[0], x[1]))
 
 
-def _groups(design: Design, P, first_C) -> dict[tuple, tuple]:
+def _groups(design: Design, P) -> dict[tuple, tuple]:
     """Subjects with identical event times (including infusion ends and covariate changes)."""
     f = numpy_functions(design.model)
     s = design.schedule
@@ -148,7 +147,7 @@ def _solve_group(design: Design, f, P, members: np.ndarray, breaks: tuple, pred,
     s = design.schedule
     n, G = f.n_states, len(members)
     PG = P[:, members]
-    C = s.first_covariates()[members].T.copy()
+    C = s.covariates_at(members, np.zeros(G)).T.copy()  # in force at the first dose (t = 0)
     # each subject's actions at each break: (time, priority, what)
     actions: dict[float, list] = defaultdict(list)
     for g, i in enumerate(members):
@@ -157,7 +156,8 @@ def _solve_group(design: Design, f, P, members: np.ndarray, breaks: tuple, pred,
             if s.kind[e] in (INFUSION_DURATION, INFUSION_RATE):
                 actions[tau + _duration(f, s, P, i, e)].append((1, g, ("end", e)))
         for k in range(s.seg_start[i] + 1, s.seg_start[i + 1]):
-            actions[float(s.seg_time[k])].append((0, g, ("covariates", k)))
+            if s.seg_time[k] > 0:  # earlier changes are in C already
+                actions[float(s.seg_time[k])].append((0, g, ("covariates", k)))
     y = f.initial(PG, C)
     rates = np.zeros((n, G))
     running: dict[int, tuple[int, int, float]] = {}  # event -> (member, state, rate)
