@@ -232,3 +232,28 @@ def test_latin1_file_is_read_with_a_note(write):
     result = check_file(write(text.encode("latin-1")))
     assert result.report.ok and only(result.report, "encoding")[0].severity == "note"
     assert result.cohort.observations["value"].iloc[0] == 500
+
+
+@pytest.mark.parametrize("row, rule, wording", [
+    ("1,0,100,1,-1,.,.,.,.", "dose-rate", "modelled rate"),
+    ("1,0,100,1,5,2,.,.,.", "dose-rate", "both RATE and DUR"),
+    ("1,0,100,1,.,-2,.,.,.", "dose-duration", "negative"),
+    ("1,0,100,1,.,.,.,2,.", "dose-ii", "needs the dosing interval"),
+    ("1,0,100,1,.,.,12,1.5,.", "dose-addl", "whole number"),
+    ("1,0,100,1,.,.,12,.,2", "dose-ss", "SS 2 is not supported"),
+])
+def test_dosing_columns_are_checked(write, row, rule, wording):
+    text = ("ID,TIME,AMT,EVID,RATE,DUR,II,ADDL,SS,DV,ANALYTE,UNIT,TIMEU,AMTU\n" + row + ",.,.,.,HOURS,mg\n"
+            "1,1,0,0,.,.,.,.,.,5,conc,mg/L,HOURS,.\n")
+    finding = only(check_file(write(text)).report, rule)[0]
+    assert wording in finding.message and finding.line == 2
+
+
+def test_dose_units_of_every_kind(write):
+    text = ("ID,TIME,AMT,AMTU,EVID,DV,ANALYTE,UNIT,WT,TIMEU\n1,0,1.5,mg/kg,1,.,.,.,80,HOURS\n"
+            "1,1,0,.,0,5,conc,mg/L,80,HOURS\n2,0,250,ug,1,.,.,.,60,HOURS\n2,1,0,.,0,5,conc,mg/L,60,HOURS\n")
+    cohort = check_file(write(text)).cohort
+    assert cohort.doses[["unit", "absolute", "absolute_unit"]].values.tolist() == [["mg/kg", 120.0, "mg"],
+                                                                                 ["ug", 250.0, "ug"]]
+    bad = check_file(write(text.replace("ug,", "furlongs,")))
+    assert only(bad.report, "dose-unit")[0].line == 4

@@ -105,19 +105,42 @@ def phenobarbital(out: Path) -> tuple[list[dict], object]:
     return rows_for("phenobarbital", result, PHENO_TYPICAL, PHENO_OMEGA, PHENO), result
 
 
+def cart_population(model, n: int, seed: int) -> pd.DataFrame:
+    """Individual parameters whose random effects are standardised to mean 0 and SD omega per
+    parameter, so that the simulated population has exactly the true typical values and
+    variability: the check is then of the engine, not of one draw of 24 subjects (whose own
+    geometric mean and SD scatter around the truth by about omega/sqrt(24))."""
+    rng = np.random.default_rng(seed)
+    out = pd.DataFrame({p.name: np.full(n, CART_TRUTH.get(p.name, p.typical)) for p in model.parameters})
+    for name, sd in CART_OMEGA.items():
+        z = rng.standard_normal(n)
+        out[name] *= np.exp(sd * (z - z.mean()) / z.std(ddof=1))
+    out.index = pd.Index([str(i + 1) for i in range(n)], name="subject")
+    return out
+
+
 def cart(out: Path) -> tuple[list[dict], object]:
     from pkpd.predict import posterior_predictive
     from pkpd.predict.plots import write_ppc
     from pkpd.report import write_report
-    from pkpd.simulate import simulate
+    from pkpd.simulate import parse_regimen, template_cohort, trial_schedule
+    from pkpd.simulate.virtual import observe
 
     model = load("antigen_driven")
-    omega = {p.name: CART_OMEGA.get(p.name, 0.0) for p in model.parameters}
-    cohort = simulate(model, [CART_REGIMEN], n=24, seed=20261129, analytes=["transgene", "bcells"],
-                      typical=CART_TRUTH, omega=omega, product="CD19", lymphodepletion=True)
+    n, seed = 24, 20261129
+    params = cart_population(model, n, seed)
+    regimen = parse_regimen(CART_REGIMEN)
+    ids = list(params.index)
+    subjects = pd.DataFrame({"dose_level": CART_REGIMEN, "product": "CD19", "lymphodepletion": True,
+                             "disease": "SLE", "weight": 70.0, "age": np.nan, "sex": pd.NA},
+                            index=pd.Index(ids, name="subject")).astype({"lymphodepletion": "boolean", "sex": object})
+    doses = pd.concat([regimen.doses(s, 70.0, "d") for s in ids], ignore_index=True)
+    times = np.unique(np.concatenate([trial_schedule(baseline=True), 90 + trial_schedule()]))
+    template = template_cohort(model, subjects, doses, times, ["transgene", "bcells"], source="validation: CAR-T")
+    cohort = observe(model, template, params, np.random.default_rng(seed + 1))
     pkpd.write_nonmem(cohort, out / "cart_data.csv")
     cohort = pkpd.read_cohort(out / "cart_data.csv")  # the file a user would have
-    result = pkpd.fit(model, cohort, iiv=list(CART_OMEGA), chains=4, draws=1000, tune=1000, seed=20261129,
+    result = pkpd.fit(model, cohort, iiv=list(CART_OMEGA), chains=4, draws=1000, tune=1000, seed=seed,
                       target_accept=0.9, progress=False)
     result.save(out / "cart")
     ppc = posterior_predictive(result, seed=1)

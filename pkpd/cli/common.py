@@ -11,8 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..data import read_cohort
-from ..data.report import DataError, Report
+from ..data.report import Report
 
 console = Console(width=None if Console().is_terminal else 160)
 err_console = Console(stderr=True)

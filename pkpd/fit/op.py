@@ -19,7 +19,7 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch import numba_funcify
 
-from ..simulate.compiled import Design, Tolerances, predict_compiled, scratch, solver_call
+from ..simulate.compiled import Design, Tolerances, predict_compiled, solver_call
 from .likelihood import record_terms
 
 

@@ -11,7 +11,6 @@ fit result can rebuild its model from what was fitted, not from whatever the fil
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import sys
 import types
 from functools import lru_cache

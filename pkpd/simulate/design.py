@@ -68,8 +68,7 @@ class Design:
         self.censored = np.zeros(len(self.time), np.int64)
         self.start = np.arange(N + 1, dtype=np.int64) * T * len(per)
         dose = C[0]
-        dosed = model.dosing and True
-        n_ev = np.where(dose > 0, 1, 0) if dosed else np.zeros(N, int)
+        n_ev = np.where(dose > 0, 1, 0) if model.dosing else np.zeros(N, int)
         self.schedule = Schedule(
             np.concatenate([[0], np.cumsum(n_ev)]).astype(np.int64), np.zeros(n_ev.sum()),
             np.full(n_ev.sum(), BOLUS, np.int64), np.zeros(n_ev.sum(), np.int64),

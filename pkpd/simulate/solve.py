@@ -69,7 +69,6 @@ def predict_reference(design: Design, P: np.ndarray, *, rtol: float = 1e-8, atol
     model = design.model
     f = numpy_functions(model)
     sched = design.schedule
-    N = len(design.subjects)
     pred = np.full(design.n_obs, np.nan)
     # before the first dose: the pre-dose baseline, with the covariates of the record's time
     before = design.time < 0
