@@ -211,8 +211,7 @@ def _simulate_metrics(result, posterior, picks, patients, scenario, regimen, tar
     if scenario.product is not None:
         subjects["product"] = pd.Series(scenario.product, index=ids, dtype=object)
         subjects["lymphodepletion"] = pd.Series(scenario.lymphodepletion, index=ids, dtype="boolean")
-    dose_rows = pd.concat([regimen.doses(sid, w, cohort.time_unit) for sid, w in zip(ids, weight)],
-                          ignore_index=True)
+    dose_rows = regimen.dose_table(ids, weight, cohort.time_unit)
     template = template_cohort(result.model, subjects, dose_rows, times, analytes, source="dose selection",
                                time_unit=cohort.time_unit)
     design = Design(result.model, template, analytes=analytes)

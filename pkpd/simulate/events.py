@@ -81,51 +81,57 @@ def model_cohort(model: Model, cohort: Cohort) -> Cohort:
 
 
 def schedule(model: Model, cohort: Cohort) -> Schedule:
-    """The events of every subject of `cohort` (already in the model's time unit) for `model`."""
+    """The events of every subject of `cohort` (already in the model's time unit) for `model`.
+    Vectorised over dose records (dose selection builds schedules of many thousand patients)."""
     if cohort.time_unit != model.time_unit:
         raise ValueError(f"the cohort is in {cohort.time_unit}, model {model.name} in {model.time_unit}: "
                          "convert it with cohort.in_time_unit(model.time_unit)")
     subjects = cohort.subject_ids
+    N = len(subjects)
     doses = cohort.dose_records()
-    by_subject = {s: g for s, g in doses.groupby("subject", sort=False)}
-    missing = [s for s in subjects if s not in by_subject]
+    who = pd.Index(subjects).get_indexer(doses["subject"])
+    missing = sorted(set(range(N)) - set(who))
     if missing:
-        raise ValueError(f"subject(s) {', '.join(missing[:5])} have no dose; model {model.name} needs one to "
-                         "start from (t = 0 is each subject's first dose)")
-    offset = np.array([float(by_subject[s]["time"].min()) for s in subjects])
+        raise ValueError(f"subject(s) {', '.join(subjects[i] for i in missing[:5])} have no dose; model "
+                         f"{model.name} needs one to start from (t = 0 is each subject's first dose)")
+    time = doses["time"].to_numpy(float)
+    offset = np.full(N, np.inf)
+    np.minimum.at(offset, who, time)
+    first = np.lexsort((time, who))  # the first dose of each subject: the first row of its block
+    first = first[np.r_[True, np.diff(who[first]) != 0]]
+    first_amount = np.empty(N)
+    first_amount[who[first]] = _amounts(model, doses.iloc[first], [model.dose_unit] * len(first))
     resets = cohort.events[cohort.events["evid"] == 3] if len(cohort.events) else cohort.events
-    reset_times = {s: g["time"].to_numpy(float) for s, g in resets.groupby("subject", sort=False)}
-    first_amount = np.empty(len(subjects))
-    rows: list[tuple] = []
-    start = [0]
-    for i, s in enumerate(subjects):
-        mine = by_subject[s].sort_values("time", kind="stable")
-        first_amount[i] = _amount(model, model.dose_unit, mine.iloc[0], s)
-        if model.dosing:
-            units = _dose_events(model, mine, s, offset[i])
-            units += [[(t - offset[i], RESET, 0, 0.0, 0.0, 0.0)] for t in reset_times.get(s, ())]
-            # by time; a reset before a dose at the same time; a steady state just before its dose
-            units.sort(key=lambda u: (u[0][0], u[0][1] != RESET))
-            rows += [event for unit in units for event in unit]
-        else:
-            _single_dose_only(model, mine, s, reset_times.get(s, ()))
-        start.append(len(rows))
-    arrays = np.array(rows, float).reshape(-1, 6) if rows else np.empty((0, 6))
+    if not model.dosing:
+        _single_dose_only(model, doses, who, resets)
+        arrays = np.empty((0, 7))
+    else:
+        arrays = _dose_events(model, doses, who, offset, resets, pd.Index(subjects))
+    start = np.searchsorted(arrays[:, 0], np.arange(N + 1)).astype(np.int64) if len(arrays) else np.zeros(N + 1, np.int64)
     seg_start, seg_time, values = _covariate_segments(model, cohort, first_amount, offset)
-    return Schedule(np.array(start, np.int64), np.ascontiguousarray(arrays[:, 0]),
-                    arrays[:, 1].astype(np.int64), arrays[:, 2].astype(np.int64),
-                    np.ascontiguousarray(arrays[:, 3]), np.ascontiguousarray(arrays[:, 4]),
-                    np.ascontiguousarray(arrays[:, 5]), seg_start, seg_time, values, offset)
+    return Schedule(start, np.ascontiguousarray(arrays[:, 1]), arrays[:, 2].astype(np.int64),
+                    arrays[:, 3].astype(np.int64), np.ascontiguousarray(arrays[:, 4]),
+                    np.ascontiguousarray(arrays[:, 5]), np.ascontiguousarray(arrays[:, 6]), seg_start, seg_time,
+                    values, offset)
 
 
-def _amount(model: Model, unit: str, dose, subject) -> float:
-    """The dose's absolute amount in `unit` (pint), or a ModelError naming the dose."""
-    try:
-        return float(dose["absolute"]) * conversion_factor(str(dose["absolute_unit"]), unit)
-    except UnitError:
-        raise ModelError(f"subject {subject}: the dose at time {dose['time']:g} is in {dose['unit']}, which cannot "
-                         f"be converted to {unit}, the dose unit of model {model.name}; give the amount in "
-                         f"{unit} (or a unit of the same kind)") from None
+def _amounts(model: Model, doses: pd.DataFrame, units) -> np.ndarray:
+    """Each dose's absolute amount in the unit given for it (pint), or a ModelError naming a dose
+    whose unit cannot be converted."""
+    absolute = doses["absolute"].to_numpy(float)
+    out = np.empty(len(doses))
+    source = doses["absolute_unit"].astype(str).to_numpy()
+    units = np.asarray(units, dtype=object)
+    for src, dst in set(zip(source, units)):
+        rows = (source == src) & (units == dst)
+        try:
+            out[rows] = absolute[rows] * conversion_factor(src, dst)
+        except UnitError:
+            dose = doses.iloc[int(np.flatnonzero(rows)[0])]
+            raise ModelError(f"subject {dose['subject']}: the dose at time {dose['time']:g} is in {dose['unit']}, "
+                             f"which cannot be converted to {dst}, the dose unit of model {model.name}; give the "
+                             f"amount in {dst} (or a unit of the same kind)") from None
+    return out
 
 
 def _target(model: Model, cmt, subject, time) -> int:
@@ -150,48 +156,70 @@ def _target(model: Model, cmt, subject, time) -> int:
     return targets.index(name)
 
 
-def _dose_events(model: Model, doses: pd.DataFrame, subject, offset: float) -> list[list[tuple]]:
-    """Each dose as a list of events: [reset (EVID 4)], [steady state (SS=1)], the dose."""
-    units = []
-    for _, dose in doses.iterrows():
-        k = _target(model, dose["cmt"], subject, dose["time"])
-        unit = model.dosing[k].unit
-        amount = _amount(model, unit, dose, subject)
-        t = float(dose["time"]) - offset
-        unit = [(t, RESET, 0, 0.0, 0.0, 0.0)] if int(dose["evid"]) == 4 else []
-        rate, duration = float(dose["rate"]), float(dose["duration"])
-        if rate > 0:
-            # RATE is in the dose's unit per time: the same factor as the amount
-            kind, length = INFUSION_RATE, rate * amount / float(dose["amount"])
-        elif duration > 0:
-            kind, length = INFUSION_DURATION, duration
-        else:
-            kind, length = BOLUS, 0.0
-        if int(dose["ss"]) == 1:
-            interval = float(dose["ii"])
-            if kind == INFUSION_DURATION and length >= interval:
-                raise ModelError(f"subject {subject}: the steady-state infusion at time {dose['time']:g} lasts "
-                                 f"{length:g}, not shorter than its interval II {interval:g}")
-            unit.append((t, STEADY_STATE, k, amount, length, interval))
-        unit.append((t, kind, k, amount, length, 0.0))
-        units.append(unit)
-    return units
+def _dose_events(model: Model, doses: pd.DataFrame, who: np.ndarray, offset: np.ndarray, resets: pd.DataFrame,
+                 index: pd.Index) -> np.ndarray:
+    """Rows (subject, time, kind, target, amount, length, ss) sorted by subject and time: per dose
+    [a reset (EVID 4)], [a steady state (SS=1)], the dose; and the EVID 3 resets (before any
+    dose at the same time)."""
+    cmt = doses["cmt"].astype(str).to_numpy()
+    time = doses["time"].to_numpy(float)
+    targets = np.empty(len(doses), np.int64)
+    for text in set(cmt):
+        rows = cmt == text
+        i = int(np.flatnonzero(rows)[0])
+        targets[rows] = _target(model, text, doses["subject"].iloc[i], time[i])
+    amount = _amounts(model, doses, [model.dosing[k].unit for k in targets])
+    rate, duration = doses["rate"].to_numpy(float), doses["duration"].to_numpy(float)
+    # RATE is in the dose's unit per time: the same factor as the amount
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_rate = rate * amount / doses["amount"].to_numpy(float)
+    kind = np.where(rate > 0, INFUSION_RATE, np.where(duration > 0, INFUSION_DURATION, BOLUS))
+    length = np.where(rate > 0, per_rate, np.where(duration > 0, duration, 0.0))
+    t = time - offset[who]
+    ss = doses["ss"].to_numpy(int) == 1
+    interval = doses["ii"].to_numpy(float)
+    bad = ss & (kind == INFUSION_DURATION) & (length >= interval)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ModelError(f"subject {doses['subject'].iloc[i]}: the steady-state infusion at time {time[i]:g} lasts "
+                         f"{length[i]:g}, not shorter than its interval II {interval[i]:g}")
+    order = np.arange(len(doses))
+    zeros = np.zeros(len(doses))
+    # columns: subject, time, group (the dose's row; -1 for EVID 3), rank, kind, target, amount, length, ss
+    parts = [np.column_stack([who, t, order, np.full(len(doses), 2), kind, targets, amount, length, zeros])]
+    evid4 = doses["evid"].to_numpy(int) == 4
+    if evid4.any():
+        parts.append(np.column_stack([who, t, order, zeros, np.full(len(doses), RESET), zeros, zeros, zeros,
+                                      zeros])[evid4])
+    if ss.any():
+        parts.append(np.column_stack([who, t, order, np.ones(len(doses)), np.full(len(doses), STEADY_STATE),
+                                      targets, amount, length, interval])[ss])
+    if len(resets):
+        r_who = index.get_indexer(resets["subject"])
+        r_t = resets["time"].to_numpy(float) - offset[r_who]
+        n = len(resets)
+        parts.append(np.column_stack([r_who, r_t, np.full(n, -1.0), np.zeros(n), np.full(n, RESET), np.zeros(n),
+                                      np.zeros(n), np.zeros(n), np.zeros(n)]))
+    rows = np.concatenate(parts)
+    rows = rows[np.lexsort((rows[:, 3], rows[:, 2], rows[:, 1], rows[:, 0]))]
+    return rows[:, [0, 1, 4, 5, 6, 7, 8]]
 
 
-def _single_dose_only(model: Model, doses: pd.DataFrame, subject, resets) -> None:
-    dose = doses.iloc[0]
+def _single_dose_only(model: Model, doses: pd.DataFrame, who: np.ndarray, resets: pd.DataFrame) -> None:
+    counts = np.bincount(who)
     problem = None
-    if len(doses) > 1:
-        problem = f"{len(doses)} doses (times {', '.join(f'{t:g}' for t in doses['time'].iloc[:4])})"
-    elif float(dose["rate"]) > 0 or float(dose["duration"]) > 0:
-        problem = "an infusion (RATE or DUR)"
-    elif int(dose["ss"]) == 1:
-        problem = "a steady-state dose (SS=1)"
-    elif len(resets) or int(dose["evid"]) == 4:
-        problem = "a reset (EVID 3 or 4)"
+    infused = (doses["rate"].to_numpy(float) > 0) | (doses["duration"].to_numpy(float) > 0)
+    for check, what in ((counts[who] > 1, "several doses"), (infused, "an infusion (RATE or DUR)"),
+                        (doses["ss"].to_numpy(int) == 1, "a steady-state dose (SS=1)"),
+                        (doses["evid"].to_numpy(int) == 4, "a reset (EVID 4)")):
+        if check.any():
+            problem = (doses["subject"].iloc[int(np.flatnonzero(check)[0])], what)
+            break
+    if problem is None and len(resets):
+        problem = (resets["subject"].iloc[0], "a reset (EVID 3)")
     if problem:
-        raise ModelError(f"subject {subject} has {problem}, but model {model.name} takes a single dose at t = 0 "
-                         "(through c.dose, in closed form): use a model whose ODE declares dosing targets "
+        raise ModelError(f"subject {problem[0]} has {problem[1]}, but model {model.name} takes a single dose at "
+                         "t = 0 (through c.dose, in closed form): use a model whose ODE declares dosing targets "
                          "(e.g. antigen_driven for CAR-T re-infusion or split doses), or its ODE form")
 
 
@@ -224,6 +252,10 @@ def _covariate_segments(model: Model, cohort: Cohort, first_amount: np.ndarray, 
             varying[name] = _column(events.columns, name)
     if "weight" in events.columns and events["weight"].notna().any():
         varying["weight"] = "weight"
+    matrix = np.column_stack([baseline[n] for n in names])
+    if not varying and not np.isnan(matrix).any():  # one segment per subject (the usual case)
+        N = len(cohort.subject_ids)
+        return np.arange(N + 1, dtype=np.int64), np.full(N, -np.inf), np.ascontiguousarray(matrix)
     seg_start, seg_time, rows = [0], [], []
     for i, s in enumerate(cohort.subject_ids):
         current = np.array([baseline[n][i] for n in names])

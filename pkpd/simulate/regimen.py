@@ -67,6 +67,16 @@ class Regimen:
                           absolute_unit=[parsed.absolute] * len(rows),
                           duration=[duration if duration > 0 else np.nan] * len(rows))
 
+    def dose_table(self, subjects, weights, model_time_unit: str) -> pd.DataFrame:
+        """This regimen's dose rows for many subjects at once (weights aligned with subjects)."""
+        one = self.doses("x", 1.0, model_time_unit)
+        n, k = len(one), len(subjects)
+        table = one.loc[np.tile(np.arange(n), k)].reset_index(drop=True)
+        table["subject"] = np.repeat(np.asarray(subjects, dtype=object), n)
+        if dose_unit(self.unit).per_kg:
+            table["absolute"] = table["amount"].to_numpy() * np.repeat(np.asarray(weights, float), n)
+        return table
+
     def last_dose(self, model_time_unit: str) -> float:
         """Time of the regimen's last dose, in `model_time_unit`."""
         k = time_factor(self.time_unit, model_time_unit) if self.time_unit else 1.0

@@ -227,8 +227,8 @@ def simulate(model: Model, doses: Sequence[str | float | Regimen] = ("1e6/kg",),
         "disease": pd.Series(disease if product is not None else pd.NA, index=index, dtype=object),
         "weight": float(weight), "age": np.nan, "sex": pd.Series(pd.NA, index=index, dtype=object),
     }, index=index)
-    dose_rows = pd.concat([r.doses(sid, weight, model.time_unit) for r, sid in
-                           zip([r for r in regimens for _ in range(n)], ids)], ignore_index=True)
+    dose_rows = pd.concat([r.dose_table(ids[k * n:(k + 1) * n], np.full(n, weight), model.time_unit)
+                           for k, r in enumerate(regimens)], ignore_index=True)
     schedule = default_schedule(model, regimens) if times is None else np.asarray(times, float)
     template = template_cohort(model, subjects, dose_rows, schedule, analytes,
                                source=f"simulate({model.name}, seed={seed})")
