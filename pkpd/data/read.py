@@ -484,13 +484,16 @@ class _Builder:
         for k, (i, v) in enumerate(zip(rows, values)):
             names[k] = self._analyte_name(v, source_role, None if labels is None else labels.iloc[i])
         bad = np.flatnonzero(pd.isna(names))
+        code_fix = (f"name the analyte of a {column} code: --analyte-code CODE=NAME --unit NAME=UNIT "
+                    "(analyte_codes={CODE: NAME}, units={NAME: UNIT} in Python), or use a known analyte "
+                    "(pkpd.analytes.CATALOGUE).")
         self.add("error", "unknown-analyte", lambda i: f"analyte {self.f[column].iloc[i]!r} is not "
                  "known and has no declared unit." if self.f[column].iloc[i] != "" else
                  "the analyte is missing.",
+                 code_fix if source_role in ("dvid", "cmt") else
                  "use a known analyte (pkpd.analytes.CATALOGUE: transgene, il6, bcells, igg, ...), "
-                 "give its unit in a UNIT/AVALU column, or declare it with units={NAME: UNIT}"
-                 + (" / analyte_codes={CODE: NAME} for numeric codes." if source_role in ("dvid", "cmt")
-                    else "."), rows[bad], column)
+                 "give its unit in a UNIT/AVALU column, or declare it with --unit NAME=UNIT (units={NAME: UNIT}).",
+                 rows[bad], column)
         return names
 
     def _analyte_name(self, value, role, label) -> str | None:
