@@ -7,13 +7,21 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+#: in the names of pkpd's temporary files, so that a clean-up removes only its own
+TEMP_MARK = "pkpd-"
+
+
+def own_temporary_files(folder: str | Path):
+    """pkpd's temporary files under `folder` (left by a killed run), and nothing else."""
+    return Path(folder).rglob(f".*.{TEMP_MARK}*.tmp")
+
 
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{TEMP_MARK}", suffix=".tmp", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

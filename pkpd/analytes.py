@@ -52,7 +52,9 @@ CATALOGUE: tuple[Analyte, ...] = (
 
 
 def _key(text: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", str(text).lower().replace("γ", "gamma"))
+    """Lookup key: case and punctuation ignored, letters of any script kept (so that 'IL-6é' is
+    not read as IL-6)."""
+    return re.sub(r"[\W_]", "", str(text).casefold().replace("γ", "gamma"))
 
 
 _BY_KEY: dict[str, Analyte] = {}

@@ -55,13 +55,62 @@ def normalise_unit_text(text: str) -> str:
     return out
 
 
+_TOKEN = re.compile(r"\s*(?:(?P<number>\d+(?:\.\d+)?(?:[eE][+-]?\d{1,2})?)|(?P<name>[A-Za-z_%°][A-Za-z0-9_]*)"
+                    r"|(?P<power>\*\*|\^)|(?P<op>[*/·])|(?P<open>\()|(?P<close>\)))")
+_MAX_UNIT_LENGTH = 64
+
+
+def check_unit_grammar(text: str) -> None:
+    """Accept only unit syntax: names (mg, cells, uL, %), plain scale numbers (1e9), '*', '/',
+    '.', parentheses and small integer powers (m^2, h**-1). A unit is never evaluated as
+    arithmetic: '2**2**99' or '9*9*9' is not a unit. Raises UnitError naming what is wrong."""
+    if len(text) > _MAX_UNIT_LENGTH:
+        raise UnitError(f"unit {text[:24]!r}... is longer than {_MAX_UNIT_LENGTH} characters")
+    position, depth, previous, numbers = 0, 0, "start", 0
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        if match is None or match.end() == position:
+            if text[position:].strip() == "":
+                break
+            raise UnitError(f"unit {text!r}: unexpected {text[position:position + 8]!r}")
+        kind = match.lastgroup
+        if kind == "power":
+            exponent = re.match(r"\s*(-?\d{1,2})(?![\d.eE*^])", text[match.end():])
+            if previous not in ("name", "close") or exponent is None:
+                raise UnitError(f"unit {text!r}: a power must be a small whole number after a unit name, "
+                                "as in m^2 or h^-1")
+            position = match.end() + exponent.end()
+            previous = "exponent"
+            continue
+        if kind == "number":
+            numbers += 1
+            if numbers > 1 or previous in ("name", "number", "close", "exponent"):
+                raise UnitError(f"unit {text!r}: a unit holds at most one scale number (as in 1e9/L), "
+                                "not arithmetic")
+        if kind == "open":
+            depth += 1
+            if depth > 2:
+                raise UnitError(f"unit {text!r}: too many nested parentheses")
+        if kind == "close":
+            depth -= 1
+            if depth < 0:
+                raise UnitError(f"unit {text!r}: a ')' without its '('")
+        previous = kind
+        position = match.end()
+    if depth:
+        raise UnitError(f"unit {text!r}: a '(' is not closed")
+
+
 @lru_cache(maxsize=256)
 def parse_unit(text: str) -> pint.Quantity:
-    """Parse a unit as written in a dataset; raise UnitError if pint cannot read it."""
+    """Parse a unit as written in a dataset (after the grammar check, never as arithmetic);
+    raise UnitError if it is not a unit pint knows."""
     if text is None or str(text).strip() == "":
         raise UnitError("empty unit")
+    normalised = normalise_unit_text(text)
+    check_unit_grammar(normalised)
     try:
-        parsed = ureg.parse_expression(normalise_unit_text(text))
+        parsed = ureg.parse_expression(normalised)
     except (pint.errors.UndefinedUnitError, pint.errors.DefinitionSyntaxError, AttributeError,
             TypeError, ValueError, AssertionError, SyntaxError) as exc:
         raise UnitError(f"unknown unit {text!r}") from exc
@@ -109,6 +158,7 @@ def time_unit_name(text: str) -> str | None:
     if short is not None:
         return short
     try:
+        check_unit_grammar(str(text))
         unit = ureg.Unit(str(text))
     except Exception:  # not a unit name at all
         return None

@@ -101,13 +101,24 @@ def test_local_and_two_worker_cluster_give_the_same_leaderboard_and_failures_are
     assert shown.exit_code == 0 and "Leaderboard" in shown.output
 
 
-def test_a_failing_fit_is_reported_and_the_others_complete(folder):
-    spec = write_spec(folder, "fail.toml", analytes='analytes = ["il6"]')
-    result = compare(spec, folder / "fail", workers=1)
+def test_an_analyte_missing_from_the_data_stops_the_spec_before_any_fit(folder):
+    with pytest.raises(SpecError, match=r"datasets\[1\].analytes: il6 not in the file"):
+        load_spec(write_spec(folder, "fail.toml", analytes='analytes = ["il6"]'))
+
+
+def test_failing_fits_are_reported_and_the_command_exits_1(folder, tmp_path):
+    data = tmp_path / "sim.csv"
+    data.write_bytes((folder / "sim.csv").read_bytes())
+    spec_path = tmp_path / "fail.toml"
+    spec_path.write_text(SPEC.format(analytes="", extra=""))
+    spec = load_spec(spec_path)
+    data.write_bytes(data.read_bytes() + b"\n")  # the data change after the spec was checked
+    result = compare(spec, tmp_path / "fail", workers=1)
     assert all(r["status"] == "failed" for r in result.fits.values())
-    assert all("il6" in r["reason"] for r in result.fits.values())
-    manifest = json.loads((folder / "fail" / "manifest.json").read_text())["fits"]
+    assert all("changed after the spec was loaded" in r["reason"] for r in result.fits.values())
+    manifest = json.loads((tmp_path / "fail" / "manifest.json").read_text())["fits"]
     assert all(entry["status"] == "failed" for entry in manifest.values())
+    assert set(result.leaderboard["status"]) == {"failed"}
 
 
 def test_killed_run_resumes_and_runs_every_fit_exactly_once(folder):
@@ -134,3 +145,58 @@ def test_killed_run_resumes_and_runs_every_fit_exactly_once(folder):
     manifest = json.loads((out / "manifest.json").read_text())["fits"]
     assert all(entry["status"] == "ok" for entry in manifest.values())
     assert sorted(entry["attempts"] for entry in manifest.values()) == [1, 2]
+
+
+def test_the_run_folder_keeps_its_contract(folder, tmp_path):
+    """Re-runs redo exactly what changed or broke, drop what the spec dropped, hold a lock and
+    clean only their own temporary files."""
+    import socket
+
+    from pkpd.compare import leaderboard
+    from pkpd.compare.run import RunFolderError
+
+    spec = write_spec(folder, "contract.toml")
+    out = tmp_path / "run"
+    compare(spec, out, workers=1)
+    results = {p.parent.name: p for p in out.glob("fits/*/result.json")}
+    stamp = {name: p.stat().st_mtime_ns for name, p in results.items()}
+    assert len(stamp) == 2
+
+    # a damaged result.json: the leaderboard says so instead of crashing; a re-run redoes that fit only
+    damaged = results["sim__multiphasic__dose"]
+    damaged.write_text('{"status": "ok", "trunc')
+    board = leaderboard(out)
+    row = board[board["variant"] == "dose"].iloc[0]
+    assert row["status"] == "failed" and "result.json is damaged" in row["reason"]
+    (out / "fits" / ".notes.tmp").write_text("mine, not pkpd's")
+    (out / "fits" / ".result.json.pkpd-dead.tmp").write_text("left by a killed run")
+    compare(spec, out, workers=1)
+    assert results["sim__multiphasic__base"].stat().st_mtime_ns == stamp["sim__multiphasic__base"]
+    assert damaged.stat().st_mtime_ns != stamp["sim__multiphasic__dose"]
+    assert (out / "fits" / ".notes.tmp").exists() and not (out / "fits" / ".result.json.pkpd-dead.tmp").exists()
+
+    # the spec drops a variant: no refit, the leaderboard forgets it, the manifest lists it as removed
+    smaller = folder / "contract_base.toml"
+    smaller.write_text(spec.read_text().replace(', dose = ["cmax~dose"]', ""))
+    again = compare(smaller, out, workers=1)
+    assert list(again.leaderboard["variant"]) == ["base"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["removed"] == ["sim/multiphasic/dose"] and list(manifest["fits"]) == ["sim/multiphasic/base"]
+    assert results["sim__multiphasic__base"].stat().st_mtime_ns == stamp["sim__multiphasic__base"]
+
+    # a changed setting changes the fit's digest: it is refitted
+    longer = folder / "contract_longer.toml"
+    longer.write_text(smaller.read_text().replace("draws = 40", "draws = 50"))
+    compare(longer, out, workers=1)
+    assert results["sim__multiphasic__base"].stat().st_mtime_ns != stamp["sim__multiphasic__base"]
+    assert json.loads(results["sim__multiphasic__base"].read_text())["digest"] == load_spec(longer).fits[0].digest
+
+    # a live run holds the folder; a dead one's lock is taken over
+    (out / ".lock").write_text(f"{socket.gethostname()} {os.getpid()}")
+    with pytest.raises(RunFolderError, match="another comparison run"):
+        compare(longer, out, workers=1)
+    refused = CliRunner().invoke(app, ["compare", str(longer), "-o", str(out)])
+    assert refused.exit_code == 2 and "another comparison run" in refused.output
+    (out / ".lock").write_text(f"{socket.gethostname()} 999999999")
+    compare(longer, out, workers=1)
+    assert not (out / ".lock").exists()

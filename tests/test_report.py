@@ -104,3 +104,56 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(report, tmp
     loaded, total = re.search(r'data-images="(\d+)/(\d+)"', body.group(0)).groups()
     assert int(total) >= 4 and loaded == total
     assert re.search(r'data-sections="(\d+)"', body.group(0)).group(1) == str(len(SECTIONS))
+
+
+MARKUP = "<script>alert('x')</script>"
+
+
+def test_every_user_string_that_reaches_the_report_is_escaped(tmp_path):
+    """Markup in subject labels, a covariate's name and values, the data file's name, target and
+    scenario names, the dose selection's reasons and a leaderboard never reaches the page raw."""
+    import pkpd
+    from pkpd.dose import Target, select_dose
+    from pkpd.dose.selection import Scenario
+    from pkpd.report import write_report
+
+    frame = pd.read_csv(_markup_data(tmp_path), dtype=str, keep_default_na=False)
+    frame["USUBJID"] = [f"{MARKUP}-{i}" for i in frame["ID"]]
+    frame["DISEASE"] = "<img src=x onerror=alert(1)>"
+    frame["<b>ARM</b>"] = "<i>arm</i>"
+    data = tmp_path / "<b>data<i>.csv"
+    frame.to_csv(data, index=False)
+    cohort = pkpd.read_cohort(data)
+    result = pkpd.fit(load("multiphasic"), cohort, chains=2, draws=30, tune=30, seed=1, progress=False)
+    selection = select_dose(result, ["3e8", "6e8"], draws=10, patients=3, targets=[
+        Target(f"peak{MARKUP}", "transgene", "cmax", ">=", 5000.0, "efficacy"),
+        Target("<b>il6</b>", "il6", "cmax", "<", 1000.0, "safety")],
+        scenarios=[Scenario(MARKUP, True)])
+    board = pd.DataFrame([{"dataset": MARKUP, "model": MARKUP, "variant": "<u>v</u>", "rank": 0, "elpd_loo": -1.0,
+                           "se": 0.1, "d_elpd": 0.0, "d_se": 0.0, "weight": 1.0, "pareto_k_bad": 0,
+                           "converged": False, "status": "failed", "reason": MARKUP, "seconds": 1.0}])
+    page = write_report(result, tmp_path / "report.html", selection=selection, leaderboard=board).read_text()
+    for raw in (MARKUP, "<img src=x", "<b>ARM</b>", "<i>arm</i>", "<b>data<i>", "<b>il6</b>", "<u>v</u>"):
+        assert raw not in page, raw
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "<script" not in page.lower()
+
+
+def _markup_data(tmp_path):
+    path = tmp_path / "plain.csv"
+    write_nonmem(simulate(load("multiphasic"), ["3e8", "6e8"], n=3, seed=5), path)
+    return path
+
+
+def test_a_truncated_posterior_is_a_located_error_for_every_command(run_folder, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(run_folder, broken)
+    posterior = broken / "posterior.nc"
+    posterior.write_bytes(posterior.read_bytes()[: posterior.stat().st_size // 2])
+    for command in (["ppc", broken, "-o", tmp_path / "p"], ["dose", broken, "-o", tmp_path / "d"],
+                    ["report", broken, "-o", tmp_path / "r.html"]):
+        result = runner.invoke(app, [str(a) for a in command])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and "cannot be read" in said and "damaged or incomplete: re-run the fit" in said
+        assert not result.exception or isinstance(result.exception, SystemExit)
+    assert not any((tmp_path / name).exists() for name in ("p", "d", "r.html"))

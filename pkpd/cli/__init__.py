@@ -10,13 +10,14 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 
 from .. import __version__
 from . import after_fit, comparison, data, demo, fitting, models
-from .common import console, fail
+from .common import console, err_console, fail
 
 app = typer.Typer(help="cart-pkpd: CAR-T cell PK/PD modelling.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -40,14 +41,30 @@ def _version(value: bool):
         raise typer.Exit()
 
 
+_DEBUG = {"on": False}
+
+
 @app.callback()
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Print the version and exit.")] = False) -> None:
+                                                help="Print the version and exit.")] = False,
+          debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected error.")] = False) -> None:
     """cart-pkpd: CAR-T cell PK/PD modelling."""
+    _DEBUG["on"] = debug
 
 
 def main() -> None:
-    app()
+    """The `pkpd` entry point: user mistakes exit 2 (usage) or 1 (data) with their message (see
+    common.fail and common.read); anything else is a bug, reported in one line without a
+    traceback unless --debug is given."""
+    try:
+        app()
+    except Exception as exc:
+        if _DEBUG["on"] or "--debug" in sys.argv:
+            raise
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\nThis is a bug in "
+                          "cart-pkpd, not a mistake in your input: please report it with the command you ran; "
+                          "`pkpd --debug ...` shows the traceback.", highlight=False)
+        sys.exit(3)
 
 
 __all__ = ["app", "fail", "main"]

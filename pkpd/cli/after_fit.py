@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
-from .common import ModelOpt, RunArg, console, fail, load_result, split_items, times_option
+from rich.markup import escape
+
+from .common import Table, ModelOpt, RunArg, console, fail, load_result, split_items, times_option
 
 StratifyOpt = Annotated[str, typer.Option(help="VPC strata: auto (product when there are several), all, product, dose_group, dose_level, lymphodepletion or disease.")]
 
@@ -83,7 +84,7 @@ def print_recommendation(rec: dict) -> None:
         table.add_row(scenario, entry.get("recommended_dose") or "none", probs or entry.get("reason", ""))
     console.print(table)
     for item in rec.get("skipped_targets", []):
-        console.print(f"[yellow]skipped target {item['target']}[/]: {item['reason']}", highlight=False)
+        console.print(f"[yellow]skipped target {escape(str(item['target']))}[/]: {escape(str(item['reason']))}", highlight=False)
 
 
 def report_command(run: RunArg,

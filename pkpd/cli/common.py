@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from rich.table import Table as _RichTable
+from rich.text import Text
 
 from ..data.report import Report
 
@@ -21,12 +23,21 @@ MapOpt = Annotated[Optional[list[str]], typer.Option("--map", help="Column for a
 UnitOpt = Annotated[Optional[list[str]], typer.Option("--unit", help="Unit of an analyte, ANALYTE=UNIT (repeatable), e.g. --unit theophylline=mg/L.")]
 CodeOpt = Annotated[Optional[list[str]], typer.Option("--analyte-code", help="Analyte named by a DVID (or, without DVID, CMT) code on observation rows, CODE=NAME (repeatable), e.g. --analyte-code 2=theophylline.")]
 TimeUnitOpt = Annotated[Optional[str], typer.Option("--time-unit", help="Unit of TIME when the file has no TIMEU/RRLTU column: h, d, min or w (without it: days, with a warning).")]
+CommentOpt = Annotated[Optional[str], typer.Option("--comment", help="Skip rows whose first cell starts with this marker, as NONMEM's IGNORE=# does (e.g. --comment '#'); without it such rows are read as data, with a warning.")]
 DoseUnitOpt = Annotated[Optional[str], typer.Option("--dose-unit", help="Unit of AMT when the file has no AMTU/DOSEU column: cells, cells/kg, mg, mg/kg, ug, ... (without it: cells, with a warning).")]
+
+
+class Table(_RichTable):
+    """A rich Table whose string cells are plain text: a value from a user's file ('[/]', a
+    subject '[bold]x') is shown as written, never read as markup. Styled cells are Text."""
+
+    def add_row(self, *cells, **options):
+        super().add_row(*[Text(c) if isinstance(c, str) else c for c in cells], **options)
 
 
 def fail(message) -> NoReturn:
     """Print an error (no traceback) and exit with status 2: bad input or arguments."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)  # paths stay whole
     raise typer.Exit(2)
 
 
@@ -40,7 +51,7 @@ def pairs(values: list[str] | None, what: str, option: str) -> dict[str, str]:
     return out
 
 
-def reading_options(format, maps, units, codes, time_unit, dose_unit) -> dict:
+def reading_options(format, maps, units, codes, time_unit, dose_unit, comment=None) -> dict:
     """The keyword arguments of pkpd.read_cohort from the shared options."""
     analyte_codes = {}
     for code, name in pairs(codes, "CODE=NAME", "--analyte-code").items():
@@ -50,7 +61,7 @@ def reading_options(format, maps, units, codes, time_unit, dose_unit) -> dict:
             fail(f"--analyte-code {code}={name}: the code {code!r} is not a whole number")
     return dict(format=format, mapping=pairs(maps, "ROLE=COLUMN", "--map"),
                 units=pairs(units, "ANALYTE=UNIT", "--unit"), analyte_codes=analyte_codes,
-                time_unit=time_unit, dose_unit=dose_unit)
+                time_unit=time_unit, dose_unit=dose_unit, comment=comment)
 
 
 def print_report(report: Report, max_per_rule: int = 20) -> None:
@@ -61,12 +72,12 @@ def print_report(report: Report, max_per_rule: int = 20) -> None:
         counts[f.rule] = counts.get(f.rule, 0) + 1
         if counts[f.rule] > max_per_rule:
             continue
-        console.print(f"[{style[f.severity]}]{f.severity.upper():7}[/] {f.location()}: {f.message}"
-                      + (f" [dim]Fix: {f.fix}[/]" if f.fix else ""), highlight=False, soft_wrap=True)
+        console.print(f"[{style[f.severity]}]{f.severity.upper():7}[/] {escape(f.location())}: {escape(f.message)}"
+                      + (f" [dim]Fix: {escape(f.fix)}[/]" if f.fix else ""), highlight=False, soft_wrap=True)
     for rule, n in counts.items():
         if n > max_per_rule:
-            console.print(f"        ... and {n - max_per_rule} more '{rule}' finding(s)")
-    console.print(("[green]OK[/] " if report.ok else "[bold red]FAILED[/] ") + report.summary(),
+            console.print(f"        ... and {n - max_per_rule} more '{rule}' finding(s)", highlight=False)
+    console.print(("[green]OK[/] " if report.ok else "[bold red]FAILED[/] ") + escape(report.summary()),
                   highlight=False)
 
 
@@ -80,7 +91,8 @@ def read(file: Path, options: dict):
         print_report(result.report)
         raise typer.Exit(1)
     for finding in result.report.warnings:
-        console.print(f"[yellow]WARNING[/] {finding.location()}: {finding.message} [dim]Fix: {finding.fix}[/]",
+        console.print(f"[yellow]WARNING[/] {escape(finding.location())}: {escape(finding.message)} "
+                      f"[dim]Fix: {escape(finding.fix)}[/]",
                       highlight=False, soft_wrap=True)
     return result.cohort
 
@@ -140,7 +152,7 @@ def print_diagnostics(result) -> list[str]:
     for d in result.diagnostics():
         word = "ok" if d.ok else "WARN" if d.warning else "FAIL"
         style = "green" if d.ok else "yellow" if d.warning else "bold red"
-        console.print(f"[{style}]{word:4}[/] " + d.message, highlight=False)
+        console.print(f"[{style}]{word:4}[/] " + escape(d.message), highlight=False)
         lines.append(f"{word:4} " + d.message)
     return lines
 

@@ -7,9 +7,11 @@ from typing import Annotated, Optional
 
 import pandas as pd
 import typer
-from rich.table import Table
 
-from .common import console, fail, g
+from rich.markup import escape
+from rich.text import Text
+
+from .common import Table, console, err_console, fail, g
 
 
 def compare_command(
@@ -23,6 +25,7 @@ def compare_command(
     from rich.progress import Progress
 
     from ..compare import SpecError, compare, leaderboard, load_spec, write
+    from ..compare.run import RunFolderError
 
     if target == "show":
         if directory is None or not (directory / "fits").is_dir():
@@ -42,12 +45,20 @@ def compare_command(
         def report(result, done, total):
             bar.update(task, completed=len(spec.fits) - total + done)
             colour = "green" if result["status"] == "ok" else "red"
-            bar.console.print(f"[{colour}]{result['status']:6}[/] {result['id']} ({result.get('seconds') or 0:.0f} s)"
-                              + (f" {result['reason']}" if result.get("reason") else ""), highlight=False)
+            bar.console.print(f"[{colour}]{result['status']:6}[/] {escape(result['id'])} ({result.get('seconds') or 0:.0f} s)"
+                              + (f" {escape(str(result['reason']))}" if result.get("reason") else ""), highlight=False)
 
-        result = compare(spec, out, scheduler=scheduler, workers=workers, on_result=report)
+        try:
+            result = compare(spec, out, scheduler=scheduler, workers=workers, on_result=report)
+        except RunFolderError as exc:
+            fail(exc)
     print_leaderboard(result.leaderboard)
     console.print(f"wrote {result.directory / 'leaderboard.csv'} and {result.directory / 'leaderboard.png'}")
+    failed = [r["id"] for r in result.fits.values() if r.get("status") != "ok"]
+    if failed:
+        err_console.print(f"[bold red]{len(failed)} of {len(result.fits)} fit(s) failed[/]: {escape(', '.join(failed))} "
+                          "(reasons in the table and in fits/*/fit.log)", highlight=False)
+        raise typer.Exit(1)
 
 
 def print_leaderboard(table: pd.DataFrame) -> None:
@@ -57,7 +68,7 @@ def print_leaderboard(table: pd.DataFrame) -> None:
                     "elpd (records)", "converged", "time s", "note"):
             rich_table.add_column(col, justify="right" if col not in ("model", "variant", "note", "converged") else "left")
         for _, r in group.iterrows():
-            conv = "yes" if r["converged"] else "[bold red]NO[/]"
+            conv = "yes" if r["converged"] else Text("NO", style="bold red")
             rich_table.add_row("-" if pd.isna(r["rank"]) else str(int(r["rank"])), str(r["model"]), str(r["variant"]),
                                g(r["elpd_loo"], 6), g(r["se"], 3), g(r["d_elpd"], 3), g(r["d_se"], 3),
                                g(r["weight"], 2), "-" if pd.isna(r["pareto_k_bad"]) else str(int(r["pareto_k_bad"])),

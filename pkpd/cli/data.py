@@ -7,12 +7,11 @@ from typing import Annotated, Optional
 
 import pandas as pd
 import typer
-from rich.table import Table
 
 from ..data import check_file, write_cohort
 from ..nca import nca as run_nca
 from ..nca import summarize
-from .common import (CodeOpt, DoseUnitOpt, FormatOpt, MapOpt, TimeUnitOpt, UnitOpt, console, fail, g,
+from .common import (Table, CodeOpt, CommentOpt, DoseUnitOpt, FormatOpt, MapOpt, TimeUnitOpt, UnitOpt, console, fail, g,
                      print_frame, print_report, read, reading_options)
 
 app = typer.Typer(help="Check and convert datasets (NONMEM style or CDISC ADaM).", no_args_is_help=True)
@@ -21,12 +20,12 @@ app = typer.Typer(help="Check and convert datasets (NONMEM style or CDISC ADaM).
 @app.command("check")
 def data_check(file: Annotated[Path, typer.Argument(help="NONMEM-style or ADaM CSV file.")],
                format: FormatOpt = None, map: MapOpt = None, unit: UnitOpt = None, analyte_code: CodeOpt = None,
-               time_unit: TimeUnitOpt = None, dose_unit: DoseUnitOpt = None,
+               time_unit: TimeUnitOpt = None, dose_unit: DoseUnitOpt = None, comment: CommentOpt = None,
                max_per_rule: Annotated[int, typer.Option(min=1, help="Findings shown per rule.")] = 20) -> None:
     """Validate a dataset and print every problem with its line, column and a fix.
 
     Exit status 1 when there are errors, 0 otherwise (warnings and notes allowed)."""
-    result = check_file(file, **reading_options(format, map, unit, analyte_code, time_unit, dose_unit))
+    result = check_file(file, **reading_options(format, map, unit, analyte_code, time_unit, dose_unit, comment))
     print_report(result.report, max_per_rule)
     if result.cohort is not None:
         c = result.cohort
@@ -41,13 +40,13 @@ def data_convert(file: Annotated[Path, typer.Argument(help="Input CSV file.")],
                  to: Annotated[str, typer.Option("--to", help="Output format: nonmem or adam.")],
                  out: Annotated[Path, typer.Option("-o", "--out", help="Output CSV file.")],
                  format: FormatOpt = None, map: MapOpt = None, unit: UnitOpt = None, analyte_code: CodeOpt = None,
-                 time_unit: TimeUnitOpt = None, dose_unit: DoseUnitOpt = None) -> None:
+                 time_unit: TimeUnitOpt = None, dose_unit: DoseUnitOpt = None, comment: CommentOpt = None) -> None:
     """Convert between NONMEM style and ADaM style (nothing is written if the input has errors)."""
     if to not in ("nonmem", "adam"):
         fail(f"--to {to!r}: use nonmem or adam")
     if out.is_dir():
         fail(f"-o {out} is a folder; give the path of the CSV file to write")
-    cohort = read(file, reading_options(format, map, unit, analyte_code, time_unit, dose_unit))
+    cohort = read(file, reading_options(format, map, unit, analyte_code, time_unit, dose_unit, comment))
     write_cohort(cohort, out, to)
     console.print(f"wrote {out} ({to}, {len(cohort.subjects)} subjects)")
 
@@ -55,7 +54,7 @@ def data_convert(file: Annotated[Path, typer.Argument(help="Input CSV file.")],
 def nca_command(file: Annotated[Path, typer.Argument(help="NONMEM-style or ADaM CSV file.")],
                 out: Annotated[Path, typer.Option("-o", "--out", help="Per-subject NCA table (CSV); the summary goes beside it as *_summary.csv.")],
                 format: FormatOpt = None, map: MapOpt = None, unit: UnitOpt = None, analyte_code: CodeOpt = None,
-                time_unit: TimeUnitOpt = None, dose_unit: DoseUnitOpt = None,
+                time_unit: TimeUnitOpt = None, dose_unit: DoseUnitOpt = None, comment: CommentOpt = None,
                 window: Annotated[Optional[list[str]], typer.Option("--window", help="Partial-AUC window (repeatable), e.g. 24h or 28d (default: 28d and 90d for CAR-T analytes, 24h for others).")] = None,
                 aplasia_threshold: Annotated[float, typer.Option(min=0.0, help="B-cell aplasia threshold (cells/uL).")] = 5.0,
                 by: Annotated[str, typer.Option(help="Comma-separated grouping columns for the summary.")] = "product,dose_level",
@@ -63,7 +62,7 @@ def nca_command(file: Annotated[Path, typer.Argument(help="NONMEM-style or ADaM 
     """Non-compartmental analysis per subject and analyte, and a summary by dose group."""
     if out.is_dir():
         fail(f"-o {out} is a folder; give the path of the CSV file to write (e.g. {out / 'nca.csv'})")
-    cohort = read(file, reading_options(format, map, unit, analyte_code, time_unit, dose_unit))
+    cohort = read(file, reading_options(format, map, unit, analyte_code, time_unit, dose_unit, comment))
     try:
         table, summary = write_nca(cohort, out, aplasia_threshold, by.split(","), window or None)
     except ValueError as exc:

@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import numpy as np
 import typer
-from rich.table import Table
 
-from .common import (CodeOpt, DoseUnitOpt, FormatOpt, MapOpt, TimeUnitOpt, UnitOpt, console, fail, g, load_model,
+from rich.markup import escape
+
+from .common import (Table, CodeOpt, CommentOpt, DoseUnitOpt, FormatOpt, MapOpt, TimeUnitOpt, UnitOpt, console, fail, g, load_model,
                      print_diagnostics, print_parameter_table, read, reading_options)
 
 
@@ -21,7 +22,7 @@ def fit_individual_command(
         max_nfev: Annotated[int, typer.Option(min=1, help="Maximum number of objective evaluations per round (subjects not yet converged get up to 3 rounds).")] = 200,
         starts: Annotated[int, typer.Option(min=1, help="Starting values per subject (further ones drawn from the priors): optima as good as the best but elsewhere are reported.")] = 3,
         format: FormatOpt = None, map: MapOpt = None, unit: UnitOpt = None, analyte_code: CodeOpt = None,
-        time_unit: TimeUnitOpt = None, dose_unit: DoseUnitOpt = None) -> None:
+        time_unit: TimeUnitOpt = None, dose_unit: DoseUnitOpt = None, comment: CommentOpt = None) -> None:
     """Fit each subject with lmfit (censoring-aware; all subjects in one call; the ODE solver's
     accuracy checked against LSODA) and write the estimates."""
     from .._files import atomic_path
@@ -32,7 +33,7 @@ def fit_individual_command(
     m = load_model(model)
     if out.is_dir():
         fail(f"-o {out} is a folder; give the path of the netCDF file to write (e.g. {out / 'fits.nc'})")
-    cohort = read(data, reading_options(format, map, unit, analyte_code, time_unit, dose_unit))
+    cohort = read(data, reading_options(format, map, unit, analyte_code, time_unit, dose_unit, comment))
     try:
         fit = fit_individual(m, cohort, estimate=estimate, max_nfev=max_nfev, starts=starts)
     except (ValueError, ModelError, SolverError) as exc:
@@ -50,7 +51,7 @@ def fit_individual_command(
     console.print(table)
     for subject, reason in zip(fit["subject"].values, fit["reason"].values):
         if reason:
-            console.print(f"[yellow]subject {subject}[/]: {reason}", highlight=False)
+            console.print(f"[yellow]subject {escape(str(subject))}[/]: {escape(str(reason))}", highlight=False)
     worst = float(np.nanmax(fit["solver_error"].values)) if np.isfinite(fit["solver_error"].values).any() else 0.0
     console.print(f"{int(fit['converged'].sum())}/{fit.sizes['subject']} subjects converged; largest solver "
                   f"error against LSODA {worst:.1e} (log scale); "
@@ -77,7 +78,7 @@ def fit_command(
         strict: Annotated[bool, typer.Option("--strict", help="Exit with status 1 when a diagnostic fails.")] = False,
         progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the sampler's progress.")] = True,
         format: FormatOpt = None, map: MapOpt = None, unit: UnitOpt = None, analyte_code: CodeOpt = None,
-        time_unit: TimeUnitOpt = None, dose_unit: DoseUnitOpt = None) -> None:
+        time_unit: TimeUnitOpt = None, dose_unit: DoseUnitOpt = None, comment: CommentOpt = None) -> None:
     """Bayesian hierarchical population fit (NUTS via nutpie) with parameter table and diagnostics."""
     from .._files import write_text
     from ..fit import fit
@@ -95,7 +96,7 @@ def fit_command(
         chosen.update(dict(parse_assignment(p) for p in prior or []))
     except ValueError as exc:
         fail(exc)
-    cohort = read(data, reading_options(format, map, unit, analyte_code, time_unit, dose_unit))
+    cohort = read(data, reading_options(format, map, unit, analyte_code, time_unit, dose_unit, comment))
     try:
         if analyte:
             cohort = cohort.select_analytes(analyte)

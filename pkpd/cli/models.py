@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
-from .common import console, fail, load_model, split_items, times_option
+from rich.markup import escape
+
+from .common import Table, console, fail, load_model, split_items, times_option
 
 app = typer.Typer(help="The built-in models (compose them with +) and your own model files.", no_args_is_help=True)
 
@@ -33,7 +34,7 @@ def models_show(name: Annotated[str, typer.Argument(help="Model name, a composit
     """Parameters (units, typical values, bounds, priors, variability, sources), doses, states,
     analytes with their residual-error models and priors."""
     model = load_model(name)
-    console.print(model.describe(), highlight=False)
+    console.print(escape(model.describe()), highlight=False)
     table = Table(title=f"Parameters of {model.name} (time unit {model.time_unit})")
     for col in ("parameter", "unit", "typical", "bounds", "prior of typical value (log-normal)", "IIV (SD)",
                 "prior of IIV SD", "description", "source"):
@@ -63,14 +64,14 @@ def models_show(name: Annotated[str, typer.Argument(help="Model name, a composit
                   "sigma_add_ANALYTE) or --prior omega_NAME=HalfNormal(SCALE)", highlight=False)
     for module in model.modules:
         for ref in module.references:
-            console.print(f"reference ({module.name}): {ref}", highlight=False)
+            console.print(f"reference ({module.name}): {escape(str(ref))}", highlight=False)
 
 
 def simulate_command(
         model: Annotated[str, typer.Argument(help="Model name, composition (a+b) or model file.")],
         out: Annotated[Path, typer.Option("-o", "--out", help="Output CSV (NONMEM style).")],
         dose: Annotated[Optional[list[str]], typer.Option("--dose", help="A regimen per group (repeatable): 3e8, 1e6/kg, '100 mg x6 q12h', '3e8 split 10/30/60 q1d + 3e8 at 90d'.")] = None,
-        n: Annotated[int, typer.Option("--n", min=1, help="Subjects per regimen.")] = 10,
+        n: Annotated[int, typer.Option("--n", min=1, max=100_000, help="Subjects per regimen (at most 100000: the output is one CSV row per record).")] = 10,
         seed: Annotated[Optional[int], typer.Option(min=0, help="Random seed (reproducible results).")] = None,
         times: Annotated[Optional[str], typer.Option("--times", help="Sampling times in the model's time unit, comma-separated (default: the CAR-T trials' schedule for a model in days, a PK schedule otherwise).")] = None,
         product: Annotated[Optional[str], typer.Option(help="CD19, CD19/BCMA or CD19/CD20 (default: CD19 for models that read the product, else none).")] = None,

@@ -63,14 +63,44 @@ def _tree(folder: Path):
 
 
 def leaderboard(out: str | Path) -> pd.DataFrame:
-    """Build the leaderboard from the fits of a run folder."""
+    """Build the leaderboard from the fits of a run folder: those of its latest spec (the
+    manifest), never a fit the spec no longer names. A damaged result or posterior is listed as
+    failed with the reason (re-running the comparison redoes it), never a crash."""
+    from .run import current_fit_ids
+
+    out = Path(out)
+    ids = current_fit_ids(out)
+    folders = ([out / "fits" / i.replace("/", "__") for i in ids] if ids is not None
+               else sorted(p.parent for p in (out / "fits").glob("*/result.json")))
     entries = []
-    for result_path in sorted((Path(out) / "fits").glob("*/result.json")):
-        result = json.loads(result_path.read_text())
-        row = {"dataset": result.get("dataset"), "model": result.get("model"), "variant": result.get("variant"),
-               "status": result.get("status"), "reason": result.get("reason", ""),
-               "seconds": result.get("seconds"), "converged": bool(result.get("converged", False))}
-        entries.append((row, _tree(result_path.parent) if result.get("status") == "ok" else None))
+    for folder in folders:
+        fit_id = folder.name.replace("__", "/")
+        parts = (fit_id.split("/") + ["", "", ""])[:3]
+        row = {"dataset": parts[0], "model": parts[1], "variant": parts[2], "status": "failed",
+               "reason": "", "seconds": None, "converged": False}
+        try:
+            result = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+            if not isinstance(result, dict):
+                raise ValueError("not a JSON object")
+        except FileNotFoundError:
+            entries.append(({**row, "status": "pending", "reason": "not run yet (or killed): run the comparison again"}, None))
+            continue
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            entries.append(({**row, "reason": f"result.json is damaged ({type(exc).__name__}): run the "
+                                              "comparison again to redo this fit"}, None))
+            continue
+        row.update({"dataset": str(result.get("dataset", parts[0])), "model": str(result.get("model", parts[1])),
+                    "variant": str(result.get("variant", parts[2])), "status": str(result.get("status")),
+                    "reason": str(result.get("reason", "")), "seconds": result.get("seconds"),
+                    "converged": bool(result.get("converged", False))})
+        tree = None
+        if row["status"] == "ok":
+            try:
+                tree = _tree(folder)
+            except Exception as exc:  # h5py/xarray raise several types for a damaged file
+                row.update(status="failed", converged=False,
+                           reason=f"posterior.nc is damaged ({type(exc).__name__}): run the comparison again to redo this fit")
+        entries.append((row, tree))
     return _rank(entries)
 
 

@@ -17,16 +17,22 @@
     [[models]]
     name = "antigen_driven"                 # label in the leaderboard (default: the model)
     model = "antigen_driven"                # built-in name, composition, or a model file
+                                            # (relative to this file, like dataset paths)
     iiv = ["rho", "alpha", "fblood"]        # optional
     priors = { rho = [1.3, 0.3], omega_rho = "HalfNormal(0.5)" }   # optional: as pkpd.fit.priors
     variants = { base = [], ld = ["rho~lymphodepletion"] }   # optional covariate variants
 
-Every dataset x model x variant is one fit, with id DATASET/MODEL/VARIANT.
+Every dataset x model x variant is one fit, with id DATASET/MODEL/VARIANT. Each fit's
+`digest` hashes everything its result depends on (the data file's bytes, the model's source,
+covariates, variability, priors, sampler settings and seed): a re-run refits exactly the fits
+whose digest changed. Datasets are read and checked when the spec is loaded, so a data error or
+an unknown covariate stops the run before any fit starts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -35,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ..models import ModelError, load
-from ..fit.population import CovariateEffect
+from ..fit.population import DERIVED_COVARIATES, CovariateEffect
 from ..fit.priors import check_priors, prior_value
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -55,6 +61,8 @@ class Dataset:
     name: str
     path: Path
     analytes: tuple[str, ...] | None = None
+    sha256: str = ""  # of the file's bytes
+    covariates: tuple[str, ...] = ()  # the subject covariates the file carries
 
 
 @dataclass(frozen=True)
@@ -75,10 +83,22 @@ class FitSpec:
     seed: int = 0
     max_divergences: int = 50
     target_accept: float = 0.8
+    model_sha256: str = ""  # of the model's source (files and built-in modules)
 
     @property
     def directory(self) -> str:
         return self.id.replace("/", "__")
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of everything the fit's result depends on: a re-run refits when it changes."""
+        record = {"dataset": [str(self.dataset.path), self.dataset.sha256, list(self.dataset.analytes or ())],
+                  "model": [self.model, self.model_sha256], "covariates": list(self.covariates),
+                  "iiv": None if self.iiv is None else list(self.iiv),
+                  "priors": [[name, repr(prior)] for name, prior in self.priors],
+                  "sampler": [self.chains, self.draws, self.tune, self.seed, self.max_divergences,
+                              self.target_accept]}
+        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -100,7 +120,14 @@ def load_spec(path: str | Path) -> RunSpec:
     path = Path(path)
     if not path.exists():
         raise SpecError(path, [f"file {path} does not exist"])
-    text = path.read_text(encoding="utf-8")
+    if path.is_dir():
+        raise SpecError(path, [f"{path} is a folder: give the spec file (TOML)"])
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(path, [f"the file is not UTF-8 text (byte {exc.start}): save it as UTF-8"]) from exc
+    except OSError as exc:
+        raise SpecError(path, [f"cannot read the file: {exc.strerror}"]) from exc
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -129,8 +156,11 @@ def load_spec(path: str | Path) -> RunSpec:
     if extra:
         problems.append(f"unknown key(s) run.{', run.'.join(extra)}")
     name = run.get("name", path.stem)
+    if not isinstance(name, str) or not _NAME.match(name):
+        problems.append(f"run.name must be a name of letters, digits, _ . - (got {name!r})")
+        name = path.stem
     datasets = _datasets(raw.get("datasets"), path, problems)
-    models = _models(raw.get("models"), problems)
+    models = _models(raw.get("models"), problems, path.parent, datasets)
     if problems:
         raise SpecError(path, problems)
     fits = []
@@ -142,7 +172,8 @@ def load_spec(path: str | Path) -> RunSpec:
                                     covariates=tuple(covariates), iiv=m["iiv"], priors=m["priors"],
                                     chains=settings["chains"], draws=settings["draws"], tune=settings["tune"],
                                     seed=derived_seed(settings["seed"], fit_id),
-                                    max_divergences=settings["max_divergences"], target_accept=float(target_accept)))
+                                    max_divergences=settings["max_divergences"], target_accept=float(target_accept),
+                                    model_sha256=m["sha256"]))
     return RunSpec(str(name), path, text, tuple(fits))
 
 
@@ -168,8 +199,10 @@ def _datasets(entries, path: Path, problems: list[str]) -> list[Dataset]:
             problems.append(f"{where}.path is missing (the data file, relative to the spec)")
             continue
         resolved = (path.parent / file).resolve()
-        if not resolved.exists():
-            problems.append(f"{where}.path: {resolved} does not exist")
+        if not resolved.is_file():
+            problems.append(f"{where}.path: {resolved} does not exist (paths are relative to the spec)"
+                            if not resolved.exists() else f"{where}.path: {resolved} is not a file")
+            continue
         analytes = entry.get("analytes")
         if analytes is not None and (not isinstance(analytes, list) or not all(isinstance(a, str) for a in analytes)):
             problems.append(f"{where}.analytes must be a list of analyte names")
@@ -177,11 +210,59 @@ def _datasets(entries, path: Path, problems: list[str]) -> list[Dataset]:
         extra = sorted(set(entry) - {"name", "path", "analytes"})
         if extra:
             problems.append(f"{where}: unknown key(s) {', '.join(extra)}")
-        out.append(Dataset(name, resolved, tuple(analytes) if analytes else None))
+        checked = _check_dataset(resolved, where, problems)
+        if checked is None:
+            continue
+        cohort, sha256 = checked
+        missing = sorted(set(analytes or ()) - set(cohort.analytes))
+        if missing:
+            problems.append(f"{where}.analytes: {', '.join(missing)} not in the file (it has "
+                            f"{', '.join(cohort.analytes)})")
+        out.append(Dataset(name, resolved, tuple(analytes) if analytes else None, sha256,
+                           tuple(cohort.covariate_names)))
     return out
 
 
-def _models(entries, problems: list[str]) -> list[dict]:
+def _check_dataset(path: Path, where: str, problems: list[str]):
+    """(cohort, sha256 of the bytes read) or None with the data errors counted in `problems`
+    (the first one located; `pkpd data check` prints them all)."""
+    from ..data import check_file
+
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    result = check_file(path)
+    if result.cohort is None:
+        first = result.report.errors[0]
+        problems.append(f"{where}.path: {path} has {len(result.report.errors)} data error(s), the first at "
+                        f"{first.location()}: {first.message} (run `pkpd data check {path}` for all of them)")
+        return None
+    return result.cohort, sha256
+
+
+def _default_label(spec: str) -> str:
+    """'multiphasic+cytokines' -> 'multiphasic_cytokines'; 'dir/mine.py' -> 'mine';
+    'dir/mine.py:fast' -> 'fast'."""
+    labels = []
+    for part in spec.split("+"):
+        path_text, sep, wanted = part.strip().partition(".py:")
+        labels.append(wanted if sep else Path(part.strip()).stem if part.strip().endswith(".py") else part.strip())
+    return "_".join(labels)
+
+
+def _model_text(spec: str, base: Path) -> str:
+    """Model files in `spec` ('a.py', 'x+b.py:name') resolved against the spec's folder, as
+    dataset paths are (not against the current directory)."""
+    parts = []
+    for part in spec.split("+"):
+        item = part.strip()
+        path_text, sep, wanted = item.partition(".py:")
+        if item.endswith(".py") or sep:
+            file = (base / (path_text + ".py" if sep else item)).resolve()
+            item = f"{file}:{wanted}" if sep else str(file)
+        parts.append(item)
+    return "+".join(parts)
+
+
+def _models(entries, problems: list[str], base: Path, datasets: list[Dataset]) -> list[dict]:
     if not isinstance(entries, list) or not entries:
         problems.append("at least one [[models]] entry is needed (model = built-in name or model file)")
         return []
@@ -192,7 +273,8 @@ def _models(entries, problems: list[str]) -> list[dict]:
             problems.append(f"{where}.model is missing (a built-in name such as multiphasic, or a model file)")
             continue
         spec = entry["model"]
-        name = entry.get("name", spec.replace("+", "_"))
+        name = entry.get("name", _default_label(spec))
+        spec = _model_text(spec, base)
         if not isinstance(name, str) or not _NAME.match(name):
             problems.append(f"{where}.name must be letters, digits, _ . - (got {name!r})")
             continue
@@ -232,6 +314,10 @@ def _models(entries, problems: list[str]) -> list[dict]:
                     continue
                 if model is not None and parsed.parameter not in model.parameter_names:
                     problems.append(f"{where}.variants.{vname}: model {spec} has no parameter {parsed.parameter!r}")
+                for ds in datasets:
+                    if parsed.covariate not in ds.covariates + DERIVED_COVARIATES:
+                        problems.append(f"{where}.variants.{vname}: dataset {ds.name} has no covariate "
+                                        f"{parsed.covariate!r} (it has {', '.join(ds.covariates + DERIVED_COVARIATES)})")
         if model is not None:
             declared = [p.name for p in model.parameters if p.iiv and not p.fixed]
             for pname, prior in priors:
@@ -245,8 +331,10 @@ def _models(entries, problems: list[str]) -> list[dict]:
         extra = sorted(set(entry) - {"name", "model", "iiv", "priors", "variants"})
         if extra:
             problems.append(f"{where}: unknown key(s) {', '.join(extra)}")
+        sha256 = hashlib.sha256("".join(src.sha256 for src in model.sources).encode()).hexdigest() \
+            if model is not None else ""
         out.append({"name": name, "model": spec, "iiv": tuple(iiv) if iiv else None,
-                    "priors": tuple(priors), "variants": variants})
+                    "priors": tuple(priors), "variants": variants, "sha256": sha256})
     return out
 
 

@@ -13,6 +13,7 @@ report has no errors. Rules, in the order they run:
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -45,7 +46,7 @@ class CheckResult:
 def check_file(path: str | Path, format: str | None = None, mapping: Mapping[str, str] | None = None,
                *, units: Mapping[str, str] | None = None,
                analyte_codes: Mapping[int, str] | None = None, time_unit: str | None = None,
-               dose_unit: str | None = None) -> CheckResult:
+               dose_unit: str | None = None, comment: str | None = None) -> CheckResult:
     """Read and validate `path`; never raises for bad data (see `CheckResult.report`).
 
     format:        'nonmem', 'adam' or None to detect from the header.
@@ -58,9 +59,12 @@ def check_file(path: str | Path, format: str | None = None, mapping: Mapping[str
                    column (TIMEU/RRLTU); without either, days are assumed with a warning.
     dose_unit:     unit of AMT (cells, cells/kg, mg, mg/kg, ug, ...) where the file has no
                    dose-unit column (AMTU/DOSEU); without either, cells with a warning.
+    comment:       a marker such as '#': rows whose first cell starts with it are skipped as
+                   comments, with a note (NONMEM's IGNORE=#); without it they are read as data,
+                   with a warning.
     """
     report = Report(file=str(path))
-    raw = read_raw_table(path, report)
+    raw = read_raw_table(path, report, comment=comment)
     if raw is None:
         return CheckResult(report, None, format)
     fmt = (format or detect_format(raw.frame.columns) or "").lower()
@@ -111,6 +115,7 @@ class _Builder:
         self.source = source
         self.line = frame["_line"].to_numpy()
         self.subject = None  # set in build
+        self._numbers: dict[str, pd.Series] = {}  # parsed numeric columns, findings added once
 
     # --- small helpers ----------------------------------------------------------------------
     def add(self, severity, rule, message, fix="", rows=None, column=None):
@@ -129,21 +134,40 @@ class _Builder:
 
     def number(self, role, required: np.ndarray | None = None, what: str = "",
                fix: str = "") -> pd.Series | None:
-        """Numeric column for `role`; non-numbers are errors, blanks are errors where `required`."""
+        """Numeric column for `role`; non-numbers and non-finite numbers (inf, nan, 1e999) are
+        errors (reported once per column), blanks are errors where `required`."""
         name = self.col.get(role)
         if name is None:
             return None
         raw = self.f[name]
-        values = pd.to_numeric(raw.where(raw != ""), errors="coerce").astype(float)
-        bad = np.flatnonzero(((raw != "") & values.isna()).to_numpy())
-        self.add("error", "non-numeric", lambda i: f"{raw.iloc[i]!r} is not a number"
-                 f"{' (' + what + ')' if what else ''}.", fix or "write a plain number such as "
-                 "12.5 (decimal point, no units or symbols in the cell).", bad, name)
+        if name not in self._numbers:
+            self._numbers[name] = self._parse_numbers(raw, name, what, fix)
+        values = self._numbers[name].copy()
         if required is not None:
             missing = np.flatnonzero(required & (raw == "").to_numpy())
             self.add("error", "missing-value", f"{what or name} is missing.",
                      fix or f"fill in {name} on this row.", missing, name)
         return values
+
+    def _parse_numbers(self, raw: pd.Series, name: str, what: str = "", fix: str = "") -> pd.Series:
+        values = pd.to_numeric(raw.where(raw != ""), errors="coerce").astype(float)
+        bad = np.flatnonzero(((raw != "") & values.isna()).to_numpy())
+        label = f" ({what})" if what else ""
+        self.add("error", "non-numeric", lambda i: f"{raw.iloc[i]!r} is not a number{label}.",
+                 (fix + " " if fix else "") + "Write a plain number such as 12.5 (decimal point, no units "
+                 "or symbols in the cell); leave the cell empty or '.' where there is no value.", bad, name)
+        infinite = np.flatnonzero(np.isinf(values.to_numpy()))
+        self.add("error", "non-finite", lambda i: f"{raw.iloc[i]!r} is not a finite number{label}.",
+                 "write the value as a finite number (above about 1.8e308 a number overflows to "
+                 "infinity); leave the cell empty or '.' where there is no value.", infinite, name)
+        values.iloc[infinite] = np.nan
+        return values
+
+    def overflow(self, values: np.ndarray, rows: np.ndarray, column, what: str) -> None:
+        """Values finite as written but infinite after a unit conversion or a per-kg product."""
+        bad = rows[np.isinf(values)]
+        self.add("error", "non-finite", f"{what} overflows to infinity after unit conversion.",
+                 "check the value and its unit; a value this large is a data-entry error.", bad, column)
 
     # --- the pass ---------------------------------------------------------------------------
     def build(self) -> Cohort | None:
@@ -234,7 +258,7 @@ class _Builder:
                      blank, self.col["time_unit"])
             known = units.dropna()
             self.cohort_time_unit = known.mode().iloc[0] if len(known) else (option or "d")
-            factor = units.map(lambda u: time_factor(u, self.cohort_time_unit) if u else np.nan).to_numpy(float)
+            factor = units.map(lambda u: time_factor(u, self.cohort_time_unit) if isinstance(u, str) and u else np.nan).to_numpy(float)
             if known.nunique() > 1:
                 self.report.add("note", "time-unit", f"rows give times in {', '.join(sorted(known.unique()))}; "
                                 f"all were converted to {self.cohort_time_unit}.", "", column=self.col["time_unit"])
@@ -251,7 +275,11 @@ class _Builder:
         if nominal is None:
             nominal = time
         self.nominal = (nominal.fillna(time) * factor).to_numpy()
-        return (time * factor).to_numpy()
+        converted = (time * factor).to_numpy()
+        everyone = np.arange(len(self.f))
+        self.overflow(converted, everyone, self.col["time"], "the time")
+        self.overflow(self.nominal, everyone, self.col.get("nominal_time"), "the nominal time")
+        return converted
 
     def _evid_mdv(self, n):
         amt = self.number("amt", None, "dose amount")
@@ -339,6 +367,8 @@ class _Builder:
         out["duration"] = np.where(duration > 0, duration * factor, np.nan)
         out["rate"] = np.where(rate > 0, rate / factor, np.nan)
         out["ii"] = np.where(ii > 0, ii * factor, np.nan)
+        for role, what in (("duration", "the duration"), ("rate", "the infusion rate"), ("ii", "the interval")):
+            self.overflow(out[role], rows, self.col.get(role), what)
         out["addl"] = addl.astype(int)
         out["ss"] = ss.astype(int)
         return out
@@ -408,6 +438,13 @@ class _Builder:
         if no_weight.any():
             return None
         doses["absolute"] = np.where(per_kg, doses["amount"] * weight, doses["amount"])
+        infinite = np.isinf(doses["absolute"].to_numpy(float))
+        for i in np.flatnonzero(infinite):
+            self.report.add("error", "non-finite", "the dose times the body weight overflows to infinity.",
+                            "check the amount and its unit (per kg?).", line=doses["_line"].iloc[i],
+                            column=self.col.get("amt"), subject=doses["subject"].iloc[i])
+        if infinite.any():
+            return None
         doses["absolute_unit"] = [u.absolute for u in doses["unit"]]
         doses["unit"] = [u.text for u in doses["unit"]]
         return in_subject_order(doses[[*DOSE_COLUMNS, "_line"]], self.subject_order)
@@ -461,6 +498,8 @@ class _Builder:
                  "flag it (CENS=1 or BLQ=Y) so that it is handled as below the LLOQ (M3), or correct "
                  "the LLOQ.", rows[below], dv_col)
 
+        self.overflow(value * factors, rows, dv_col, "the value")
+        self.overflow(lloq_v * factors, rows, self.col.get("lloq"), "the LLOQ")
         obs = pd.DataFrame({
             "subject": self.subject[rows], "time": time[rows], "nominal_time": self.nominal[rows],
             "analyte": names, "value": value * factors, "lloq": lloq_v * factors,
@@ -544,10 +583,15 @@ class _Builder:
                          rows[where], unit_col)
                 continue
             if name not in self.analytes:
+                near = _ascii_near_miss(name)
+                if near is not None:
+                    self.add("warning", "analyte-near-miss", f"analyte {name!r} is read as an analyte of "
+                             f"its own, not as {near.name}: the names differ in non-ASCII characters.",
+                             f"write {near.name} if that is what it is.", rows[where[:1]], self.col.get("analyte"))
                 try:
                     self.analytes[name] = catalogue.custom(name, self.units.get(name, unit))
-                except UnitError:
-                    self.add("error", "unknown-unit", f"unknown unit {unit!r} for analyte {name!r}.",
+                except UnitError as exc:
+                    self.add("error", "unknown-unit", f"unknown unit {unit!r} for analyte {name!r} ({exc}).",
                              "write a unit pint understands, such as mg/L, pg/mL, cells/uL, IU/mL.",
                              rows[where], unit_col)
                     continue
@@ -558,16 +602,47 @@ class _Builder:
                 rule = "inconsistent-unit" if "cannot convert" in str(exc) else "unknown-unit"
                 self.add("error", rule, f"unit {unit!r} of {name} cannot be converted to its canonical "
                          f"unit {target.unit}" + (" (different dimension)." if rule ==
-                                                   "inconsistent-unit" else " (unknown unit)."),
+                                                   "inconsistent-unit" else f": {exc}."),
                          f"report {name} in {target.unit} or a unit convertible to it.", rows[where],
                          unit_col)
                 continue
             if factors[where[0]] != 1.0:
                 used.setdefault(name, set()).add(unit)
+        self._declared_units(pairs)
         for name, converted in used.items():
             self.report.add("note", "unit-converted", f"{name} values in {', '.join(sorted(converted))} "
                             f"were converted to {self.analytes[name].unit}.", "", column=unit_col)
         return factors
+
+    def _declared_units(self, pairs: pd.DataFrame) -> None:
+        """Every unit given as an option (--unit NAME=UNIT) is used or said not to be: an analyte
+        the file lacks, a unit of another dimension than the analyte's, or rows whose own unit
+        column overrides it."""
+        option = self.columns.candidates.get("unit", ("UNIT",))[0]
+        for name, unit in self.units.items():
+            rows = pairs[pairs["name"] == name]
+            if rows.empty:
+                self.report.add("warning", "unit-option-unused", f"a unit was given for {name!r} "
+                                f"(units={{{name!r}: {unit!r}}}, --unit {name}={unit}) but the file has no "
+                                f"such analyte (it has {', '.join(sorted(self.analytes)) or 'none'}).",
+                                "check the analyte's name, or drop the option.")
+                continue
+            target = self.analytes.get(name)
+            try:
+                if target is not None:
+                    conversion_factor(unit, target.unit)
+            except UnitError as exc:
+                self.report.add("error", "unknown-unit" if "unknown unit" in str(exc) or "unit " in str(exc)
+                                and "cannot convert" not in str(exc) else "inconsistent-unit",
+                                f"the unit given for {name} ({unit!r}, option units / --unit) cannot be "
+                                f"converted to its canonical unit {target.unit}: {exc}.",
+                                f"give {name}'s unit as {target.unit} or a unit convertible to it.")
+                continue
+            own = (rows["unit"] != "").sum()
+            if own:
+                self.report.add("note", "unit-option-unused", f"{own} {name} record(s) give their own unit in "
+                                f"the {self.col.get('unit', option)} column, which is used instead of the option "
+                                f"--unit {name}={unit}.", "")
 
     def _censoring(self, rows) -> np.ndarray:
         out = np.zeros(len(rows), int)
@@ -695,7 +770,9 @@ class _Builder:
         if role is None:  # an extra column: numeric when every filled cell is a number
             numbers = pd.to_numeric(raw.where(raw != ""), errors="coerce")
             if (numbers.notna() | (raw == "")).all():
-                return numbers.astype(float)
+                if column not in self._numbers:  # inf and 1e999 are errors, reported once
+                    self._numbers[column] = self._parse_numbers(raw, column)
+                return self._numbers[column].copy()
         return raw.where(raw != "", pd.NA)
 
     def _extra_columns(self) -> list[str]:
@@ -725,6 +802,16 @@ class _Builder:
         if "evid" in self.col:
             return self.number("evid").fillna(-1).to_numpy(int)
         return np.zeros(len(self.f), int)
+
+
+def _ascii_near_miss(name: str):
+    """The catalogue analyte a non-ASCII name would be without its accents or non-ASCII letters
+    ('transgené', 'il6é'), else None."""
+    if name.isascii():
+        return None
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    stripped = "".join(ch for ch in name if ch.isascii())
+    return catalogue.lookup(folded) or catalogue.lookup(stripped)
 
 
 def _dtype(role):

@@ -57,11 +57,20 @@ class CovariateEffect:
         if not sep or not left.strip() or not right.strip():
             raise ValueError(f"covariate effect {text!r} is not of the form PARAMETER~COVARIATE[:FORM]")
         covariate, _, form = right.partition(":")
-        return cls(left.strip(), covariate.strip(), form.strip() or "auto")
+        form = form.strip() or "auto"
+        if form not in EFFECT_FORMS:
+            raise ValueError(f"covariate effect {text!r}: unknown form {form!r}; use "
+                             f"{' or '.join(f for f in EFFECT_FORMS if f != 'auto')} (or no form)")
+        return cls(left.strip(), covariate.strip(), form)
 
     @property
     def label(self) -> str:
         return f"{self.parameter}~{self.covariate}"
+
+
+EFFECT_FORMS = ("auto", "power", "exponential")
+#: covariates computed from the records rather than read from a column (see _covariate_values)
+DERIVED_COVARIATES = ("dose",)
 
 
 @dataclass(frozen=True)
@@ -384,7 +393,6 @@ def data_information(spec: PopulationSpec, pieces: dict, log_theta: np.ndarray) 
     derivative of the log prediction and w^2 the Fisher information of the record about it
     under the model's residual error at its default SD (censored records are left out)."""
     rec, design = pieces["records"], pieces["design"]
-    model = spec.model
     pred, jac = pieces["predictions"].values(log_theta)
     cols = [spec.estimated.index(n) for n in spec.iiv]
     f = np.maximum(pred, 1e-300)

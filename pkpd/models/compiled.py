@@ -714,9 +714,11 @@ def compiled_functions(model: Model):
     source = _source(model)
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
     path = _cache_dir() / f"pkpd_{digest}.py"
-    if not path.exists():
+    # import only the code generated here: a file at the cache path whose text differs (edited,
+    # truncated or planted) is written over before the import
+    if not path.is_file() or path.read_bytes() != source.encode():
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(source)
+        tmp.write_bytes(source.encode())
         os.replace(tmp, path)
     name = f"pkpd_compiled_{digest}"
     if name in sys.modules:

@@ -274,6 +274,13 @@ def _lsoda(f, y0, t0, t1, P, C, rates, rtol, atol, name) -> np.ndarray:
         y, info = odeint(rhs, y0.T.ravel(), [t0, t1], Dfun=jac, ml=band, mu=band, rtol=rtol, atol=atol,
                          mxstep=100_000, full_output=True)
     if info["message"] != "Integration successful." or not np.all(np.isfinite(y)):
+        with np.errstate(all="ignore"):
+            start = rhs(y0.T.ravel(), t0)
+        if not np.all(np.isfinite(start)) or info["message"] == "Integration successful.":
+            where = "at its start" if not np.all(np.isfinite(start)) else "during the interval"
+            raise SolverError(f"model {name}: the right-hand side (derivatives) gives NaN or infinity "
+                              f"{where} (t = {t0:g} to {t1:g}); check the model's equations for 0/0, log "
+                              "of 0 or a negative number, or an overflow, and the parameter values")
         raise SolverError(f"model {name}: the ODE solver failed between t = {t0:g} and {t1:g} "
                           f"({info['message']}); check the parameter values")
     return y[-1].reshape(G, n).T
