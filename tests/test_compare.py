@@ -52,7 +52,8 @@ def write_spec(folder, name, analytes="", extra=""):
 
 
 @pytest.mark.parametrize("body, wording", [
-    ("[run]\nchains = 0\n", "run.chains must be an integer >= 1"),
+    ("[run]\nchains = 0\n", "run.chains must be an integer from 1 to 64"),
+    ("[run]\ndraws = 1000000000\n", "run.draws must be an integer from 10 to 100000"),
     ("[run]\ntarget_accept = 1.5\n", "run.target_accept must be a number between 0 and 1"),
     ("[run]\n[[models]]\nmodel = 'multiphasic'\n", "at least one [[datasets]] entry"),
     ("[[datasets]]\nname = 'd'\npath = 'nope.csv'\n[[models]]\nmodel = 'multiphasic'\n", "datasets[1].path"),

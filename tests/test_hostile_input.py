@@ -238,7 +238,7 @@ def test_a_data_error_exits_1_and_a_usage_error_2(spec_folder, write):
 
 @pytest.mark.parametrize("body, wording", [
     (SPEC.format(run='max_divergences = "many"', model="multiphasic", models=""),
-     "run.max_divergences must be an integer >= 0, not 'many'"),
+     "run.max_divergences must be an integer from 0 to 1000000000, not 'many'"),
     (SPEC.format(run="name = 3", model="multiphasic", models=""), "run.name must be a name of letters"),
     (SPEC.format(run="", model="multiphasic", models="variants = { x = ['cmax~ldx'] }"),
      "models[1].variants.x: dataset d has no covariate 'ldx'"),
@@ -423,3 +423,36 @@ def read_cohort_text(tmp_path):
     path = tmp_path / "original.csv"
     path.write_text(VALID_NONMEM)
     return read_cohort(path)
+
+
+@pytest.mark.parametrize("cell, hint", [
+    ('"5,5"', "a decimal comma? write 5.5"),
+    ('"5,000"', "thousands separators? write 5000"),
+    ("2024-01-03", "a date?"),
+])
+def test_numbers_written_the_european_or_spreadsheet_way_get_a_hint(write, cell, hint):
+    error, = findings(write(replace_line(VALID_NONMEM, 4, "5000", cell)), "non-numeric")
+    assert error.line == 4 and error.column == "DV" and hint in error.message
+
+
+MODEL_FILE = '''from pkpd.models import Dosing, LogNormal, Module, Observation, Parameter
+m = Module(name="m", description="x", parameters=(Parameter("k", TYPICAL, UNIT, "k", prior=LogNormal(0.1, 1.0)),),
+    initial=lambda p, c, m: {"a": 0}, rhs=lambda t, s, p, c, x, m: {"a": RHS}, time_unit="h", dose_unit="mg",
+    dosing=(Dosing("a"),), observations=(Observation("conc", lambda t, s, p, c, x, m: s.a, "mg/L",
+                                                     error="proportional", sigma=0.1),))
+'''
+
+
+@pytest.mark.parametrize("typical, unit, rhs, wording", [
+    ("float('nan')", '"1/h"', "-p.k * s.a", "typical value must be positive and finite"),
+    ("0.1", '"1/h*2**99"', "-p.k * s.a", "is not a unit pint reads"),
+    ("0.1", '"1/d"', "-p.k * s.a", "uses day but model m works in h"),
+    ("0.1", '"1/h"', "-p.k * s.a if s.a > 1 else 0", "m.where(CONDITION, VALUE_IF_TRUE, VALUE_IF_FALSE)"),
+    ("0.1", '"1/h"', "__import__('numpy').exp(-p.k) * s.a", "m.exp, m.log"),
+    ("0.1", '"1/h"', "-p.nosuch * s.a", "uses parameter 'nosuch', which is not defined; available: k"),
+])
+def test_model_file_mistakes_name_the_parameter_or_function_and_the_fix(tmp_path, typical, unit, rhs, wording):
+    path = tmp_path / "m.py"
+    path.write_text(MODEL_FILE.replace("TYPICAL", typical).replace("UNIT", unit).replace("RHS", rhs))
+    result = invoke("simulate", path, "-o", tmp_path / "s.csv", "--dose", "100 mg")
+    assert result.exit_code == 2 and wording in said(result) and not (tmp_path / "s.csv").exists()

@@ -157,3 +157,23 @@ def test_a_truncated_posterior_is_a_located_error_for_every_command(run_folder, 
         assert result.exit_code == 2 and "cannot be read" in said and "damaged or incomplete: re-run the fit" in said
         assert not result.exception or isinstance(result.exception, SystemExit)
     assert not any((tmp_path / name).exists() for name in ("p", "d", "r.html"))
+
+
+@pytest.mark.parametrize("attribute, value, wording", [
+    ("model_sources", "{not json", "record of the model's source is damaged"),
+    ("model_sources", '[{"module": "multiphasic", "file": "x.py", "text": "import os", "sha256": "0"}]',
+     "does not match its hash"),
+    ("spec", "[1, 2]", "record of the population specification is damaged"),
+])
+def test_a_tampered_run_folder_is_refused_and_runs_nothing(run_folder, tmp_path, attribute, value, wording):
+    import xarray as xr
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(run_folder, tampered)
+    with xr.open_datatree(tampered / "posterior.nc", engine="h5netcdf") as opened:
+        tree = opened.load()
+    tree.attrs[attribute] = value
+    tree.to_netcdf(tampered / "posterior.nc", engine="h5netcdf")
+    result = runner.invoke(app, ["ppc", str(tampered), "-o", str(tmp_path / "p")])
+    assert result.exit_code == 2 and wording in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "p").exists()

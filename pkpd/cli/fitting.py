@@ -63,8 +63,8 @@ def fit_command(
         data: Annotated[Path, typer.Argument(help="NONMEM-style or ADaM CSV file.")],
         out: Annotated[Path, typer.Option("-o", "--out", help="Run folder: posterior.nc, data.csv, parameters.csv, diagnostics, the model's source.")],
         chains: Annotated[int, typer.Option(min=1, max=64, help="Number of chains.")] = 4,
-        draws: Annotated[int, typer.Option(min=10, help="Draws per chain after warm-up.")] = 1000,
-        tune: Annotated[int, typer.Option(min=10, help="Warm-up draws per chain.")] = 1000,
+        draws: Annotated[int, typer.Option(min=10, max=100_000, help="Draws per chain after warm-up.")] = 1000,
+        tune: Annotated[int, typer.Option(min=10, max=100_000, help="Warm-up draws per chain.")] = 1000,
         seed: Annotated[Optional[int], typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = None,
         target_accept: Annotated[float, typer.Option(min=0.5, max=0.999, help="NUTS target acceptance rate; raise it (0.9, 0.95) when the diagnostics report divergences.")] = 0.8,
         covariate: Annotated[Optional[list[str]], typer.Option("--covariate", help="Covariate effect PARAMETER~COVARIATE[:power|exponential] (repeatable), e.g. rho~lymphodepletion.")] = None,
@@ -126,12 +126,12 @@ def fit_command(
 def sbc_command(
         model: Annotated[str, typer.Argument(help="Model name, composition (a+b) or model file.")],
         out: Annotated[Path, typer.Option("-o", "--out", help="Output folder: ranks.csv, summary.csv, ranks.png.")] = Path("sbc-out"),
-        replicates: Annotated[int, typer.Option(min=2, help="Number of simulate-and-fit replicates.")] = 100,
-        subjects: Annotated[int, typer.Option(min=1, help="Subjects in each simulated trial.")] = 8,
+        replicates: Annotated[int, typer.Option(min=2, max=10_000, help="Number of simulate-and-fit replicates.")] = 100,
+        subjects: Annotated[int, typer.Option(min=1, max=10_000, help="Subjects in each simulated trial.")] = 8,
         dose: Annotated[str, typer.Option(help="Regimen of the simulated trial (3e8, 1e6/kg, '100 mg x3 q12h').")] = "1e6/kg",
-        chains: Annotated[int, typer.Option(min=1, help="Chains per fit.")] = 2,
-        draws: Annotated[int, typer.Option(min=10, help="Draws per chain.")] = 200,
-        tune: Annotated[int, typer.Option(min=10, help="Warm-up draws per chain.")] = 200,
+        chains: Annotated[int, typer.Option(min=1, max=64, help="Chains per fit.")] = 2,
+        draws: Annotated[int, typer.Option(min=10, max=100_000, help="Draws per chain.")] = 200,
+        tune: Annotated[int, typer.Option(min=10, max=100_000, help="Warm-up draws per chain.")] = 200,
         seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0) -> None:
     """Simulation-based calibration: rank statistics, a uniformity test per population parameter
     and rank histograms."""

@@ -141,11 +141,12 @@ def load_spec(path: str | Path) -> RunSpec:
     if unknown:
         problems.append(f"unknown top-level key(s) {', '.join(unknown)}: use [run], [[datasets]], [[models]]")
     settings = {}
-    for key, default, minimum in (("chains", 4, 1), ("draws", 1000, 10), ("tune", 1000, 10),
-                                  ("seed", 0, 0), ("max_divergences", 50, 0)):
+    for key, default, minimum, maximum in (("chains", 4, 1, 64), ("draws", 1000, 10, 100_000),
+                                           ("tune", 1000, 10, 100_000), ("seed", 0, 0, 2**32 - 1),
+                                           ("max_divergences", 50, 0, 10**9)):
         value = run.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            problems.append(f"run.{key} must be an integer >= {minimum}, not {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+            problems.append(f"run.{key} must be an integer from {minimum} to {maximum}, not {value!r}")
             value = default
         settings[key] = value
     target_accept = run.get("target_accept", 0.8)

@@ -153,7 +153,7 @@ class _Builder:
         values = pd.to_numeric(raw.where(raw != ""), errors="coerce").astype(float)
         bad = np.flatnonzero(((raw != "") & values.isna()).to_numpy())
         label = f" ({what})" if what else ""
-        self.add("error", "non-numeric", lambda i: f"{raw.iloc[i]!r} is not a number{label}.",
+        self.add("error", "non-numeric", lambda i: f"{raw.iloc[i]!r} is not a number{label}{_number_hint(raw.iloc[i])}.",
                  (fix + " " if fix else "") + "Write a plain number such as 12.5 (decimal point, no units "
                  "or symbols in the cell); leave the cell empty or '.' where there is no value.", bad, name)
         infinite = np.flatnonzero(np.isinf(values.to_numpy()))
@@ -802,6 +802,18 @@ class _Builder:
         if "evid" in self.col:
             return self.number("evid").fillna(-1).to_numpy(int)
         return np.zeros(len(self.f), int)
+
+
+def _number_hint(text: str) -> str:
+    """Why a cell that looks numeric is not a number: a decimal comma, thousands separators."""
+    text = str(text).strip()
+    if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?", text):
+        return f" (thousands separators? write {text.replace(',', '')})"
+    if re.fullmatch(r"[-+]?\d*,\d+", text):
+        return f" (a decimal comma? write {text.replace(',', '.')})"
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}([ T].*)?|\d{1,2}[/.]\d{1,2}[/.]\d{2,4}", text):
+        return " (a date? give the time since the first dose as a number)"
+    return ""
 
 
 def _ascii_near_miss(name: str):

@@ -43,7 +43,11 @@ def model_record(model: Model) -> dict:
 def rebuild_model(attrs, where: str) -> Model:
     """The fitted model from its recorded sources (each checked against its hash), then checked
     against the recorded model hash."""
-    sources = [ModelSource(**s) for s in json.loads(attrs.get("model_sources", "[]"))]
+    try:
+        sources = [ModelSource(**s) for s in json.loads(attrs.get("model_sources", "[]"))]
+    except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise RunError(f"{where}: its record of the model's source is damaged ({type(exc).__name__}); "
+                       "re-run the fit, or pass the model: --model FILE (FitResult.load(folder, model=...))") from None
     name = attrs.get("model", "?")
     if not sources:
         raise RunError(f"{where}: the model {name!r} was built in Python, not loaded from a file, so its source "
@@ -119,6 +123,9 @@ def load_run(folder: str | Path, model: Model | None = None) -> FitResult:
         _check_model(model, tree.attrs, str(posterior))
     try:
         spec = spec_from_record(model, json.loads(tree.attrs.get("spec", "{}")))
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise RunError(f"{posterior}: its record of the population specification is damaged "
+                       f"({type(exc).__name__}: {exc}); re-run the fit") from None
     except ValueError as exc:
         raise RunError(f"{posterior}: its population specification does not fit model {model.name}: {exc}") from None
     return FitResult(tree, model, spec, cohort)

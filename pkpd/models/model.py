@@ -333,6 +333,17 @@ class Model:
         return f"Model({self.name!r}, parameters={len(self.parameters)}, states={self.states})"
 
 
+def _tracing_hint(exc: Exception) -> str:
+    """What to write instead, for the usual reasons a model function cannot be traced."""
+    text = str(exc)
+    if "truth value of Relational" in text:
+        return ("; the equations are traced symbolically, so write a condition with the last argument "
+                "m: m.where(CONDITION, VALUE_IF_TRUE, VALUE_IF_FALSE) instead of if/else, min or max")
+    if "ufunc" in text or "has no callable" in text:
+        return "; use the functions of the last argument m (m.exp, m.log, m.sqrt, ...) instead of numpy's"
+    return ""
+
+
 def _call(fn, module: Module, what: str, *args):
     try:
         out = fn(*args)
@@ -340,7 +351,7 @@ def _call(fn, module: Module, what: str, *args):
         raise
     except Exception as exc:  # a user's model function failing while traced
         raise ModelError(f"module {module.name}: {what} failed while being traced: "
-                         f"{type(exc).__name__}: {exc}") from exc
+                         f"{type(exc).__name__}: {exc}{_tracing_hint(exc)}") from exc
     if what in ("initial", "rhs", "closed_form") and not isinstance(out, Mapping):
         raise ModelError(f"module {module.name}: {what} must return a dict of state -> expression")
     return out
