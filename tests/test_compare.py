@@ -61,7 +61,7 @@ def write_spec(folder, name, analytes="", extra=""):
     ("[[datasets]]\nname = 'd'\npath = 'sim.csv'\n[[models]]\nmodel = 'multiphasic'\n"
      "variants = { x = ['zz~dose'] }\n", "models[1].variants.x: model multiphasic has no parameter 'zz'"),
     ("[[datasets]]\nname = 'd'\npath = 'sim.csv'\n[[models]]\nmodel = 'multiphasic'\n"
-     "priors = { cmax = [-1, 1] }\n", "models[1].priors.cmax: prior cmax: LogNormal prior needs median > 0"),
+     "priors = { cmax = [-1, 1] }\n", "models[1].priors.cmax: prior cmax: LogNormal prior needs a finite median > 0"),
     ("[[datasets]]\nname = 'd'\npath = 'sim.csv'\nfoo = 1\n[[models]]\nmodel = 'multiphasic'\n", "unknown key(s) foo"),
     ("[run\nname = 'x'\n", "not valid TOML"),
 ])

@@ -245,6 +245,9 @@ def test_a_data_error_exits_1_and_a_usage_error_2(spec_folder, write):
     (SPEC.format(run="", model="multiphasic", models="variants = { x = ['cmax~weight:quadratic'] }"),
      "unknown form 'quadratic'"),
     (SPEC.format(run="", model="multiphasic", models="iiv = 'cmax'"), "models[1].iiv must be a list"),
+    (SPEC.format(run="", model="multiphasic", models="iiv = []"), "models[1].iiv is empty"),
+    (SPEC.format(run="", model="multiphasic", models="priors = 3"), "models[1].priors must be a table"),
+    (SPEC.format(run="", model="multiphasic", models="priors = [1, 2]"), "models[1].priors must be a table"),
 ])
 def test_spec_mistakes_are_located_before_any_fit(spec_folder, body, wording):
     from pkpd.compare import SpecError, load_spec
@@ -429,6 +432,9 @@ def read_cohort_text(tmp_path):
     ('"5,5"', "a decimal comma? write 5.5"),
     ('"5,000"', "thousands separators? write 5000"),
     ("2024-01-03", "a date?"),
+    ("\u22125000", "a Unicode minus sign; write -5000"),
+    ("5\u00a0000", "spaces between digit groups? write 5000"),
+    ("5x10^3", "write powers of ten as 5e3"),
 ])
 def test_numbers_written_the_european_or_spreadsheet_way_get_a_hint(write, cell, hint):
     error, = findings(write(replace_line(VALID_NONMEM, 4, "5000", cell)), "non-numeric")
@@ -456,3 +462,21 @@ def test_model_file_mistakes_name_the_parameter_or_function_and_the_fix(tmp_path
     path.write_text(MODEL_FILE.replace("TYPICAL", typical).replace("UNIT", unit).replace("RHS", rhs))
     result = invoke("simulate", path, "-o", tmp_path / "s.csv", "--dose", "100 mg")
     assert result.exit_code == 2 and wording in said(result) and not (tmp_path / "s.csv").exists()
+
+
+def test_column_names_that_differ_only_in_case_and_nul_bytes_are_located(write):
+    error, = findings(write(VALID_NONMEM.replace("PRODUCT,LD", "PRODUCT,dv", 1)), "header")
+    assert error.line == 1 and "DV and dv" in error.message
+    error, = findings(write(replace_line(VALID_NONMEM, 4, "5000", "50\x0000").encode(), "nul.csv"), "encoding")
+    assert error.line == 4 and "NUL byte on line 4" in error.message
+
+
+@pytest.mark.parametrize("prior, wording", [
+    ("cmax=LogNormal(1e999,1)", "needs a finite median > 0"),
+    ("cmax=LogNormal(__import__('os'),1)", "is not LogNormal(MEDIAN, SD) or HalfNormal(SCALE)"),
+    ("omega_nosuch=HalfNormal(1)", "has no parameter 'omega_nosuch'"),
+    ("sigma_transgene=HalfNormal(1)", "a residual SD takes a LogNormal prior"),
+])
+def test_prior_options_are_checked_before_any_work(spec_folder, prior, wording):
+    result = invoke("fit", "multiphasic", spec_folder / "data.csv", "-o", spec_folder / "run", "--prior", prior)
+    assert result.exit_code == 2 and wording in said(result) and not (spec_folder / "run").exists()

@@ -291,8 +291,17 @@ def _models(entries, problems: list[str], base: Path, datasets: list[Dataset]) -
         if iiv is not None and (not isinstance(iiv, list) or not all(isinstance(x, str) for x in iiv)):
             problems.append(f"{where}.iiv must be a list of parameter names")
             iiv = None
+        elif iiv == []:
+            problems.append(f"{where}.iiv is empty: list the parameters with variability, or leave iiv out "
+                            "for the model's defaults")
+            iiv = None
         priors = []
-        for pname, value in dict(entry.get("priors", {})).items():
+        given = entry.get("priors", {})
+        if not isinstance(given, dict):
+            problems.append(f"{where}.priors must be a table such as {{ rho = [1.3, 0.3], omega_rho = "
+                            f"\"HalfNormal(0.5)\" }}, not {given!r}")
+            given = {}
+        for pname, value in given.items():
             try:
                 priors.append((pname, prior_value(pname, value)))
             except ValueError as exc:

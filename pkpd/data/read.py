@@ -811,6 +811,13 @@ def _number_hint(text: str) -> str:
         return f" (thousands separators? write {text.replace(',', '')})"
     if re.fullmatch(r"[-+]?\d*,\d+", text):
         return f" (a decimal comma? write {text.replace(',', '.')})"
+    if "\u2212" in text:
+        return f" (a Unicode minus sign; write {text.replace(chr(0x2212), '-')})"
+    if re.fullmatch(r"[-+]?\d{1,3}([ \u00a0\u202f]\d{3})+(\.\d+)?", text):
+        return f" (spaces between digit groups? write {re.sub(r'[ \u00a0\u202f]', '', text)})"
+    power = re.fullmatch(r"([-+]?\d+(?:\.\d+)?)\s*[x×*]\s*10\s*(?:\^|\*\*)\s*([-+]?\d+)", text)
+    if power:
+        return f" (write powers of ten as {power.group(1)}e{power.group(2)})"
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}([ T].*)?|\d{1,2}[/.]\d{1,2}[/.]\d{2,4}", text):
         return " (a date? give the time since the first dose as a number)"
     return ""

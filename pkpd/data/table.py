@@ -60,8 +60,11 @@ def _decode(raw: bytes, report: Report) -> tuple[str, str] | None:
             report.add("note", "encoding", f"the file is not UTF-8; read it as {best.encoding}.",
                        "save the file as UTF-8 to silence this note.")
             return str(best), best.encoding
+    where = raw.find(b"\x00")
     report.add("error", "encoding", "the file cannot be decoded as text (binary content or an unknown "
-               "encoding).", "export the data as a UTF-8 CSV file (comma-separated, one header row).")
+               "encoding" + (f"; a NUL byte on line {raw[:where].count(b'\n') + 1}" if where >= 0 else "") + ").",
+               "export the data as a UTF-8 CSV file (comma-separated, one header row).",
+               line=raw[:where].count(b"\n") + 1 if where >= 0 else None)
     return None
 
 
@@ -240,6 +243,15 @@ def _check_header(columns: list[str], line: int, report: Report) -> bool:
     if dupes:
         report.add("error", "header", f"the header has duplicate column names: {', '.join(dupes)}.",
                    "give every column a unique name.", line=line)
+        ok = False
+    folded: dict[str, list[str]] = {}
+    for name in named:
+        folded.setdefault(name.upper(), []).append(name)
+    clashes = [names for names in folded.values() if len(set(names)) > 1]
+    if clashes:
+        report.add("error", "header", "column names that differ only in case: " + "; ".join(
+            " and ".join(sorted(set(names))) for names in clashes) + " (column names are matched without "
+            "regard to case).", "rename or delete one of each pair.", line=line)
         ok = False
     if "_line" in columns:
         report.add("error", "header", "the column name '_line' is reserved.", "rename the column.", line=line)

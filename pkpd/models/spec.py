@@ -47,8 +47,8 @@ class LogNormal:
     sigma: float
 
     def __post_init__(self):
-        if not (self.median > 0 and self.sigma > 0):
-            raise ModelError(f"LogNormal prior needs median > 0 and sigma > 0, got {self}")
+        if not (self.median > 0 and self.sigma > 0 and math.isfinite(self.median) and math.isfinite(self.sigma)):
+            raise ModelError(f"LogNormal prior needs a finite median > 0 and sigma > 0, got {self}")
 
     def interval(self, z: float = 1.96) -> tuple[float, float]:
         return (self.median * math.exp(-z * self.sigma), self.median * math.exp(z * self.sigma))
