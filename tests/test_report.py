@@ -177,3 +177,28 @@ def test_a_tampered_run_folder_is_refused_and_runs_nothing(run_folder, tmp_path,
     result = runner.invoke(app, ["ppc", str(tampered), "-o", str(tmp_path / "p")])
     assert result.exit_code == 2 and wording in " ".join(result.output.split()), result.output
     assert not (tmp_path / "p").exists()
+
+
+def test_a_damaged_dose_folder_is_refused_by_the_report(run_folder, tmp_path):
+    dose = tmp_path / "dose"
+    invoke("dose", run_folder, "-o", dose, "--doses", "3e8", "--target", "peak:transgene:cmax>=5000:efficacy",
+           "--draws", "10", "--patients", "3")
+    damages = {
+        "recommendation.json": ('{"efficacy_level": 0.8, "trunc', "cannot be read"),
+        "pta.csv": ("a,b\n1,2\n", "pta.csv lacks the column(s) dose"),
+    }
+    for name, (text, wording) in damages.items():
+        broken = tmp_path / f"broken-{name}"
+        shutil.copytree(dose, broken)
+        (broken / name).write_text(text)
+        result = runner.invoke(app, ["report", str(run_folder), "-o", str(tmp_path / "r.html"), "--dose", str(broken)])
+        said = " ".join(result.output.split())
+        assert result.exit_code == 2 and wording in said and "run `pkpd dose` again" in said
+    rec = json.loads((dose / "recommendation.json").read_text())
+    rec["efficacy_level"] = "<script>"
+    broken = tmp_path / "broken-types"
+    shutil.copytree(dose, broken)
+    (broken / "recommendation.json").write_text(json.dumps(rec))
+    result = runner.invoke(app, ["report", str(run_folder), "-o", str(tmp_path / "r.html"), "--dose", str(broken)])
+    assert result.exit_code == 2 and "efficacy_level must be a number" in " ".join(result.output.split())
+    assert not (tmp_path / "r.html").exists()

@@ -56,7 +56,7 @@ def nca_command(file: Annotated[Path, typer.Argument(help="NONMEM-style or ADaM 
                 format: FormatOpt = None, map: MapOpt = None, unit: UnitOpt = None, analyte_code: CodeOpt = None,
                 time_unit: TimeUnitOpt = None, dose_unit: DoseUnitOpt = None, comment: CommentOpt = None,
                 window: Annotated[Optional[list[str]], typer.Option("--window", help="Partial-AUC window (repeatable), e.g. 24h or 28d (default: 28d and 90d for CAR-T analytes, 24h for others).")] = None,
-                aplasia_threshold: Annotated[float, typer.Option(min=0.0, help="B-cell aplasia threshold (cells/uL).")] = 5.0,
+                aplasia_threshold: Annotated[float, typer.Option(min=0.0, max=1e6, help="B-cell aplasia threshold (cells/uL).")] = 5.0,
                 by: Annotated[str, typer.Option(help="Comma-separated grouping columns for the summary.")] = "product,dose_level",
                 all_metrics: Annotated[bool, typer.Option("--all", help="Print every metric, not only the headline ones.")] = False) -> None:
     """Non-compartmental analysis per subject and analyte, and a summary by dose group."""

@@ -76,7 +76,7 @@ def simulate_command(
         times: Annotated[Optional[str], typer.Option("--times", help="Sampling times in the model's time unit, comma-separated (default: the CAR-T trials' schedule for a model in days, a PK schedule otherwise).")] = None,
         product: Annotated[Optional[str], typer.Option(help="CD19, CD19/BCMA or CD19/CD20 (default: CD19 for models that read the product, else none).")] = None,
         lymphodepletion: Annotated[bool, typer.Option("--lymphodepletion/--no-lymphodepletion", help="Flu/Cy before infusion.")] = True,
-        weight: Annotated[float, typer.Option(min=0.001, help="Body weight (kg) for per-kg doses.")] = 70.0,
+        weight: Annotated[float, typer.Option(min=0.001, max=1000.0, help="Body weight (kg) for per-kg doses.")] = 70.0,
         disease: Annotated[str, typer.Option(help="Disease label of the virtual subjects.")] = "SLE",
         typical: Annotated[bool, typer.Option("--typical", help="The typical subject's noise-free predictions on a fine grid.")] = False) -> None:
     """Simulate a virtual trial (or the typical curves) and write NONMEM-style rows."""

@@ -123,11 +123,58 @@ def read_dose(folder: str | Path) -> DoseSelection:
                          f"{', '.join(missing)})")
     try:
         recommendation = json.loads((folder / "recommendation.json").read_text(encoding="utf-8"))
-        return DoseSelection(pd.read_csv(folder / "pta.csv"), pd.read_csv(folder / "exposure.csv"),
-                             pd.read_csv(folder / "patients.csv"), recommendation,
-                             recommendation.get("settings", {}))
+        _check_recommendation(recommendation)
+        selection = DoseSelection(pd.read_csv(folder / "pta.csv"), pd.read_csv(folder / "exposure.csv"),
+                                  pd.read_csv(folder / "patients.csv"), recommendation,
+                                  recommendation.get("settings", {}))
+        _check_tables(selection)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{folder}: a file of the dose selection cannot be read: {exc}") from None
+        raise ValueError(f"{folder}: a file of the dose selection cannot be read: {exc}; run `pkpd dose` "
+                         "again to rewrite the folder") from None
+    return selection
+
+
+def _check_recommendation(rec) -> None:
+    """The shape of recommendation.json as write_dose writes it (ValueError naming the key)."""
+    def number(value, key):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise ValueError(f"recommendation.json: {key} must be a number, not {value!r}")
+
+    if not isinstance(rec, dict):
+        raise ValueError("recommendation.json must hold an object")
+    for key in ("efficacy_level", "safety_level"):
+        number(rec.get(key), key)
+    entries = rec.get("scenarios", {})
+    if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+        raise ValueError("recommendation.json: scenarios must map each scenario to its entry")
+    best = rec.get("recommended")
+    for where, entry in [*((f"scenarios.{k}", e) for k, e in entries.items()), *([("recommended", best)] if best else [])]:
+        if not isinstance(entry, dict):
+            raise ValueError(f"recommendation.json: {where} must be an object")
+        probabilities = entry.get("probabilities", {})
+        if not isinstance(probabilities, dict):
+            raise ValueError(f"recommendation.json: {where}.probabilities must be an object")
+        for name, p in probabilities.items():
+            if not isinstance(p, dict):
+                raise ValueError(f"recommendation.json: {where}.probabilities.{name} must be an object")
+            for key in ("probability", "lower", "upper"):
+                number(p.get(key), f"{where}.probabilities.{name}.{key}")
+    skipped = rec.get("skipped_targets", [])
+    if not isinstance(skipped, list) or not all(isinstance(s, dict) and {"target", "reason"} <= set(s) for s in skipped):
+        raise ValueError("recommendation.json: skipped_targets must be a list of {target, reason}")
+
+
+def _check_tables(selection: DoseSelection) -> None:
+    missing = [c for c in PTA_COLUMNS[:7] if c not in selection.pta.columns]
+    if missing:
+        raise ValueError(f"pta.csv lacks the column(s) {', '.join(missing)}")
+    if not pd.api.types.is_numeric_dtype(selection.pta["probability"]):
+        raise ValueError("pta.csv: the probability column holds values that are not numbers")
+    for name, frame, needed in (("exposure.csv", selection.exposure, ("scenario", "dose", "analyte", "metric", "median")),
+                                ("patients.csv", selection.patients, ("scenario", "dose"))):
+        absent = [c for c in needed if c not in frame.columns]
+        if absent:
+            raise ValueError(f"{name} lacks the column(s) {', '.join(absent)}")
 
 
 def _plain(value):
