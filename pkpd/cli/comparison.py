@@ -63,8 +63,8 @@ def compare_command(
 
 def print_leaderboard(table: pd.DataFrame) -> None:
     for dataset, group in table.groupby("dataset", sort=False):
-        rich_table = Table(title=f"Leaderboard, dataset {dataset}: PSIS-LOO with the subject as the unit")
-        for col in ("rank", "model", "variant", "elpd_loo", "se", "d_elpd", "d_se", "weight", "k>0.7",
+        rich_table = Table(title=f"Leaderboard, dataset {dataset}: LOO with the subject as the unit (random effects integrated out)")
+        for col in ("rank", "model", "variant", "elpd_loo", "se", "d_elpd", "d_se", "weight", "k>0.7", "method",
                     "elpd (records)", "converged", "time s", "note"):
             rich_table.add_column(col, justify="right" if col not in ("model", "variant", "note", "converged") else "left")
         for _, r in group.iterrows():
@@ -72,6 +72,7 @@ def print_leaderboard(table: pd.DataFrame) -> None:
             rich_table.add_row("-" if pd.isna(r["rank"]) else str(int(r["rank"])), str(r["model"]), str(r["variant"]),
                                g(r["elpd_loo"], 6), g(r["se"], 3), g(r["d_elpd"], 3), g(r["d_se"], 3),
                                g(r["weight"], 2), "-" if pd.isna(r["pareto_k_bad"]) else str(int(r["pareto_k_bad"])),
+                               str(r.get("loo_method") or "-"),
                                g(r["elpd_loo_obs"], 6), conv, g(r["seconds"], 3),
                                str(r["reason"] or "") or ("" if r["converged"] else "diagnostics failed: see fits/*/diagnostics.json"))
         console.print(rich_table)

@@ -1,7 +1,11 @@
 """The leaderboard: PSIS-LOO per subject (the unit of prediction) and per record, ELPD differences,
 stacking weights, Pareto-k counts, convergence flags and run times, per dataset.
 
-A fit whose diagnostics failed (R-hat, ESS, divergences, BFMI, solver) is ranked but flagged
+The subject-level ELPD integrates each subject's random effects out before PSIS over draws
+(pkpd.compare.integrated: plain PSIS gives Pareto k > 0.7 for most subjects, because a subject's
+log-likelihood depends strongly on its own random effects); `loo_method` says which estimate a
+row holds ("integrated", or "psis" where integration is impossible: no random effects, correlated
+ones, or a model that cannot be rebuilt). A fit whose diagnostics failed (R-hat, ESS, divergences, BFMI, solver) is ranked but flagged
 converged = False, and every display marks it (never ranked silently); a fit that failed to run,
 or whose PSIS-LOO cannot be computed, is listed with its reason and no rank. Ranking uses the subject-level ELPD (log-likelihood
 summed per subject), since new patients, not new samples, are what dose selection predicts.
@@ -21,8 +25,8 @@ from .._files import atomic_path
 
 PARETO_K_BAD = 0.7
 COLUMNS = ["dataset", "model", "variant", "rank", "elpd_loo", "se", "d_elpd", "d_se", "weight",
-           "pareto_k_bad", "elpd_loo_obs", "se_obs", "pareto_k_bad_obs", "converged", "status", "reason",
-           "seconds"]
+           "pareto_k_bad", "loo_method", "mcse_max", "elpd_loo_obs", "se_obs", "pareto_k_bad_obs", "converged",
+           "status", "reason", "seconds"]
 
 
 @dataclass(frozen=True)
@@ -83,25 +87,40 @@ def leaderboard(out: str | Path) -> pd.DataFrame:
             if not isinstance(result, dict):
                 raise ValueError("not a JSON object")
         except FileNotFoundError:
-            entries.append(({**row, "status": "pending", "reason": "not run yet (or killed): run the comparison again"}, None))
+            entries.append(({**row, "status": "pending", "reason": "not run yet (or killed): run the comparison again"},
+                            None, None))
             continue
         except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             entries.append(({**row, "reason": f"result.json is damaged ({type(exc).__name__}): run the "
-                                              "comparison again to redo this fit"}, None))
+                                              "comparison again to redo this fit"}, None, None))
             continue
         row.update({"dataset": str(result.get("dataset", parts[0])), "model": str(result.get("model", parts[1])),
                     "variant": str(result.get("variant", parts[2])), "status": str(result.get("status")),
                     "reason": str(result.get("reason", "")), "seconds": result.get("seconds"),
                     "converged": bool(result.get("converged", False))})
-        tree = None
+        tree = result = None
         if row["status"] == "ok":
             try:
                 tree = _tree(folder)
             except Exception as exc:  # h5py/xarray raise several types for a damaged file
                 row.update(status="failed", converged=False,
                            reason=f"posterior.nc is damaged ({type(exc).__name__}): run the comparison again to redo this fit")
-        entries.append((row, tree))
+            else:
+                result = _fit_result(folder, row)
+        entries.append((row, tree, result))
     return _rank(entries)
+
+
+def _fit_result(folder: Path, row: dict):
+    """The FitResult of a fit folder for the integrated LOO, or None with the reason in `row`."""
+    from ..fit import FitResult
+    from ..fit.run import RunError
+
+    try:
+        return FitResult.load(folder)
+    except RunError as exc:
+        row["reason"] = (row["reason"] + "; " if row["reason"] else "") + f"plain PSIS (model not rebuilt: {exc})"
+        return None
 
 
 def rank(results, dataset: str = "data") -> pd.DataFrame:
@@ -112,31 +131,47 @@ def rank(results, dataset: str = "data") -> pd.DataFrame:
         model, _, variant = str(label).partition("/")
         entries.append(({"dataset": dataset, "model": model, "variant": variant or "base", "status": "ok",
                          "reason": "", "seconds": result.tree.attrs.get("total_seconds"),
-                         "converged": result.converged}, result.tree))
+                         "converged": result.converged}, result.tree, result))
     return _rank(entries)
+
+
+def subject_loo(tree, result=None):
+    """(ELPDData with the subject as the unit, method, largest Monte Carlo SE of a subject's
+    integrated log-likelihood): integrated when `result` allows it, else plain PSIS on y_subject."""
+    import arviz as az
+
+    from .integrated import integrated_loo
+
+    if result is not None and result.spec.iiv and not (result.spec.correlated and len(result.spec.iiv) > 1):
+        loo, integrated = integrated_loo(result)
+        return loo, "integrated", float(np.max(integrated.mcse))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return az.loo(tree, var_name="y_subject", pointwise=True), "psis", float("nan")
 
 
 def _rank(entries) -> pd.DataFrame:
     """Rows (with each fit's posterior tree, or None when it failed) ranked per dataset."""
     import arviz as az
 
-    rows, trees = [], {}
-    for row, tree in entries:
+    rows, elpds = [], {}
+    for row, tree, result in entries:
         if tree is not None:
             try:
-                subject, record = _loo(tree, "y_subject"), _loo(tree, "y")
+                (subject, method, mcse), record = subject_loo(tree, result), _loo(tree, "y")
             except (ValueError, FloatingPointError) as exc:
                 row.update(converged=False, reason=f"PSIS-LOO failed: {exc}")
                 rows.append(row)
                 continue
             row.update(elpd_loo=float(subject.elpd), se=float(subject.se),
                        pareto_k_bad=int(np.sum(np.asarray(subject.pareto_k) > PARETO_K_BAD)),
+                       loo_method=method, mcse_max=mcse,
                        elpd_loo_obs=float(record.elpd), se_obs=float(record.se),
                        pareto_k_bad_obs=int(np.sum(np.asarray(record.pareto_k) > PARETO_K_BAD)))
-            trees.setdefault(row["dataset"], {})[f"{row['model']}/{row['variant']}"] = tree
+            elpds.setdefault(row["dataset"], {})[f"{row['model']}/{row['variant']}"] = subject
         rows.append(row)
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
-    for dataset, group in trees.items():
+    for dataset, group in elpds.items():
         if len(group) < 2:
             key = next(iter(group))
             mask = _rows(table, dataset, key)
@@ -144,7 +179,7 @@ def _rank(entries) -> pd.DataFrame:
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            comparison = az.compare(group, var_name="y_subject", method="stacking")
+            comparison = az.compare(group, method="stacking")
         for key, r in comparison.iterrows():
             mask = _rows(table, dataset, key)
             table.loc[mask, "rank"] = int(r["rank"])
@@ -192,7 +227,7 @@ def figure(table: pd.DataFrame):
         y = np.arange(len(rows))
         ax.errorbar(rows["elpd_loo"], y, xerr=rows["se"], fmt="o", color="#2b5d8a", capsize=3)
         ax.set_yticks(y, labels, fontsize=8)
-        ax.set_xlabel("ELPD (PSIS-LOO, subject as unit)")
+        ax.set_xlabel("ELPD (LOO with the subject as unit, random effects integrated out)")
         ax.set_title(f"dataset {dataset}", fontsize=9)
     fig.tight_layout()
     return fig

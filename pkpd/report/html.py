@@ -117,8 +117,9 @@ def _comparison_section(leaderboard: pd.DataFrame | None) -> str:
     if leaderboard is None:
         return '<p class="note">No model comparison was given (pkpd report --compare DIR).</p>'
     cols = [c for c in ("rank", "model", "variant", "dataset", "elpd_loo", "se", "d_elpd", "d_se", "weight",
-                        "pareto_k_bad", "converged", "status", "seconds") if c in leaderboard]
-    return ('<p class="note">PSIS-LOO with the subject as the unit; stacking weights (az.compare).</p>'
+                        "pareto_k_bad", "loo_method", "converged", "status", "seconds") if c in leaderboard]
+    return ('<p class="note">LOO with the subject as the unit, the random effects of each subject integrated '
+            'out before PSIS (loo_method); stacking weights (az.compare).</p>'
             + _table(leaderboard[cols]) + _image(figure(leaderboard), "leaderboard"))
 
 

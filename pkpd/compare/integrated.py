@@ -1,0 +1,191 @@
+"""Subject-level LOO with each subject's random effects integrated out.
+
+Plain PSIS-LOO over posterior draws fails when the subject is the unit: a subject's
+log-likelihood depends strongly on its own random effects, so leaving the subject out moves
+them far from where the draws sit (Pareto k > 0.7 for most subjects). The remedy (integrated
+importance sampling: Vehtari, Mononen, Tolvanen, Sivula and Winther, JMLR 2016; Merkle, Furr and
+Rabe-Hesketh, Psychometrika 2019) computes, for each posterior draw s of the population
+parameters, the subject's marginal likelihood
+
+    L_is = integral p(y_i | phi, sigma_s) N(phi; mu_i(s), Omega_s) dphi
+
+over its log individual parameters phi, and then runs PSIS over draws on log L_is.
+
+The integral is estimated by importance sampling with one proposal per subject, shared by all
+draws (common random numbers): a defensive mixture of a Gaussian fitted to the subject's
+posterior draws (its covariance inflated 1.5^2) and the population distribution averaged over
+draws. Each estimate comes with its Monte Carlo standard error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import logsumexp
+
+from ..fit.likelihood import pointwise
+from ..fit.op import Predictions
+from ..fit.population import covariate_design, record_arrays, record_sds
+from ..simulate.compiled import predict_compiled
+from ..simulate.design import Design
+
+INFLATION = 1.5  # of the posterior-fitted component's SD: heavier tails than the posterior
+
+
+@dataclass(frozen=True)
+class IntegratedLogLik:
+    """log L_is for S posterior draws x N subjects, and the Monte Carlo SE of each estimate."""
+
+    values: np.ndarray       # (S, N)
+    mcse: np.ndarray         # (S, N), SE of each log L_is
+    draw_index: np.ndarray   # (S,) positions in the flattened (chain, draw) sample
+    subjects: list[str]
+
+
+def integrated_subject_loglik(result, draws: int = 200, samples: int = 200, seed: int = 0) -> IntegratedLogLik:
+    """log p(y_i | population parameters of draw s), the subject's random effects integrated out,
+    for `draws` evenly spaced posterior draws and every subject, with `samples` importance samples
+    per subject (half from its posterior, half from the population distribution)."""
+    spec, cohort = _check(result)
+    post, picks = _draws(result, draws)
+    population, omega, residual = _population(spec, cohort, post, reference=cohort)
+    iiv_index = _iiv_index(spec)
+    log_theta = np.log(post["theta"].transpose("sample", "subject", "parameter").to_numpy())[..., iiv_index]
+    rng = np.random.default_rng(seed)
+    phi, log_q = _proposal(log_theta, population[..., iiv_index], omega, samples, rng)
+    values, mcse = _integrate(spec, cohort, population[picks], omega[picks], residual[picks], phi, log_q)
+    return IntegratedLogLik(values, mcse, picks, list(cohort.subject_ids))
+
+
+def heldout_subject_loglik(result, cohort, draws: int = 400, samples: int = 2000, seed: int = 0) -> IntegratedLogLik:
+    """log p(y_i | population parameters of draw s) for subjects of `cohort` that `result` was not
+    fitted to (an exact leave-one-out or K-fold refit): importance sampling from the population
+    distribution alone, covariates referred to the fitted cohort."""
+    spec, _ = _check(result)
+    post, picks = _draws(result, draws)
+    population, omega, residual = _population(spec, cohort, post, reference=result.cohort)
+    iiv_index = _iiv_index(spec)
+    rng = np.random.default_rng(seed)
+    mean = population[..., iiv_index].mean(0)
+    sd = np.sqrt((omega ** 2).mean(0)[None, :] + population[..., iiv_index].var(0))
+    phi = mean + sd * rng.standard_normal((samples, *mean.shape))
+    log_q = _log_normal(phi, mean, sd)
+    values, mcse = _integrate(spec, cohort, population[picks], omega[picks], residual[picks], phi, log_q)
+    return IntegratedLogLik(values, mcse, picks, list(cohort.subject_ids))
+
+
+def _check(result):
+    spec = result.spec
+    if spec.correlated and len(spec.iiv) > 1:
+        raise ValueError("integrated LOO needs independent random effects; this fit estimated their correlation")
+    if not spec.iiv:
+        raise ValueError("the fit has no random effects to integrate out")
+    return spec, result.cohort
+
+
+def _draws(result, draws: int):
+    post = result.tree["posterior"].to_dataset().stack(sample=("chain", "draw"))
+    total = post.sizes["sample"]
+    return post, np.unique(np.linspace(0, total - 1, min(draws, total)).round().astype(int))
+
+
+def _iiv_index(spec) -> np.ndarray:
+    return np.array([list(spec.estimated).index(n) for n in spec.iiv])
+
+
+def _population(spec, cohort, post, reference):
+    """Per draw: the mean of each subject's log parameters (S, N, K), omega (S, Q), the residual
+    vector (S, R)."""
+    mu = post["mu"].transpose("sample", "parameter").to_numpy()
+    X, labels, owners = covariate_design(spec, cohort, reference)
+    means = np.repeat(mu[:, None, :], len(cohort.subject_ids), axis=1)
+    if labels:
+        beta = post["beta"].transpose("sample", "covariate_effect").to_numpy()
+        for column, owner in enumerate(owners):
+            means[:, :, owner] += beta[:, column][:, None] * X[None, :, column]
+    omega = post["omega"].transpose("sample", "iiv_parameter").to_numpy()
+    parts = [post[var].transpose("sample", dim).to_numpy()
+             for var, dim in (("sigma", "analyte"), ("sigma_add", "additive_analyte")) if var in post]
+    return means, omega, np.concatenate(parts, axis=-1)
+
+
+def _integrate(spec, cohort, population, omega, residual, phi, log_q) -> tuple[np.ndarray, np.ndarray]:
+    """log of the importance-sampling estimate of each subject's marginal likelihood, per draw,
+    and its SE. population (S, N, K), omega (S, Q), residual (S, R); phi (M, N, Q) with log
+    proposal densities log_q (M, N)."""
+    design = Design(spec.model, cohort)
+    records = record_arrays(spec, design)
+    N, samples = len(cohort.subject_ids), phi.shape[0]
+    fixed = np.tile([p.typical for p in spec.model.parameters], (N, 1))
+    predictions = Predictions(design, list(spec.estimated), fixed, spec.steps)
+    iiv_index = _iiv_index(spec)
+    values = np.empty((population.shape[0], N))
+    mcse = np.empty_like(values)
+    for row in range(population.shape[0]):
+        sigma, additive = record_sds(records, residual[row])
+        log_prior = _log_normal(phi, population[row][:, iiv_index][None], omega[row][None, None])  # (M, N)
+        log_lik = np.empty((samples, N))
+        theta = np.exp(population[row])
+        for m in range(samples):
+            theta[:, iiv_index] = np.exp(phi[m])
+            pred, _ = predict_compiled(design, predictions.individual(theta), [], spec.steps)
+            terms = pointwise(pred, records["value"], records["lloq"], records["censored"], records["error"],
+                              sigma, additive, m4=spec.censoring == "M4")
+            log_lik[m] = np.bincount(design.subject_index, weights=terms, minlength=N)
+        log_w = log_lik + log_prior - log_q
+        values[row] = logsumexp(log_w, axis=0) - np.log(samples)
+        mcse[row] = _log_mean_se(log_w)
+    return values, mcse
+
+
+def _log_normal(x, mean, sd) -> np.ndarray:
+    """Sum over the last axis of log N(x; mean, sd)."""
+    z = (x - mean) / sd
+    return np.sum(-0.5 * z * z - np.log(sd) - 0.5 * np.log(2 * np.pi), axis=-1)
+
+
+def _proposal(log_theta, population, omega, samples: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Draws from each subject's defensive mixture proposal and their log densities.
+
+    log_theta: (S_all, N, Q) posterior draws of the subjects' log parameters with variability;
+    population: (S_all, N, Q) their population means; omega: (S_all, Q)."""
+    S, N, Q = log_theta.shape
+    post_mean, post_sd = log_theta.mean(0), log_theta.std(0) * INFLATION + 1e-6    # (N, Q)
+    pop_mean = population.mean(0)                                                    # (N, Q)
+    pop_sd = np.sqrt((omega ** 2).mean(0)[None, :] + population.var(0)) + 1e-6       # (N, Q)
+    half = samples // 2
+    z = rng.standard_normal((samples, N, Q))
+    phi = np.concatenate([post_mean + post_sd * z[:half], pop_mean + pop_sd * z[half:]], axis=0)
+    log_q = np.logaddexp(_log_normal(phi, post_mean, post_sd), _log_normal(phi, pop_mean, pop_sd)) - np.log(2)
+    return phi, log_q
+
+
+def _log_mean_se(log_w: np.ndarray) -> np.ndarray:
+    """SE of log(mean(w)) over the first axis (delta method), per column."""
+    top = log_w.max(0)
+    w = np.exp(log_w - top)
+    mean = w.mean(0)
+    return np.sqrt(w.var(0, ddof=1) / w.shape[0]) / mean
+
+
+def integrated_loo(result, draws: int = 200, samples: int = 200, seed: int = 0):
+    """PSIS-LOO with the subject as the unit, each subject's random effects integrated out:
+    arviz's ELPDData (elpd_i and pareto_k per subject) and the IntegratedLogLik it was computed from."""
+    import warnings
+
+    import arviz as az
+    import xarray as xr
+
+    integrated = integrated_subject_loglik(result, draws, samples, seed)
+    post = result.tree["posterior"].to_dataset().stack(sample=("chain", "draw")).isel(sample=integrated.draw_index)
+    post = post.drop_vars(["sample", "chain", "draw"]).rename({"sample": "draw"}).expand_dims(chain=[0])
+    log_lik = xr.Dataset({"y_subject": (("chain", "draw", "subject"), integrated.values[None])},
+                         coords={"chain": [0], "draw": np.arange(len(integrated.draw_index)),
+                                 "subject": integrated.subjects})
+    tree = xr.DataTree.from_dict({"posterior": post[["mu"]].assign_coords(draw=np.arange(post.sizes["draw"])),
+                                  "log_likelihood": log_lik})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loo = az.loo(tree, var_name="y_subject", pointwise=True)
+    return loo, integrated
