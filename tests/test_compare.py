@@ -24,6 +24,7 @@ seed = 11
 chains = 2
 draws = 40
 tune = 40
+max_refits = {max_refits}
 
 [[datasets]]
 name = "sim"
@@ -45,9 +46,9 @@ def folder(tmp_path_factory):
     return path
 
 
-def write_spec(folder, name, analytes="", extra=""):
+def write_spec(folder, name, analytes="", extra="", max_refits=0):
     path = folder / name
-    path.write_text(SPEC.format(analytes=analytes, extra=extra))
+    path.write_text(SPEC.format(analytes=analytes, extra=extra, max_refits=max_refits))
     return path
 
 
@@ -111,7 +112,7 @@ def test_failing_fits_are_reported_and_the_command_exits_1(folder, tmp_path):
     data = tmp_path / "sim.csv"
     data.write_bytes((folder / "sim.csv").read_bytes())
     spec_path = tmp_path / "fail.toml"
-    spec_path.write_text(SPEC.format(analytes="", extra=""))
+    spec_path.write_text(SPEC.format(analytes="", extra="", max_refits=0))
     spec = load_spec(spec_path)
     data.write_bytes(data.read_bytes() + b"\n")  # the data change after the spec was checked
     result = compare(spec, tmp_path / "fail", workers=1)
@@ -201,3 +202,31 @@ def test_the_run_folder_keeps_its_contract(folder, tmp_path):
     (out / ".lock").write_text(f"{socket.gethostname()} 999999999")
     compare(longer, out, workers=1)
     assert not (out / ".lock").exists()
+
+
+def test_a_subject_whose_k_stays_high_is_refitted_exactly_once(folder, tmp_path, monkeypatch):
+    """The refit path on the same dask client: forced for one subject (short test fits rarely
+    leave a subject above 0.7 after integration), resumable, and named in the leaderboard."""
+    import importlib
+
+    runs = importlib.import_module("pkpd.compare.run")  # the module (pkpd.compare.run is also the function)
+
+    spec = write_spec(folder, "refit.toml", max_refits=1)
+    out = tmp_path / "refit"
+    real = runs.unreliable_subjects
+    monkeypatch.setattr(runs, "PARETO_K_BAD", -1.0)  # every subject counts as unreliable: the worst one is refitted
+    first = compare(spec, out, workers=1)
+    monkeypatch.setattr(runs, "PARETO_K_BAD", 0.7)
+    refits = sorted(out.glob("fits/*/refits/*.json"))
+    assert len(refits) == 2  # one per fit (max_refits = 1)
+    record = json.loads(refits[0].read_text())
+    assert record["status"] == "ok" and record["digest"] and pd.notna(record["elpd"])
+    table = pd.read_csv(refits[0].parent.parent / "loo_subjects.csv", dtype={"subject": str})
+    estimate = float(table.loc[table["subject"] == record["subject"], "elpd_i"].iloc[0])
+    assert abs(record["elpd"] - estimate) < 20.0  # the refit replaces an estimate PSIS flagged as unreliable
+    assert all("1 exact refit(s)" in m for m in first.leaderboard["loo_method"])
+    stamp = [p.stat().st_mtime_ns for p in refits]
+    monkeypatch.setattr(runs, "PARETO_K_BAD", -1.0)
+    compare(spec, out, workers=1)  # resumed: nothing refitted again
+    assert [p.stat().st_mtime_ns for p in refits] == stamp
+    assert real is runs.unreliable_subjects

@@ -88,16 +88,16 @@ def leaderboard(out: str | Path) -> pd.DataFrame:
                 raise ValueError("not a JSON object")
         except FileNotFoundError:
             entries.append(({**row, "status": "pending", "reason": "not run yet (or killed): run the comparison again"},
-                            None, None))
+                            None, None, None))
             continue
         except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             entries.append(({**row, "reason": f"result.json is damaged ({type(exc).__name__}): run the "
-                                              "comparison again to redo this fit"}, None, None))
+                                              "comparison again to redo this fit"}, None, None, None))
             continue
         row.update({"dataset": str(result.get("dataset", parts[0])), "model": str(result.get("model", parts[1])),
                     "variant": str(result.get("variant", parts[2])), "status": str(result.get("status")),
                     "reason": str(result.get("reason", "")), "seconds": result.get("seconds"),
-                    "converged": bool(result.get("converged", False))})
+                    "converged": bool(result.get("converged", False)), "digest": result.get("digest")})
         tree = result = None
         if row["status"] == "ok":
             try:
@@ -107,7 +107,7 @@ def leaderboard(out: str | Path) -> pd.DataFrame:
                            reason=f"posterior.nc is damaged ({type(exc).__name__}): run the comparison again to redo this fit")
             else:
                 result = _fit_result(folder, row)
-        entries.append((row, tree, result))
+        entries.append((row, tree, result, folder))
     return _rank(entries)
 
 
@@ -131,12 +131,12 @@ def rank(results, dataset: str = "data") -> pd.DataFrame:
         model, _, variant = str(label).partition("/")
         entries.append(({"dataset": dataset, "model": model, "variant": variant or "base", "status": "ok",
                          "reason": "", "seconds": result.tree.attrs.get("total_seconds"),
-                         "converged": result.converged}, result.tree, result))
+                         "converged": result.converged}, result.tree, result, None))
     return _rank(entries)
 
 
 def subject_loo(tree, result=None):
-    """(ELPDData with the subject as the unit, method, largest Monte Carlo SE of a subject's
+    """(ELPDData with the subject as the unit, method, per-subject Monte Carlo SE of the
     integrated log-likelihood): integrated when `result` allows it, else plain PSIS on y_subject."""
     import arviz as az
 
@@ -144,10 +144,49 @@ def subject_loo(tree, result=None):
 
     if result is not None and result.spec.iiv and not (result.spec.correlated and len(result.spec.iiv) > 1):
         loo, integrated = integrated_loo(result)
-        return loo, "integrated", float(np.max(integrated.mcse))
+        return loo, "integrated", integrated.mcse.max(axis=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return az.loo(tree, var_name="y_subject", pointwise=True), "psis", float("nan")
+        loo = az.loo(tree, var_name="y_subject", pointwise=True)
+    return loo, "psis", np.full(np.asarray(loo.elpd_i).size, np.nan)
+
+
+def subject_table(loo, method: str, mcse: np.ndarray) -> pd.DataFrame:
+    """One row per subject: its ELPD, Pareto k, Monte Carlo SE and the method that gave it."""
+    elpd_i = loo.elpd_i
+    subjects = elpd_i.coords[elpd_i.dims[0]].values if elpd_i.dims and elpd_i.dims[0] in elpd_i.coords \
+        else np.arange(elpd_i.size)
+    return pd.DataFrame({"subject": [str(s) for s in subjects], "elpd_i": np.asarray(elpd_i).ravel(),
+                         "pareto_k": np.asarray(loo.pareto_k).ravel(), "mcse": np.asarray(mcse).ravel(),
+                         "method": method})
+
+
+def with_refits(loo, folder: Path, digest: str | None):
+    """`loo` with the ELPD of each exactly refitted subject (folder/refits/*.json, status ok, the
+    fit's digest) in place of its estimate; and the refitted subjects."""
+    import copy
+
+    import xarray as xr
+
+    table = subject_table(loo, "", np.zeros(np.asarray(loo.elpd_i).size))
+    exact = {}
+    for path in sorted((folder / "refits").glob("*.json")) if (folder / "refits").is_dir() else []:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("status") == "ok" and record.get("digest") == digest:
+            exact[str(record.get("subject"))] = float(record["elpd"])
+    exact = {s: v for s, v in exact.items() if s in set(table["subject"])}
+    if not exact:
+        return loo, set()
+    values = np.array([exact.get(s, e) for s, e in zip(table["subject"], table["elpd_i"])])
+    patched = copy.deepcopy(loo)
+    old = np.asarray(loo.elpd_i).ravel()
+    patched.elpd_i = xr.DataArray(values.reshape(loo.elpd_i.shape), dims=loo.elpd_i.dims, coords=loo.elpd_i.coords)
+    patched.elpd = float(values.sum())
+    patched.se = float(loo.se * np.sqrt(values.var() / old.var())) if old.var() > 0 else float(loo.se)
+    return patched, set(exact)
 
 
 def _rank(entries) -> pd.DataFrame:
@@ -155,7 +194,7 @@ def _rank(entries) -> pd.DataFrame:
     import arviz as az
 
     rows, elpds = [], {}
-    for row, tree, result in entries:
+    for row, tree, result, folder in entries:
         if tree is not None:
             try:
                 (subject, method, mcse), record = subject_loo(tree, result), _loo(tree, "y")
@@ -163,9 +202,14 @@ def _rank(entries) -> pd.DataFrame:
                 row.update(converged=False, reason=f"PSIS-LOO failed: {exc}")
                 rows.append(row)
                 continue
-            row.update(elpd_loo=float(subject.elpd), se=float(subject.se),
-                       pareto_k_bad=int(np.sum(np.asarray(subject.pareto_k) > PARETO_K_BAD)),
-                       loo_method=method, mcse_max=mcse,
+            refitted = set()
+            if folder is not None:
+                subject, refitted = with_refits(subject, folder, row.get("digest"))
+            table = subject_table(subject, method, mcse)
+            bad = (table["pareto_k"] > PARETO_K_BAD) & ~table["subject"].isin(refitted)
+            row.update(elpd_loo=float(subject.elpd), se=float(subject.se), pareto_k_bad=int(bad.sum()),
+                       loo_method=method + (f" + {len(refitted)} exact refit(s)" if refitted else ""),
+                       mcse_max=float(np.nanmax(mcse)) if np.isfinite(mcse).any() else np.nan,
                        elpd_loo_obs=float(record.elpd), se_obs=float(record.se),
                        pareto_k_bad_obs=int(np.sum(np.asarray(record.pareto_k) > PARETO_K_BAD)))
             elpds.setdefault(row["dataset"], {})[f"{row['model']}/{row['variant']}"] = subject

@@ -6,8 +6,10 @@ The run folder is a small database with a contract:
                           (pending, running, ok, failed), reason, seconds, attempts; fits of an
                           earlier spec that the current one dropped are listed under "removed"
                           and left out of the leaderboard
-    fits/<id>/            posterior.nc, diagnostics.json, fit.log, result.json (written last,
-                          with the fit's digest)
+    fits/<id>/            posterior.nc, diagnostics.json, fit.log, loo_subjects.csv (each
+                          subject's integrated LOO: elpd_i, pareto_k, mcse), result.json (written
+                          last, with the fit's digest); refits/<subject>.json: the exact held-out
+                          ELPD of a subject whose Pareto k stayed above 0.7, from a refit without it
     leaderboard.csv/.png  the ranking (pkpd.compare.leaderboard)
     .lock                 held while a run works in the folder (a second run is refused)
 
@@ -31,8 +33,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from .._files import own_temporary_files, write_text
+from .._files import atomic_path, own_temporary_files, write_text
 from .spec import FitSpec, RunSpec, priors_of
+
+
+SUBJECT_FILE = "loo_subjects.csv"
+PARETO_K_BAD = 0.7
 
 
 class RunFolderError(RuntimeError):
@@ -70,10 +76,34 @@ def finished(out: Path, fit: FitSpec) -> dict | None:
     return result
 
 
-def run_one(fit: FitSpec, out: str) -> dict:
-    """Run one fit in a worker; never raises: failures come back as status 'failed'."""
+def _single_threaded() -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(var, "1")
+
+
+def _fit_data(fit: FitSpec):
+    """The model and the cohort of `fit`, the data file checked against the spec's digest."""
+    from ..data import read_cohort
+    from ..models import load
+
+    model = load(fit.model)
+    if fit.dataset.sha256 and hashlib.sha256(fit.dataset.path.read_bytes()).hexdigest() != fit.dataset.sha256:
+        raise RuntimeError(f"{fit.dataset.path} changed after the spec was loaded; run the comparison again")
+    cohort = read_cohort(fit.dataset.path)
+    if fit.dataset.analytes:
+        cohort = cohort.select_analytes(fit.dataset.analytes)
+    return model, cohort
+
+
+def _fit_settings(fit: FitSpec) -> dict:
+    return dict(chains=fit.chains, draws=fit.draws, tune=fit.tune, seed=fit.seed, iiv=fit.iiv,
+                covariates=fit.covariates, priors=priors_of(fit), progress=False, cores=1,
+                target_accept=fit.target_accept)
+
+
+def run_one(fit: FitSpec, out: str) -> dict:
+    """Run one fit in a worker; never raises: failures come back as status 'failed'."""
+    _single_threaded()
     folder = fit_directory(Path(out), fit)
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -83,20 +113,15 @@ def run_one(fit: FitSpec, out: str) -> dict:
               "status": "failed", "reason": "", "seconds": None, "seed": fit.seed, "digest": fit.digest}
     (folder / "result.json").unlink(missing_ok=True)  # a stale result must not outlive a refit
     try:
-        from ..data import read_cohort
         from ..fit import fit as run_fit
-        from ..models import load
+        from .leaderboard import subject_loo, subject_table
 
-        model = load(fit.model)
-        if fit.dataset.sha256 and hashlib.sha256(fit.dataset.path.read_bytes()).hexdigest() != fit.dataset.sha256:
-            raise RuntimeError(f"{fit.dataset.path} changed after the spec was loaded; run the comparison again")
-        cohort = read_cohort(fit.dataset.path)
-        if fit.dataset.analytes:
-            cohort = cohort.select_analytes(fit.dataset.analytes)
-        outcome = run_fit(model, cohort, chains=fit.chains, draws=fit.draws, tune=fit.tune, seed=fit.seed,
-                          iiv=fit.iiv, covariates=fit.covariates, priors=priors_of(fit), progress=False, cores=1,
-                          target_accept=fit.target_accept)
+        model, cohort = _fit_data(fit)
+        outcome = run_fit(model, cohort, **_fit_settings(fit))
         outcome.save(folder)
+        loo, method, mcse = subject_loo(outcome.tree, outcome)
+        with atomic_path(folder / SUBJECT_FILE) as tmp:
+            subject_table(loo, method, mcse).to_csv(tmp, index=False)
         diagnostics = [asdict(d) for d in outcome.diagnostics()]
         divergences = outcome.divergences()
         converged = outcome.converged
@@ -115,6 +140,61 @@ def run_one(fit: FitSpec, out: str) -> dict:
     write_text(folder / "fit.log", "\n".join(log) + "\n")
     write_text(folder / "result.json", json.dumps(result, indent=2))  # last: marks the fit finished
     return result
+
+
+def refit_subject(fit: FitSpec, subject: str, out: str) -> dict:
+    """Refit `fit` without `subject` and return the subject's exact held-out ELPD (the log of
+    its marginal likelihood averaged over the refit's draws); written to refits/<subject>.json.
+    Never raises: a failure comes back with status 'failed'."""
+    _single_threaded()
+    started = time.perf_counter()
+    record = {"subject": subject, "digest": fit.digest, "status": "failed", "reason": ""}
+    try:
+        import numpy as np
+        from scipy.special import logsumexp
+
+        from ..fit import fit as run_fit
+        from .integrated import heldout_subject_loglik
+
+        model, cohort = _fit_data(fit)
+        others = [s for s in cohort.subject_ids if s != subject]
+        refit = run_fit(model, cohort.select(others), **_fit_settings(fit))
+        held = heldout_subject_loglik(refit, cohort.select([subject]))
+        values = held.values[:, 0]
+        record.update(status="ok", elpd=float(logsumexp(values) - np.log(len(values))),
+                      mcse=float(np.max(held.mcse)), converged=bool(refit.converged))
+    except Exception as exc:  # recorded, never raised
+        record["reason"] = f"{type(exc).__name__}: {exc}"
+    record["seconds"] = round(time.perf_counter() - started, 2)
+    write_text(refit_path(Path(out), fit, subject), json.dumps(record, indent=2))
+    return record
+
+
+def refit_path(out: Path, fit: FitSpec, subject: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(subject))
+    return fit_directory(out, fit) / "refits" / f"{safe}.json"
+
+
+def unreliable_subjects(out: Path, fit: FitSpec) -> list[str]:
+    """Subjects of a finished fit whose integrated Pareto k stayed above 0.7 (the worst
+    `max_refits`) that have no exact refit for the fit as now specified."""
+    import pandas as pd
+
+    path = fit_directory(out, fit) / SUBJECT_FILE
+    try:
+        table = pd.read_csv(path, dtype={"subject": str})
+    except (OSError, ValueError):
+        return []
+    todo = []
+    worst = table[table["pareto_k"] > PARETO_K_BAD].sort_values("pareto_k", ascending=False)
+    for subject in worst["subject"].head(fit.max_refits):
+        try:
+            done = json.loads(refit_path(out, fit, subject).read_text())
+        except (OSError, ValueError):
+            done = {}
+        if done.get("digest") != fit.digest or done.get("status") != "ok":
+            todo.append(subject)
+    return todo
 
 
 def run(spec: RunSpec, out: str | Path, *, scheduler: str | None = None, workers: int | None = None,
@@ -155,7 +235,8 @@ def _run_locked(spec, out, scheduler, workers, on_result) -> dict[str, dict]:
         manifest[fit.id] = entry
     removed = sorted(set(previous) - set(manifest))
     _save_manifest(out, manifest, spec, removed)
-    if not pending:
+    refits_left = any(unreliable_subjects(out, fit) for fit in spec.fits if fit.id in results)
+    if not pending and not refits_left:
         return results
     if scheduler:
         client, cluster = Client(scheduler), None
@@ -183,11 +264,25 @@ def _run_locked(spec, out, scheduler, workers, on_result) -> dict[str, dict]:
             _save_manifest(out, manifest, spec, removed)
             if on_result:
                 on_result(result, done, len(pending))
+        _run_refits(spec, out, results, client)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
     return results
+
+
+def _run_refits(spec: RunSpec, out: Path, results: dict, client) -> None:
+    """Exact leave-one-subject-out refits, as dask tasks, for the subjects whose integrated
+    Pareto k stayed above 0.7 (resumable: a refit done for the fit as now specified is kept)."""
+    from dask.distributed import wait
+
+    tasks = [(fit, subject) for fit in spec.fits if results.get(fit.id, {}).get("status") == "ok"
+             for subject in unreliable_subjects(out, fit)]
+    futures = [client.submit(refit_subject, fit, subject, str(out.resolve()), pure=False,
+                             key=f"pkpd-refit-{fit.directory}-{subject}-{time.time_ns()}") for fit, subject in tasks]
+    if futures:
+        wait(futures)
 
 
 def _load_manifest(out: Path) -> dict:

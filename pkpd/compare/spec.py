@@ -8,6 +8,8 @@
     tune = 1000
     max_divergences = 50       # a fit with more divergent transitions is recorded as failed
     target_accept = 0.8        # NUTS target acceptance; 0.9 or 0.95 where fits report divergences
+    max_refits = 10            # per fit: subjects whose integrated Pareto k stays above 0.7 are
+                               # refitted without them (exact LOO), the worst first; 0: none
 
     [[datasets]]
     name = "example"
@@ -84,6 +86,7 @@ class FitSpec:
     max_divergences: int = 50
     target_accept: float = 0.8
     model_sha256: str = ""  # of the model's source (files and built-in modules)
+    max_refits: int = 10    # exact leave-one-subject-out refits at most (not part of the digest)
 
     @property
     def directory(self) -> str:
@@ -143,7 +146,7 @@ def load_spec(path: str | Path) -> RunSpec:
     settings = {}
     for key, default, minimum, maximum in (("chains", 4, 1, 64), ("draws", 1000, 10, 100_000),
                                            ("tune", 1000, 10, 100_000), ("seed", 0, 0, 2**32 - 1),
-                                           ("max_divergences", 50, 0, 10**9)):
+                                           ("max_divergences", 50, 0, 10**9), ("max_refits", 10, 0, 10_000)):
         value = run.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
             problems.append(f"run.{key} must be an integer from {minimum} to {maximum}, not {value!r}")
@@ -153,7 +156,8 @@ def load_spec(path: str | Path) -> RunSpec:
     if not isinstance(target_accept, (int, float)) or isinstance(target_accept, bool) or not 0 < target_accept < 1:
         problems.append(f"run.target_accept must be a number between 0 and 1 (e.g. 0.9), not {target_accept!r}")
         target_accept = 0.8
-    extra = sorted(set(run) - {"name", "chains", "draws", "tune", "seed", "max_divergences", "target_accept"})
+    extra = sorted(set(run) - {"name", "chains", "draws", "tune", "seed", "max_divergences", "target_accept",
+                               "max_refits"})
     if extra:
         problems.append(f"unknown key(s) run.{', run.'.join(extra)}")
     name = run.get("name", path.stem)
@@ -174,7 +178,7 @@ def load_spec(path: str | Path) -> RunSpec:
                                     chains=settings["chains"], draws=settings["draws"], tune=settings["tune"],
                                     seed=derived_seed(settings["seed"], fit_id),
                                     max_divergences=settings["max_divergences"], target_accept=float(target_accept),
-                                    model_sha256=m["sha256"]))
+                                    model_sha256=m["sha256"], max_refits=settings["max_refits"]))
     return RunSpec(str(name), path, text, tuple(fits))
 
 
