@@ -7,7 +7,7 @@ import pytest
 from scipy.special import logsumexp
 
 import pkpd
-from pkpd.compare.integrated import (_draws, _iiv_index, _integrate, _log_normal, _population,
+from pkpd.compare.integrated import (_draws, _iiv_index, _integrate, _log_normal, _pieces, _population,
                                      heldout_subject_loglik, integrated_loo, integrated_subject_loglik)
 from pkpd.models import load
 from pkpd.simulate import simulate
@@ -34,7 +34,8 @@ def test_importance_sampling_matches_gauss_hermite_quadrature(one_effect_fit):
         phi = mean[None] + np.sqrt(2.0) * sd * nodes[:, None, None]       # (60, N, 1)
         # log_q chosen so that the importance weights are the quadrature weights
         log_q = _log_normal(phi, mean[None], sd[None, None]) - np.log(len(nodes) * weights / np.sqrt(np.pi))[:, None]
-        exact, _ = _integrate(spec, cohort, population[s:s + 1], omega[s:s + 1], residual[s:s + 1], phi, log_q)
+        exact, _ = _integrate(spec, _pieces(spec, cohort), population[s:s + 1], omega[s:s + 1], residual[s:s + 1],
+                              lambda row: (phi, log_q))
         tolerance = 4 * integrated.mcse[row] + 0.02
         assert np.all(np.abs(integrated.values[row] - exact[0]) < tolerance), (integrated.values[row], exact[0])
 

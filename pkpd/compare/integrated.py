@@ -11,10 +11,9 @@ parameters, the subject's marginal likelihood
 
 over its log individual parameters phi, and then runs PSIS over draws on log L_is.
 
-The integral is estimated by importance sampling with one proposal per subject, shared by all
-draws (common random numbers): a defensive mixture of a Gaussian fitted to the subject's
-posterior draws (its covariance inflated 1.5^2) and the population distribution averaged over
-draws. Each estimate comes with its Monte Carlo standard error.
+The integral is estimated by importance sampling, per draw, from a defensive mixture of a multivariate t centred on the
+subject's parameters in that draw (with the full covariance of its posterior draws) and the
+draw's population distribution. Each estimate comes with its Monte Carlo standard error.
 """
 
 from __future__ import annotations
@@ -26,11 +25,13 @@ from scipy.special import logsumexp
 
 from ..fit.likelihood import pointwise
 from ..fit.op import Predictions
-from ..fit.population import covariate_design, record_arrays, record_sds
+from ..fit.population import covariate_design, data_information, record_arrays, record_sds
 from ..simulate.compiled import predict_compiled
 from ..simulate.design import Design
 
-INFLATION = 1.5  # of the posterior-fitted component's SD: heavier tails than the posterior
+INFLATION = 1.2   # of the Laplace scale: the centre is a posterior draw, not the conditional mode
+DF = 4.0          # degrees of freedom of the posterior-fitted t component: heavier tails than the posterior
+DEFENSIVE = 0.1   # weight of the population component, which bounds the importance weights
 
 
 @dataclass(frozen=True)
@@ -43,18 +44,29 @@ class IntegratedLogLik:
     subjects: list[str]
 
 
-def integrated_subject_loglik(result, draws: int = 200, samples: int = 200, seed: int = 0) -> IntegratedLogLik:
+def integrated_subject_loglik(result, draws: int = 200, samples: int = 400, seed: int = 0) -> IntegratedLogLik:
     """log p(y_i | population parameters of draw s), the subject's random effects integrated out,
     for `draws` evenly spaced posterior draws and every subject, with `samples` importance samples
-    per subject (half from its posterior, half from the population distribution)."""
+    per subject and draw (see `_proposal`)."""
     spec, cohort = _check(result)
     post, picks = _draws(result, draws)
     population, omega, residual = _population(spec, cohort, post, reference=cohort)
     iiv_index = _iiv_index(spec)
     log_theta = np.log(post["theta"].transpose("sample", "subject", "parameter").to_numpy())[..., iiv_index]
     rng = np.random.default_rng(seed)
-    phi, log_q = _proposal(log_theta, population[..., iiv_index], omega, samples, rng)
-    values, mcse = _integrate(spec, cohort, population[picks], omega[picks], residual[picks], phi, log_q)
+    pieces = _pieces(spec, cohort)
+    all_log_theta = np.log(post["theta"].transpose("sample", "subject", "parameter").to_numpy())
+
+    def proposal(row):
+        s = picks[row]
+        # the subject's conditional posterior given this draw's population parameters, by Laplace:
+        # precision = Gauss-Newton information of its data + the population precision
+        information = data_information(spec, pieces, all_log_theta[s], residual[s])
+        precision = information + np.diag(1.0 / omega[s] ** 2)[None]
+        chol = np.linalg.cholesky(np.linalg.inv(precision)) * INFLATION
+        return _proposal(log_theta[s], chol, population[s][:, iiv_index], omega[s], samples, rng)
+
+    values, mcse = _integrate(spec, pieces, population[picks], omega[picks], residual[picks], proposal)
     return IntegratedLogLik(values, mcse, picks, list(cohort.subject_ids))
 
 
@@ -71,7 +83,8 @@ def heldout_subject_loglik(result, cohort, draws: int = 400, samples: int = 2000
     sd = np.sqrt((omega ** 2).mean(0)[None, :] + population[..., iiv_index].var(0))
     phi = mean + sd * rng.standard_normal((samples, *mean.shape))
     log_q = _log_normal(phi, mean, sd)
-    values, mcse = _integrate(spec, cohort, population[picks], omega[picks], residual[picks], phi, log_q)
+    values, mcse = _integrate(spec, _pieces(spec, cohort), population[picks], omega[picks], residual[picks],
+                              lambda row: (phi, log_q))
     return IntegratedLogLik(values, mcse, picks, list(cohort.subject_ids))
 
 
@@ -110,19 +123,27 @@ def _population(spec, cohort, post, reference):
     return means, omega, np.concatenate(parts, axis=-1)
 
 
-def _integrate(spec, cohort, population, omega, residual, phi, log_q) -> tuple[np.ndarray, np.ndarray]:
-    """log of the importance-sampling estimate of each subject's marginal likelihood, per draw,
-    and its SE. population (S, N, K), omega (S, Q), residual (S, R); phi (M, N, Q) with log
-    proposal densities log_q (M, N)."""
+def _pieces(spec, cohort) -> dict:
+    """The design, record arrays and prediction function of `cohort` (as the fit builds them)."""
     design = Design(spec.model, cohort)
     records = record_arrays(spec, design)
-    N, samples = len(cohort.subject_ids), phi.shape[0]
-    fixed = np.tile([p.typical for p in spec.model.parameters], (N, 1))
-    predictions = Predictions(design, list(spec.estimated), fixed, spec.steps)
+    fixed = np.tile([p.typical for p in spec.model.parameters], (len(cohort.subject_ids), 1))
+    return {"design": design, "records": records,
+            "predictions": Predictions(design, list(spec.estimated), fixed, spec.steps)}
+
+
+def _integrate(spec, pieces, population, omega, residual, proposal) -> tuple[np.ndarray, np.ndarray]:
+    """log of the importance-sampling estimate of each subject's marginal likelihood, per draw,
+    and its SE. population (S, N, K), omega (S, Q), residual (S, R); proposal(row) gives the
+    samples phi (M, N, Q) for that draw and their log proposal densities (M, N)."""
+    design, records, predictions = pieces["design"], pieces["records"], pieces["predictions"]
+    N = population.shape[1]
     iiv_index = _iiv_index(spec)
     values = np.empty((population.shape[0], N))
     mcse = np.empty_like(values)
     for row in range(population.shape[0]):
+        phi, log_q = proposal(row)
+        samples = phi.shape[0]
         sigma, additive = record_sds(records, residual[row])
         log_prior = _log_normal(phi, population[row][:, iiv_index][None], omega[row][None, None])  # (M, N)
         log_lik = np.empty((samples, N))
@@ -145,20 +166,38 @@ def _log_normal(x, mean, sd) -> np.ndarray:
     return np.sum(-0.5 * z * z - np.log(sd) - 0.5 * np.log(2 * np.pi), axis=-1)
 
 
-def _proposal(log_theta, population, omega, samples: int, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Draws from each subject's defensive mixture proposal and their log densities.
+def _proposal(centre, chol, pop_mean, omega, samples: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Draws from each subject's proposal for one posterior draw, and their log densities.
 
-    log_theta: (S_all, N, Q) posterior draws of the subjects' log parameters with variability;
-    population: (S_all, N, Q) their population means; omega: (S_all, Q)."""
-    S, N, Q = log_theta.shape
-    post_mean, post_sd = log_theta.mean(0), log_theta.std(0) * INFLATION + 1e-6    # (N, Q)
-    pop_mean = population.mean(0)                                                    # (N, Q)
-    pop_sd = np.sqrt((omega ** 2).mean(0)[None, :] + population.var(0)) + 1e-6       # (N, Q)
-    half = samples // 2
+    The main component (weight 1 - DEFENSIVE) is a multivariate t (DF degrees of freedom)
+    centred on the subject's own parameters in that draw, with the full covariance of its
+    posterior draws (individual parameters are correlated, cmax with tmax: a diagonal proposal in
+    four or more dimensions leaves a few samples carrying all the weight); the defensive
+    component is the draw's population distribution, which bounds the weights.
+
+    centre: (N, Q) the subject's log parameters in the draw; chol: (N, Q, Q); pop_mean (N, Q)
+    and omega (Q,): the draw's population distribution."""
+    N, Q = centre.shape
+    main = int(round(samples * (1 - DEFENSIVE)))
     z = rng.standard_normal((samples, N, Q))
-    phi = np.concatenate([post_mean + post_sd * z[:half], pop_mean + pop_sd * z[half:]], axis=0)
-    log_q = np.logaddexp(_log_normal(phi, post_mean, post_sd), _log_normal(phi, pop_mean, pop_sd)) - np.log(2)
+    scale = np.sqrt(DF / rng.chisquare(DF, size=(main, N, 1)))
+    t_draws = centre + np.einsum("nij,mnj->mni", chol, z[:main]) * scale
+    phi = np.concatenate([t_draws, pop_mean + omega * z[main:]], axis=0)
+    log_q = np.logaddexp(np.log(1 - DEFENSIVE) + _log_t(phi, centre, chol),
+                         np.log(DEFENSIVE) + _log_normal(phi, pop_mean, omega))
     return phi, log_q
+
+
+def _log_t(x, mean, chol) -> np.ndarray:
+    """log density of a multivariate t (DF) with location `mean` (N, Q) and scale chol (N, Q, Q)."""
+    from scipy.special import gammaln
+
+    Q = mean.shape[-1]
+    solved = np.linalg.solve(chol[None], (x - mean[None])[..., None])[..., 0]          # (M, N, Q)
+    maha = np.sum(solved ** 2, axis=-1)
+    log_det = np.sum(np.log(np.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)[None]     # (1, N)
+    return (gammaln((DF + Q) / 2) - gammaln(DF / 2) - 0.5 * Q * np.log(DF * np.pi) - log_det
+            - 0.5 * (DF + Q) * np.log1p(maha / DF))
 
 
 def _log_mean_se(log_w: np.ndarray) -> np.ndarray:
@@ -169,7 +208,7 @@ def _log_mean_se(log_w: np.ndarray) -> np.ndarray:
     return np.sqrt(w.var(0, ddof=1) / w.shape[0]) / mean
 
 
-def integrated_loo(result, draws: int = 200, samples: int = 200, seed: int = 0):
+def integrated_loo(result, draws: int = 200, samples: int = 400, seed: int = 0):
     """PSIS-LOO with the subject as the unit, each subject's random effects integrated out:
     arviz's ELPDData (elpd_i and pareto_k per subject) and the IntegratedLogLik it was computed from."""
     import warnings

@@ -387,17 +387,19 @@ def random_effect_centres(spec: PopulationSpec, pieces: dict, initial: Mapping[s
     return {"eta_centre": np.asarray(initial["centre"], float), "eta_information": information}
 
 
-def data_information(spec: PopulationSpec, pieces: dict, log_theta: np.ndarray) -> np.ndarray:
+def data_information(spec: PopulationSpec, pieces: dict, log_theta: np.ndarray,
+                     residual: np.ndarray | None = None) -> np.ndarray:
     """(N, Q, Q) Gauss-Newton information of each subject's data about its log parameters with
     variability, at log_theta (N, K): sum over quantified records of w^2 g g^T, with g the
     derivative of the log prediction and w^2 the Fisher information of the record about it
-    under the model's residual error at its default SD (censored records are left out)."""
+    under the residual error `residual` (default: the model's default SDs; censored records are
+    left out)."""
     rec, design = pieces["records"], pieces["design"]
     pred, jac = pieces["predictions"].values(log_theta)
     cols = [spec.estimated.index(n) for n in spec.iiv]
     f = np.maximum(pred, 1e-300)
     g = jac[:, cols] / f[:, None]
-    sigma, additive = record_sds(rec, residual_vector(spec, rec))
+    sigma, additive = record_sds(rec, residual_vector(spec, rec) if residual is None else residual)
     _, _, sd = likelihood.standardise(pred, rec["value"], rec["lloq"], rec["error"], sigma, additive)
     # the mean of each record's scale moves with log f at rate 1 ('log') or f (normal models)
     weight = np.square(np.where(rec["error"] == 0, 1.0, f) / sd)
