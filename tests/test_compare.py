@@ -25,6 +25,7 @@ chains = 2
 draws = 40
 tune = 40
 max_refits = {max_refits}
+loo_samples = 100
 
 [[datasets]]
 name = "sim"

@@ -211,20 +211,44 @@ def _log_mean_se(log_w: np.ndarray) -> np.ndarray:
 def integrated_loo(result, draws: int = 200, samples: int = 400, seed: int = 0):
     """PSIS-LOO with the subject as the unit, each subject's random effects integrated out:
     arviz's ELPDData (elpd_i and pareto_k per subject) and the IntegratedLogLik it was computed from."""
+    integrated = integrated_subject_loglik(result, draws, samples, seed)
+    return loo_of(result.tree, integrated), integrated
+
+
+def loo_of(tree, integrated: IntegratedLogLik):
+    """arviz's PSIS-LOO over the draws of `integrated` (the posterior `tree` supplies the draws)."""
     import warnings
 
     import arviz as az
     import xarray as xr
 
-    integrated = integrated_subject_loglik(result, draws, samples, seed)
-    post = result.tree["posterior"].to_dataset().stack(sample=("chain", "draw")).isel(sample=integrated.draw_index)
+    post = tree["posterior"].to_dataset().stack(sample=("chain", "draw")).isel(sample=integrated.draw_index)
     post = post.drop_vars(["sample", "chain", "draw"]).rename({"sample": "draw"}).expand_dims(chain=[0])
     log_lik = xr.Dataset({"y_subject": (("chain", "draw", "subject"), integrated.values[None])},
                          coords={"chain": [0], "draw": np.arange(len(integrated.draw_index)),
                                  "subject": integrated.subjects})
-    tree = xr.DataTree.from_dict({"posterior": post[["mu"]].assign_coords(draw=np.arange(post.sizes["draw"])),
-                                  "log_likelihood": log_lik})
+    small = xr.DataTree.from_dict({"posterior": post[["mu"]].assign_coords(draw=np.arange(post.sizes["draw"])),
+                                   "log_likelihood": log_lik})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        loo = az.loo(tree, var_name="y_subject", pointwise=True)
-    return loo, integrated
+        return az.loo(small, var_name="y_subject", pointwise=True)
+
+
+def save(integrated: IntegratedLogLik, path) -> None:
+    """Write `integrated` (npz, atomically): a comparison's leaderboard reads it back instead of
+    integrating again."""
+    from .._files import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, values=integrated.values, mcse=integrated.mcse, draw_index=integrated.draw_index,
+                     subjects=np.asarray(integrated.subjects, dtype=str))
+
+
+def load(path) -> IntegratedLogLik | None:
+    """What `save` wrote, or None when the file is missing or damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return IntegratedLogLik(data["values"], data["mcse"], data["draw_index"], [str(s) for s in data["subjects"]])
+    except (OSError, ValueError, KeyError):
+        return None

@@ -24,6 +24,7 @@ import pandas as pd
 from .._files import atomic_path
 
 PARETO_K_BAD = 0.7
+INTEGRATED_FILE = "integrated_loglik.npz"  # in a fit folder: each subject's integrated log-likelihood per draw
 COLUMNS = ["dataset", "model", "variant", "rank", "elpd_loo", "se", "d_elpd", "d_se", "weight",
            "pareto_k_bad", "loo_method", "mcse_max", "elpd_loo_obs", "se_obs", "pareto_k_bad_obs", "converged",
            "status", "reason", "seconds"]
@@ -106,7 +107,10 @@ def leaderboard(out: str | Path) -> pd.DataFrame:
                 row.update(status="failed", converged=False,
                            reason=f"posterior.nc is damaged ({type(exc).__name__}): run the comparison again to redo this fit")
             else:
-                result = _fit_result(folder, row)
+                from .integrated import load
+
+                if load(folder / INTEGRATED_FILE) is None:  # else the worker's integration is read back
+                    result = _fit_result(folder, row)
         entries.append((row, tree, result, folder))
     return _rank(entries)
 
@@ -135,15 +139,21 @@ def rank(results, dataset: str = "data") -> pd.DataFrame:
     return _rank(entries)
 
 
-def subject_loo(tree, result=None):
+def subject_loo(tree, result=None, cache: Path | None = None, samples: int = 400):
     """(ELPDData with the subject as the unit, method, per-subject Monte Carlo SE of the
-    integrated log-likelihood): integrated when `result` allows it, else plain PSIS on y_subject."""
+    integrated log-likelihood): integrated when `result` allows it (or `cache`, written by the
+    fit's worker, holds it), else plain PSIS on y_subject."""
     import arviz as az
 
-    from .integrated import integrated_loo
+    from . import integrated as integration
 
+    stored = integration.load(cache) if cache is not None and cache.is_file() else None
+    if stored is not None:
+        return integration.loo_of(tree, stored), "integrated", stored.mcse.max(axis=0)
     if result is not None and result.spec.iiv and not (result.spec.correlated and len(result.spec.iiv) > 1):
-        loo, integrated = integrated_loo(result)
+        loo, integrated = integration.integrated_loo(result, samples=samples)
+        if cache is not None:
+            integration.save(integrated, cache)
         return loo, "integrated", integrated.mcse.max(axis=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -197,7 +207,8 @@ def _rank(entries) -> pd.DataFrame:
     for row, tree, result, folder in entries:
         if tree is not None:
             try:
-                (subject, method, mcse), record = subject_loo(tree, result), _loo(tree, "y")
+                cache = folder / INTEGRATED_FILE if folder is not None else None
+                (subject, method, mcse), record = subject_loo(tree, result, cache), _loo(tree, "y")
             except (ValueError, FloatingPointError) as exc:
                 row.update(converged=False, reason=f"PSIS-LOO failed: {exc}")
                 rows.append(row)

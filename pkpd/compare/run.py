@@ -38,6 +38,7 @@ from .spec import FitSpec, RunSpec, priors_of
 
 
 SUBJECT_FILE = "loo_subjects.csv"
+INTEGRATED_FILE = "integrated_loglik.npz"
 PARETO_K_BAD = 0.7
 
 
@@ -111,7 +112,8 @@ def run_one(fit: FitSpec, out: str) -> dict:
            f"seed {fit.seed}, {fit.chains} chains x ({fit.tune} + {fit.draws}), target_accept {fit.target_accept}"]
     result = {"id": fit.id, "dataset": fit.dataset.name, "model": fit.label, "variant": fit.variant,
               "status": "failed", "reason": "", "seconds": None, "seed": fit.seed, "digest": fit.digest}
-    (folder / "result.json").unlink(missing_ok=True)  # a stale result must not outlive a refit
+    for stale in ("result.json", INTEGRATED_FILE):  # nothing of an earlier fit may outlive this one
+        (folder / stale).unlink(missing_ok=True)
     try:
         from ..fit import fit as run_fit
         from .leaderboard import subject_loo, subject_table
@@ -119,7 +121,7 @@ def run_one(fit: FitSpec, out: str) -> dict:
         model, cohort = _fit_data(fit)
         outcome = run_fit(model, cohort, **_fit_settings(fit))
         outcome.save(folder)
-        loo, method, mcse = subject_loo(outcome.tree, outcome)
+        loo, method, mcse = subject_loo(outcome.tree, outcome, cache=folder / INTEGRATED_FILE, samples=fit.loo_samples)
         with atomic_path(folder / SUBJECT_FILE) as tmp:
             subject_table(loo, method, mcse).to_csv(tmp, index=False)
         diagnostics = [asdict(d) for d in outcome.diagnostics()]

@@ -10,6 +10,7 @@
     target_accept = 0.8        # NUTS target acceptance; 0.9 or 0.95 where fits report divergences
     max_refits = 10            # per fit: subjects whose integrated Pareto k stays above 0.7 are
                                # refitted without them (exact LOO), the worst first; 0: none
+    loo_samples = 400          # importance samples per subject and draw of the integrated LOO
 
     [[datasets]]
     name = "example"
@@ -87,6 +88,7 @@ class FitSpec:
     target_accept: float = 0.8
     model_sha256: str = ""  # of the model's source (files and built-in modules)
     max_refits: int = 10    # exact leave-one-subject-out refits at most (not part of the digest)
+    loo_samples: int = 400  # importance samples of the integrated LOO (not part of the digest)
 
     @property
     def directory(self) -> str:
@@ -146,7 +148,8 @@ def load_spec(path: str | Path) -> RunSpec:
     settings = {}
     for key, default, minimum, maximum in (("chains", 4, 1, 64), ("draws", 1000, 10, 100_000),
                                            ("tune", 1000, 10, 100_000), ("seed", 0, 0, 2**32 - 1),
-                                           ("max_divergences", 50, 0, 10**9), ("max_refits", 10, 0, 10_000)):
+                                           ("max_divergences", 50, 0, 10**9), ("max_refits", 10, 0, 10_000),
+                                           ("loo_samples", 400, 20, 100_000)):
         value = run.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
             problems.append(f"run.{key} must be an integer from {minimum} to {maximum}, not {value!r}")
@@ -157,7 +160,7 @@ def load_spec(path: str | Path) -> RunSpec:
         problems.append(f"run.target_accept must be a number between 0 and 1 (e.g. 0.9), not {target_accept!r}")
         target_accept = 0.8
     extra = sorted(set(run) - {"name", "chains", "draws", "tune", "seed", "max_divergences", "target_accept",
-                               "max_refits"})
+                               "max_refits", "loo_samples"})
     if extra:
         problems.append(f"unknown key(s) run.{', run.'.join(extra)}")
     name = run.get("name", path.stem)
@@ -178,7 +181,8 @@ def load_spec(path: str | Path) -> RunSpec:
                                     chains=settings["chains"], draws=settings["draws"], tune=settings["tune"],
                                     seed=derived_seed(settings["seed"], fit_id),
                                     max_divergences=settings["max_divergences"], target_accept=float(target_accept),
-                                    model_sha256=m["sha256"], max_refits=settings["max_refits"]))
+                                    model_sha256=m["sha256"], max_refits=settings["max_refits"],
+                                    loo_samples=settings["loo_samples"]))
     return RunSpec(str(name), path, text, tuple(fits))
 
 
