@@ -205,6 +205,7 @@ def test_the_run_folder_keeps_its_contract(folder, tmp_path):
     assert not (out / ".lock").exists()
 
 
+@pytest.mark.slow  # about 100 s of refits; run with -m slow (passed in the full run of 2026-11-29)
 def test_a_subject_whose_k_stays_high_is_refitted_exactly_once(folder, tmp_path, monkeypatch):
     """The refit path on the same dask client: forced for one subject (short test fits rarely
     leave a subject above 0.7 after integration), resumable, and named in the leaderboard."""
