@@ -237,13 +237,13 @@ def _run_locked(spec, out, scheduler, workers, on_result) -> dict[str, dict]:
         manifest[fit.id] = entry
     removed = sorted(set(previous) - set(manifest))
     _save_manifest(out, manifest, spec, removed)
-    refits_left = any(unreliable_subjects(out, fit) for fit in spec.fits if fit.id in results)
+    refits_left = sum(len(unreliable_subjects(out, fit)) for fit in spec.fits if fit.id in results)
     if not pending and not refits_left:
         return results
     if scheduler:
         client, cluster = Client(scheduler), None
     else:
-        n = workers or max(1, min(len(pending), os.cpu_count() or 1))
+        n = workers or max(1, min(max(len(pending), refits_left), os.cpu_count() or 1))
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
