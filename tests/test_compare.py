@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pkpd.cli import app
-from pkpd.compare import SpecError, compare, load_spec
+from pkpd.compare import SpecError, compare, leaderboard, load_spec
 from pkpd.data import write_nonmem
 from pkpd.models import load
 from pkpd.simulate import simulate
@@ -66,6 +66,10 @@ def write_spec(folder, name, analytes="", extra="", max_refits=0):
      "priors = { cmax = [-1, 1] }\n", "models[1].priors.cmax: prior cmax: LogNormal prior needs a finite median > 0"),
     ("[[datasets]]\nname = 'd'\npath = 'sim.csv'\nfoo = 1\n[[models]]\nmodel = 'multiphasic'\n", "unknown key(s) foo"),
     ("[run\nname = 'x'\n", "not valid TOML"),
+    ("[[datasets]]\nname = 'd'\npath = 'sim.csv'\n[[models]]\nmodel = 'multiphasic'\nfixed_effects = ['zz']\n",
+     "models[1].fixed_effects: model multiphasic has no parameter 'zz'"),
+    ("[[datasets]]\nname = 'd'\npath = 'sim.csv'\n[[models]]\nmodel = 'multiphasic'\niiv = ['cmax']\n"
+     "fixed_effects = ['cmax']\n", "cmax listed in both iiv and fixed_effects"),
 ])
 def test_malformed_specs_get_located_messages(folder, body, wording):
     path = folder / "bad.toml"
@@ -102,6 +106,29 @@ def test_local_and_two_worker_cluster_give_the_same_leaderboard_and_failures_are
         assert {"posterior.nc", "diagnostics.json", "fit.log", "result.json"} <= {p.name for p in fit_dir.iterdir()}
     shown = CliRunner().invoke(app, ["compare", "show", str(folder / "one")])
     assert shown.exit_code == 0 and "Leaderboard" in shown.output
+
+
+def test_unconverged_fits_get_no_weight_and_average_only_when_asked(folder):
+    # the tiny fits (40 draws) fail their diagnostics: ranked and flagged, but no stacking weight
+    run = folder / "one"
+    if not (run / "leaderboard.csv").exists():
+        compare(write_spec(folder, "runs.toml"), run, workers=1)
+    table = pd.read_csv(run / "leaderboard.csv")
+    assert not table["converged"].any() and table["rank"].notna().all() and table["weight"].isna().all()
+    assert table["reason"].str.contains("left out of the stacking weights").all()
+    weighed = leaderboard(run, weigh_unconverged=True)
+    assert weighed["weight"].sum() == pytest.approx(1.0)
+    refused = CliRunner().invoke(app, ["ppc", str(run), "--average", "-o", str(folder / "avg-ppc")])
+    assert refused.exit_code == 2 and "none converged" in refused.output and "--weigh-unconverged" in refused.output
+    plain = CliRunner().invoke(app, ["ppc", str(run), "-o", str(folder / "avg-ppc")])
+    assert plain.exit_code == 2 and "add --average" in plain.output
+    done = CliRunner().invoke(app, ["dose", str(run), "--average", "--weigh-unconverged", "--doses", "3e8",
+                                    "--target", "peak:transgene:cmax>=1000:efficacy",
+                                    "--draws", "10", "--patients", "5", "-o", str(folder / "avg-dose")])
+    assert done.exit_code == 0, done.output
+    record = json.loads((folder / "avg-dose" / "recommendation.json").read_text())
+    members = record["settings"].get("model_average", {"members": [{"weight": 1.0}]})["members"]
+    assert sum(m["weight"] for m in members) == pytest.approx(1.0)
 
 
 def test_an_analyte_missing_from_the_data_stops_the_spec_before_any_fit(folder):

@@ -18,14 +18,14 @@ from pkpd.simulate import simulate
 MU_CMAX, OMEGA_CMAX = math.log(24000.0), 0.65
 
 
-def synthetic_run(draws: int = 40) -> FitResult:
-    """A multiphasic 'fit' whose posterior is a point: log Cmax ~ N(MU_CMAX, OMEGA_CMAX) between
+def synthetic_run(draws: int = 40, cmax: float = 24000.0) -> FitResult:
+    """A multiphasic 'fit' whose posterior is a point: log Cmax ~ N(log cmax, OMEGA_CMAX) between
     subjects, peak exactly on a sampling day (Tmax = 9 d), negligible residual error."""
     model = load("multiphasic")
     cohort = simulate(model, ["3e8"], n=4, seed=1)
     spec = PopulationSpec.default(model, iiv=["cmax"], fixed_effects=["tmax"])
     K = len(spec.estimated)
-    mu = np.log([24000.0 if n == "cmax" else 9.0 for n in spec.estimated])
+    mu = np.log([cmax if n == "cmax" else 9.0 for n in spec.estimated])
     theta = np.tile(np.exp(mu), (1, draws, len(cohort.subject_ids), 1))
     posterior = xr.Dataset(
         {"mu": (("chain", "draw", "parameter"), np.tile(mu, (1, draws, 1))),

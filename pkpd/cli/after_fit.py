@@ -9,7 +9,8 @@ import typer
 
 from rich.markup import escape
 
-from .common import Table, ModelOpt, RunArg, console, fail, load_result, split_items, times_option
+from .common import (AverageOpt, DatasetOpt, ModelOpt, RunArg, Table, WeighOpt, console, fail, load_fit_or_average,
+                     load_result, split_items, times_option)
 
 StratifyOpt = Annotated[str, typer.Option(help="VPC strata: auto (product when there are several), all, product, dose_group, dose_level, lymphodepletion or disease.")]
 
@@ -21,13 +22,15 @@ def ppc_command(run: RunArg,
                 stratify: StratifyOpt = "auto",
                 ci_prob: Annotated[float, typer.Option(min=0.01, max=0.99, help="Width of the IPRED bands.")] = 0.9,
                 seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
-                model: ModelOpt = None) -> None:
+                model: ModelOpt = None, average: AverageOpt = False, dataset: DatasetOpt = None,
+                weigh_unconverged: WeighOpt = False) -> None:
     """Posterior-predictive checks: individual fits, goodness of fit (DV vs PRED/IPRED, NPD),
-    VPC and pcVPC with the below-LLOQ panel."""
+    VPC and pcVPC with the below-LLOQ panel (of one fit, or with --average of a comparison's
+    stacking-weighted fits)."""
     from ..predict import posterior_predictive
     from ..predict.plots import write_ppc
 
-    result = load_result(run, model)
+    result = load_fit_or_average(run, model, average, dataset, weigh_unconverged)
     if out.exists() and not out.is_dir():
         fail(f"-o {out} exists and is not a folder")
     try:
@@ -49,14 +52,15 @@ def dose_command(run: RunArg,
                  patients: Annotated[int, typer.Option(min=1, max=10_000, help="Virtual patients per draw, regimen and scenario.")] = 40,
                  times: Annotated[Optional[str], typer.Option("--times", help="Sampling times after the first dose, comma-separated, in the data's time unit (default: the fitted data's nominal schedule).")] = None,
                  seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
-                 model: ModelOpt = None) -> None:
+                 model: ModelOpt = None, average: AverageOpt = False, dataset: DatasetOpt = None,
+                 weigh_unconverged: WeighOpt = False) -> None:
     """Dose selection: probability of target attainment of new virtual patients over candidate
     regimens, lymphodepletion and product, and the regimen with the lowest total dose meeting
-    the levels."""
+    the levels (from one fit, or with --average from a comparison's stacking-weighted fits)."""
     from ..dose import DEFAULT_TARGETS, Target, select_dose, write_dose
     from ..simulate import SolverError
 
-    result = load_result(run, model)
+    result = load_fit_or_average(run, model, average, dataset, weigh_unconverged)
     if out.exists() and not out.is_dir():
         fail(f"-o {out} exists and is not a folder")
     grid = times_option(times)

@@ -106,7 +106,7 @@ def load_model(name: str):
         fail(exc)
 
 
-RunArg = Annotated[Path, typer.Argument(help="Fit run folder (written by `pkpd fit -o RUN`, or a comparison's fits/<id>).")]
+RunArg = Annotated[Path, typer.Argument(help="Fit run folder (written by `pkpd fit -o RUN`, or a comparison's fits/<id>; with --average the comparison folder).")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="The model (name or file) to use instead of the source recorded in the run; it must be the fitted one.")]
 
 
@@ -119,6 +119,34 @@ def load_result(folder: Path, model: str | None = None):
         return FitResult.load(folder, load_model(model) if model else None)
     except RunError as exc:
         fail(exc)
+
+
+AverageOpt = Annotated[bool, typer.Option("--average", help="RUN is a comparison folder: predict from the stacking-weighted mixture of its converged fits (model averaging).")]
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="With --average: the comparison's dataset whose fits are averaged (needed when it has several).")]
+WeighOpt = Annotated[bool, typer.Option("--weigh-unconverged", help="With --average: give fits that failed their diagnostics weights too.")]
+
+
+def load_fit_or_average(run: Path, model: str | None, average: bool, dataset: str | None, weigh_unconverged: bool):
+    """The FitResult of a run folder, or with `average` the ModelAverage of a comparison folder."""
+    if not average:
+        if dataset is not None or weigh_unconverged:
+            fail("--dataset and --weigh-unconverged apply with --average (RUN a comparison folder)")
+        if (run / "fits").is_dir() and (run / "manifest.json").exists():
+            fail(f"{run} is a comparison folder: add --average to predict from its weighted fits, or give one "
+                 f"fit's folder ({run / 'fits'}/<fit>)")
+        return load_result(run, model)
+    if model is not None:
+        fail("--model applies to one fit's folder, not with --average")
+    from ..fit.run import RunError
+    from ..predict.average import from_comparison
+
+    try:
+        averaged = from_comparison(run, dataset=dataset, weigh_unconverged=weigh_unconverged)
+    except (ValueError, RunError) as exc:
+        fail(exc)
+    console.print(f"predicting from the {escape(averaged.label)}"
+                  + "".join(f"\n  note: {escape(n)}" for n in averaged.notes), highlight=False)
+    return averaged
 
 
 def g(x, digits=4) -> str:

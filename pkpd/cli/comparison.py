@@ -19,7 +19,8 @@ def compare_command(
         directory: Annotated[Optional[Path], typer.Argument(help="With 'show': the run folder.")] = None,
         out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Run folder (default: SPECNAME-run beside the spec).")] = None,
         scheduler: Annotated[Optional[str], typer.Option(help="Address of a running dask scheduler (default: a LocalCluster).")] = None,
-        workers: Annotated[Optional[int], typer.Option(min=1, help="LocalCluster worker processes (default: one per core).")] = None) -> None:
+        workers: Annotated[Optional[int], typer.Option(min=1, help="LocalCluster worker processes (default: one per core).")] = None,
+        weigh_unconverged: Annotated[bool, typer.Option("--weigh-unconverged", help="Give fits that failed their diagnostics stacking weights too (default: converged fits only).")] = False) -> None:
     """Run every fit a spec names (resuming a killed run) and print the ranked leaderboard;
     `pkpd compare show DIR` prints a run's leaderboard again."""
     from rich.progress import Progress
@@ -30,7 +31,7 @@ def compare_command(
     if target == "show":
         if directory is None or not (directory / "fits").is_dir():
             fail(f"{directory} is not a comparison run folder (no fits/)")
-        table = leaderboard(directory)
+        table = leaderboard(directory, weigh_unconverged=weigh_unconverged)
         write(table, directory)
         print_leaderboard(table)
         return
@@ -49,16 +50,33 @@ def compare_command(
                               + (f" {escape(str(result['reason']))}" if result.get("reason") else ""), highlight=False)
 
         try:
-            result = compare(spec, out, scheduler=scheduler, workers=workers, on_result=report)
+            result = compare(spec, out, scheduler=scheduler, workers=workers, on_result=report,
+                             weigh_unconverged=weigh_unconverged)
         except RunFolderError as exc:
             fail(exc)
+    if result.search is not None:
+        print_search(result.search)
     print_leaderboard(result.leaderboard)
-    console.print(f"wrote {result.directory / 'leaderboard.csv'} and {result.directory / 'leaderboard.png'}")
+    console.print(f"wrote {result.directory / 'leaderboard.csv'} and {result.directory / 'leaderboard.png'}"
+                  + (" (and the search log search_log.csv, search.json)" if result.search is not None else ""))
     failed = [r["id"] for r in result.fits.values() if r.get("status") != "ok"]
     if failed:
         err_console.print(f"[bold red]{len(failed)} of {len(result.fits)} fit(s) failed[/]: {escape(', '.join(failed))} "
                           "(reasons in the table and in fits/*/fit.log)", highlight=False)
         raise typer.Exit(1)
+
+
+def print_search(found) -> None:
+    """The covariate search: every candidate evaluated, its ELPD difference in SEs, the decision."""
+    table = Table(title="Covariate search: forward inclusion, backward elimination (subject-level ELPD)")
+    for col in ("step", "direction", "relation", "d_elpd", "se", "z", "converged", "decision"):
+        table.add_column(col, justify="right" if col in ("step", "d_elpd", "se", "z") else "left")
+    for _, r in found.log.iterrows():
+        table.add_row(str(r["step"]), str(r["direction"]), str(r["relation"]), g(r["d_elpd"], 3), g(r["se"], 3),
+                      g(r["z"], 3), "yes" if r["converged"] else Text("NO", style="bold red"), str(r["decision"]))
+    console.print(table)
+    console.print(f"final relations: {escape(', '.join(found.relations) or 'none')} (fit {escape(found.fit_id)})",
+                  highlight=False)
 
 
 def print_leaderboard(table: pd.DataFrame) -> None:

@@ -5,8 +5,10 @@ The subject-level ELPD integrates each subject's random effects out before PSIS 
 (pkpd.compare.integrated: plain PSIS gives Pareto k > 0.7 for most subjects, because a subject's
 log-likelihood depends strongly on its own random effects); `loo_method` says which estimate a
 row holds ("integrated", or "psis" where integration is impossible: no random effects, correlated
-ones, or a model that cannot be rebuilt). A fit whose diagnostics failed (R-hat, ESS, divergences, BFMI, solver) is ranked but flagged
-converged = False, and every display marks it (never ranked silently); a fit that failed to run,
+ones, or a model that cannot be rebuilt). A fit whose diagnostics failed (R-hat, ESS, divergences,
+BFMI, solver) is ranked but flagged converged = False, every display marks it (never ranked
+silently), and it gets no stacking weight (the weights are over the converged fits) unless the
+user asks (`weigh_unconverged`, `pkpd compare show --weigh-unconverged`); a fit that failed to run,
 or whose PSIS-LOO cannot be computed, is listed with its reason and no rank. Ranking uses the subject-level ELPD (log-likelihood
 summed per subject), since new patients, not new samples, are what dose selection predicts.
 """
@@ -67,10 +69,12 @@ def _tree(folder: Path):
         return opened.load()
 
 
-def leaderboard(out: str | Path) -> pd.DataFrame:
+def leaderboard(out: str | Path, *, weigh_unconverged: bool = False) -> pd.DataFrame:
     """Build the leaderboard from the fits of a run folder: those of its latest spec (the
     manifest), never a fit the spec no longer names. A damaged result or posterior is listed as
-    failed with the reason (re-running the comparison redoes it), never a crash."""
+    failed with the reason (re-running the comparison redoes it), never a crash. Fits that failed
+    their diagnostics are ranked and flagged, and get no stacking weight unless
+    `weigh_unconverged`."""
     from .run import current_fit_ids
 
     out = Path(out)
@@ -112,7 +116,7 @@ def leaderboard(out: str | Path) -> pd.DataFrame:
                 if load(folder / INTEGRATED_FILE) is None:  # else the worker's integration is read back
                     result = _fit_result(folder, row)
         entries.append((row, tree, result, folder))
-    return _rank(entries)
+    return _rank(entries, weigh_unconverged)
 
 
 def _fit_result(folder: Path, row: dict):
@@ -127,16 +131,16 @@ def _fit_result(folder: Path, row: dict):
         return None
 
 
-def rank(results, dataset: str = "data") -> pd.DataFrame:
+def rank(results, dataset: str = "data", *, weigh_unconverged: bool = False) -> pd.DataFrame:
     """The leaderboard of FitResult objects fitted to the same records: {label: result}, the
-    label 'model' or 'model/variant'."""
+    label 'model' or 'model/variant'; stacking weights as in `leaderboard`."""
     entries = []
     for label, result in dict(results).items():
         model, _, variant = str(label).partition("/")
         entries.append(({"dataset": dataset, "model": model, "variant": variant or "base", "status": "ok",
                          "reason": "", "seconds": result.tree.attrs.get("total_seconds"),
                          "converged": result.converged}, result.tree, result, None))
-    return _rank(entries)
+    return _rank(entries, weigh_unconverged)
 
 
 def subject_loo(tree, result=None, cache: Path | None = None, samples: int = 400):
@@ -171,14 +175,9 @@ def subject_table(loo, method: str, mcse: np.ndarray) -> pd.DataFrame:
                          "method": method})
 
 
-def with_refits(loo, folder: Path, digest: str | None):
-    """`loo` with the ELPD of each exactly refitted subject (folder/refits/*.json, status ok, the
-    fit's digest) in place of its estimate; and the refitted subjects."""
-    import copy
-
-    import xarray as xr
-
-    table = subject_table(loo, "", np.zeros(np.asarray(loo.elpd_i).size))
+def exact_refits(folder: Path, digest: str | None) -> dict[str, float]:
+    """{subject: exact held-out ELPD} of the finished refits of a fit folder (refits/*.json with
+    status ok and the fit's digest)."""
     exact = {}
     for path in sorted((folder / "refits").glob("*.json")) if (folder / "refits").is_dir() else []:
         try:
@@ -187,7 +186,18 @@ def with_refits(loo, folder: Path, digest: str | None):
             continue
         if isinstance(record, dict) and record.get("status") == "ok" and record.get("digest") == digest:
             exact[str(record.get("subject"))] = float(record["elpd"])
-    exact = {s: v for s, v in exact.items() if s in set(table["subject"])}
+    return exact
+
+
+def with_refits(loo, folder: Path, digest: str | None):
+    """`loo` with the ELPD of each exactly refitted subject (folder/refits/*.json, status ok, the
+    fit's digest) in place of its estimate; and the refitted subjects."""
+    import copy
+
+    import xarray as xr
+
+    table = subject_table(loo, "", np.zeros(np.asarray(loo.elpd_i).size))
+    exact = {s: v for s, v in exact_refits(folder, digest).items() if s in set(table["subject"])}
     if not exact:
         return loo, set()
     values = np.array([exact.get(s, e) for s, e in zip(table["subject"], table["elpd_i"])])
@@ -199,10 +209,9 @@ def with_refits(loo, folder: Path, digest: str | None):
     return patched, set(exact)
 
 
-def _rank(entries) -> pd.DataFrame:
-    """Rows (with each fit's posterior tree, or None when it failed) ranked per dataset."""
-    import arviz as az
-
+def _rank(entries, weigh_unconverged: bool = False) -> pd.DataFrame:
+    """Rows (with each fit's posterior tree, or None when it failed) ranked per dataset; the
+    stacking weights are over the converged fits only unless `weigh_unconverged`."""
     rows, elpds = [], {}
     for row, tree, result, folder in entries:
         if tree is not None:
@@ -227,22 +236,33 @@ def _rank(entries) -> pd.DataFrame:
         rows.append(row)
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
     for dataset, group in elpds.items():
-        if len(group) < 2:
-            key = next(iter(group))
+        ranking = _compare(group)
+        for key, r in ranking.iterrows():
             mask = _rows(table, dataset, key)
-            table.loc[mask, ["rank", "d_elpd", "d_se", "weight"]] = [0, 0.0, 0.0, 1.0]
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            comparison = az.compare(group, method="stacking")
-        for key, r in comparison.iterrows():
+            table.loc[mask, ["rank", "d_elpd", "d_se"]] = [int(r["rank"]), float(r["elpd_diff"]), float(r["dse"])]
+        converged = {key for key in group if bool(table.loc[_rows(table, dataset, key), "converged"].iloc[0])}
+        weighed = group if weigh_unconverged else {k: v for k, v in group.items() if k in converged}
+        if weighed:
+            for key, r in _compare(weighed).iterrows():
+                table.loc[_rows(table, dataset, key), "weight"] = float(r["weight"])
+        for key in set(group) - set(weighed):  # a fit that failed its diagnostics gets no weight
             mask = _rows(table, dataset, key)
-            table.loc[mask, "rank"] = int(r["rank"])
-            table.loc[mask, "d_elpd"] = float(r["elpd_diff"])
-            table.loc[mask, "d_se"] = float(r["dse"])
-            table.loc[mask, "weight"] = float(r["weight"])
+            note = "left out of the stacking weights (not converged)"
+            table.loc[mask, "reason"] = [f"{r}; {note}" if isinstance(r, str) and r else note
+                                         for r in table.loc[mask, "reason"]]
     order = table.assign(_r=table["rank"].fillna(1e9)).sort_values(["dataset", "_r", "model", "variant"])
     return order.drop(columns="_r").reset_index(drop=True)
+
+
+def _compare(group: dict) -> pd.DataFrame:
+    """az.compare with stacking weights, indexed by fit key; a single fit ranks first with weight 1."""
+    import arviz as az
+
+    if len(group) == 1:
+        return pd.DataFrame({"rank": [0], "elpd_diff": [0.0], "dse": [0.0], "weight": [1.0]}, index=list(group))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return az.compare(group, method="stacking")
 
 
 def _rows(table, dataset, key):

@@ -22,6 +22,7 @@
     model = "antigen_driven"                # built-in name, composition, or a model file
                                             # (relative to this file, like dataset paths)
     iiv = ["rho", "alpha", "fblood"]        # optional
+    fixed_effects = ["lag"]                 # optional: estimated without variability
     priors = { rho = [1.3, 0.3], omega_rho = "HalfNormal(0.5)" }   # optional: as pkpd.fit.priors
     variants = { base = [], ld = ["rho~lymphodepletion"] }   # optional covariate variants
 
@@ -79,6 +80,7 @@ class FitSpec:
     variant: str
     covariates: tuple[str, ...] = ()
     iiv: tuple[str, ...] | None = None
+    fixed_effects: tuple[str, ...] = ()
     priors: tuple[tuple[str, object], ...] = ()  # (name, LogNormal or HalfNormal)
     chains: int = 4
     draws: int = 1000
@@ -100,10 +102,22 @@ class FitSpec:
         record = {"dataset": [str(self.dataset.path), self.dataset.sha256, list(self.dataset.analytes or ())],
                   "model": [self.model, self.model_sha256], "covariates": list(self.covariates),
                   "iiv": None if self.iiv is None else list(self.iiv),
+                  **({"fixed_effects": list(self.fixed_effects)} if self.fixed_effects else {}),
                   "priors": [[name, repr(prior)] for name, prior in self.priors],
                   "sampler": [self.chains, self.draws, self.tune, self.seed, self.max_divergences,
                               self.target_accept]}
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A stepwise covariate search on one model and dataset (pkpd.compare.search)."""
+
+    model: str                    # the [[models]] name whose settings the search fits use
+    dataset: str
+    candidates: tuple[str, ...]   # relations PARAMETER~COVARIATE[:FORM]
+    forward: float = 2.0          # include when the ELPD gain exceeds forward x its SE
+    backward: float = 2.0         # drop when removal costs less than backward x its SE
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,8 @@ class RunSpec:
     source: Path
     text: str
     fits: tuple[FitSpec, ...] = field(default=())
+    search: SearchSpec | None = None
+    seed: int = 0
 
 
 def derived_seed(seed: int, fit_id: str) -> int:
@@ -142,9 +158,9 @@ def load_spec(path: str | Path) -> RunSpec:
     if not isinstance(run, dict):
         problems.append("[run] must be a table")
         run = {}
-    unknown = sorted(set(raw) - {"run", "datasets", "models"})
+    unknown = sorted(set(raw) - {"run", "datasets", "models", "search"})
     if unknown:
-        problems.append(f"unknown top-level key(s) {', '.join(unknown)}: use [run], [[datasets]], [[models]]")
+        problems.append(f"unknown top-level key(s) {', '.join(unknown)}: use [run], [[datasets]], [[models]], [search]")
     settings = {}
     for key, default, minimum, maximum in (("chains", 4, 1, 64), ("draws", 1000, 10, 100_000),
                                            ("tune", 1000, 10, 100_000), ("seed", 0, 0, 2**32 - 1),
@@ -169,6 +185,7 @@ def load_spec(path: str | Path) -> RunSpec:
         name = path.stem
     datasets = _datasets(raw.get("datasets"), path, problems)
     models = _models(raw.get("models"), problems, path.parent, datasets)
+    search = _search(raw.get("search"), models, datasets, problems) if models and datasets else None
     if problems:
         raise SpecError(path, problems)
     fits = []
@@ -178,12 +195,13 @@ def load_spec(path: str | Path) -> RunSpec:
                 fit_id = f"{ds.name}/{m['name']}/{variant}"
                 fits.append(FitSpec(id=fit_id, dataset=ds, label=m["name"], model=m["model"], variant=variant,
                                     covariates=tuple(covariates), iiv=m["iiv"], priors=m["priors"],
+                                    fixed_effects=m["fixed_effects"],
                                     chains=settings["chains"], draws=settings["draws"], tune=settings["tune"],
                                     seed=derived_seed(settings["seed"], fit_id),
                                     max_divergences=settings["max_divergences"], target_accept=float(target_accept),
                                     model_sha256=m["sha256"], max_refits=settings["max_refits"],
                                     loo_samples=settings["loo_samples"]))
-    return RunSpec(str(name), path, text, tuple(fits))
+    return RunSpec(str(name), path, text, tuple(fits), search, settings["seed"])
 
 
 def _datasets(entries, path: Path, problems: list[str]) -> list[Dataset]:
@@ -303,6 +321,10 @@ def _models(entries, problems: list[str], base: Path, datasets: list[Dataset]) -
             problems.append(f"{where}.iiv is empty: list the parameters with variability, or leave iiv out "
                             "for the model's defaults")
             iiv = None
+        fixed_effects = entry.get("fixed_effects", [])
+        if not isinstance(fixed_effects, list) or not all(isinstance(x, str) for x in fixed_effects):
+            problems.append(f"{where}.fixed_effects must be a list of parameter names")
+            fixed_effects = []
         priors = []
         given = entry.get("priors", {})
         if not isinstance(given, dict):
@@ -325,17 +347,7 @@ def _models(entries, problems: list[str], base: Path, datasets: list[Dataset]) -
                 problems.append(f"{where}.variants.{vname} must be a list such as [\"rho~lymphodepletion\"]")
                 continue
             for effect in effects:
-                try:
-                    parsed = CovariateEffect.parse(effect)
-                except ValueError as exc:
-                    problems.append(f"{where}.variants.{vname}: {exc}")
-                    continue
-                if model is not None and parsed.parameter not in model.parameter_names:
-                    problems.append(f"{where}.variants.{vname}: model {spec} has no parameter {parsed.parameter!r}")
-                for ds in datasets:
-                    if parsed.covariate not in ds.covariates + DERIVED_COVARIATES:
-                        problems.append(f"{where}.variants.{vname}: dataset {ds.name} has no covariate "
-                                        f"{parsed.covariate!r} (it has {', '.join(ds.covariates + DERIVED_COVARIATES)})")
+                _check_effect(f"{where}.variants.{vname}", effect, model, datasets, problems)
         if model is not None:
             declared = [p.name for p in model.parameters if p.iiv and not p.fixed]
             for pname, prior in priors:
@@ -343,17 +355,84 @@ def _models(entries, problems: list[str], base: Path, datasets: list[Dataset]) -
                     check_priors(model, iiv or declared, {pname: prior})
                 except ValueError as exc:
                     problems.append(f"{where}.priors: {exc}")
-            for pname in iiv or []:
-                if pname not in model.parameter_names:
-                    problems.append(f"{where}.iiv: model {spec} has no parameter {pname!r}")
-        extra = sorted(set(entry) - {"name", "model", "iiv", "priors", "variants"})
+            for key, names in (("iiv", iiv or []), ("fixed_effects", fixed_effects)):
+                for pname in names:
+                    if pname not in model.parameter_names:
+                        problems.append(f"{where}.{key}: model {spec} has no parameter {pname!r}")
+                    elif model.parameter(pname).fixed:
+                        problems.append(f"{where}.{key}: {pname!r} is a fixed constant of model {spec}")
+            both = sorted(set(iiv or []) & set(fixed_effects))
+            if both:
+                problems.append(f"{where}: {', '.join(both)} listed in both iiv and fixed_effects; a parameter "
+                                "has variability or not")
+        extra = sorted(set(entry) - {"name", "model", "iiv", "fixed_effects", "priors", "variants"})
         if extra:
             problems.append(f"{where}: unknown key(s) {', '.join(extra)}")
         sha256 = hashlib.sha256("".join(src.sha256 for src in model.sources).encode()).hexdigest() \
             if model is not None else ""
-        out.append({"name": name, "model": spec, "iiv": tuple(iiv) if iiv else None,
+        out.append({"name": name, "model": spec, "loaded": model, "iiv": tuple(iiv) if iiv else None,
+                    "fixed_effects": tuple(fixed_effects),
                     "priors": tuple(priors), "variants": variants, "sha256": sha256})
     return out
+
+
+def _check_effect(where: str, effect: str, model, datasets: list[Dataset], problems: list[str]) -> None:
+    """A covariate effect's form, parameter (of `model`) and covariate (of every dataset)."""
+    try:
+        parsed = CovariateEffect.parse(effect)
+    except ValueError as exc:
+        problems.append(f"{where}: {exc}")
+        return
+    if model is not None and parsed.parameter not in model.parameter_names:
+        problems.append(f"{where}: model {model.name} has no parameter {parsed.parameter!r}")
+    for ds in datasets:
+        if parsed.covariate not in ds.covariates + DERIVED_COVARIATES:
+            problems.append(f"{where}: dataset {ds.name} has no covariate {parsed.covariate!r} (it has "
+                            f"{', '.join(ds.covariates + DERIVED_COVARIATES)})")
+
+
+def _search(entry, models: list[dict], datasets: list[Dataset], problems: list[str]) -> SearchSpec | None:
+    """The [search] block, or None when the spec has none."""
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        problems.append("[search] must be a table (model, candidates, forward, backward)")
+        return None
+    extra = sorted(set(entry) - {"model", "dataset", "candidates", "forward", "backward"})
+    if extra:
+        problems.append(f"unknown key(s) search.{', search.'.join(extra)}")
+    names = {m["name"]: m for m in models}
+    model = entry.get("model", next(iter(names), None) if len(names) == 1 else None)
+    if model not in names:
+        problems.append(f"search.model must name one of the [[models]] ({', '.join(names) or 'none'}), not "
+                        f"{model!r}: the search adds covariate relations to that model")
+        return None
+    dataset = entry.get("dataset", datasets[0].name if len(datasets) == 1 else None)
+    chosen = [d for d in datasets if d.name == dataset]
+    if not chosen:
+        problems.append(f"search.dataset must name one of the [[datasets]] ({', '.join(d.name for d in datasets)}), "
+                        f"not {dataset!r}")
+        return None
+    candidates = entry.get("candidates")
+    if not isinstance(candidates, list) or not candidates or not all(isinstance(c, str) for c in candidates):
+        problems.append("search.candidates must be a non-empty list of relations such as [\"cmax~lymphodepletion\", "
+                        "\"fb~weight:power\"]")
+        return None
+    labels = []
+    for i, candidate in enumerate(candidates, start=1):
+        _check_effect(f"search.candidates[{i}]", candidate, names[model]["loaded"], chosen, problems)
+        labels.append(candidate.replace(" ", ""))
+    if len(set(labels)) != len(labels):
+        problems.append("search.candidates lists a relation twice")
+    thresholds = {}
+    for key, default in (("forward", 2.0), ("backward", 2.0)):
+        value = entry.get(key, default)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 100:
+            problems.append(f"search.{key} must be a number of standard errors from 0 to 100 (e.g. {default}), "
+                            f"not {value!r}")
+            value = default
+        thresholds[key] = float(value)
+    return SearchSpec(model, dataset, tuple(labels), thresholds["forward"], thresholds["backward"])
 
 
 def priors_of(fit: FitSpec) -> dict:

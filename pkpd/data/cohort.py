@@ -103,6 +103,32 @@ class Cohort:
         return replace(self, observations=obs, analytes={a: v for a, v in self.analytes.items() if a in wanted},
                        lines={})
 
+    @classmethod
+    def pooled(cls, cohorts: Mapping[str, "Cohort"]) -> "Cohort":
+        """One cohort of the subjects of several, {label: cohort}: subject ids become
+        'LABEL-ID' so that subjects of different cohorts never merge; times in the first
+        cohort's unit. (Pooling studies, or arms simulated separately.)"""
+        if not cohorts:
+            raise ValueError("pooling needs at least one cohort")
+        unit = next(iter(cohorts.values())).time_unit
+        parts = {str(label): c.in_time_unit(unit) for label, c in cohorts.items()}
+        renamed = lambda label, frame: frame.assign(subject=label + "-" + frame["subject"].astype(str))
+        subjects = pd.concat([c.subjects.rename(index=lambda s, label=label: f"{label}-{s}")
+                              for label, c in parts.items()])
+        subjects.index.name = "subject"
+        analytes = {}
+        for c in parts.values():
+            for name, analyte in c.analytes.items():
+                if name in analytes and analytes[name].unit != analyte.unit:
+                    raise ValueError(f"analyte {name} is in {analytes[name].unit} in one cohort and {analyte.unit} "
+                                     "in another; convert one before pooling")
+                analytes.setdefault(name, analyte)
+        join = lambda key: pd.concat([renamed(label, getattr(c, key)) for label, c in parts.items()],
+                                     ignore_index=True)
+        return cls(subjects, join("doses"), join("observations"), join("events"), analytes,
+                   source="pooled: " + ", ".join(f"{label} ({c.source})" for label, c in parts.items()),
+                   time_unit=unit)
+
     def in_time_unit(self, unit: str) -> "Cohort":
         """The same cohort with every time, duration, interval and rate in `unit`."""
         from ..units import time_factor

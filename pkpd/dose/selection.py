@@ -28,6 +28,7 @@ import pandas as pd
 
 from ..fit.result import FitResult
 from ..nca import CAR_T_KINDS, CAR_T_WINDOWS, OTHER_WINDOWS, window_names
+from ..predict.average import ModelAverage
 from ..predict.posterior import PosteriorDraws, predictions
 from ..simulate.compiled import Design
 from ..simulate.regimen import Regimen, parse_regimen
@@ -106,13 +107,15 @@ def data_schedule(result: FitResult) -> np.ndarray:
     return np.unique(np.round(nominal, 9))
 
 
-def select_dose(result: FitResult, doses: Sequence[str | float | Regimen] | None = None, *,
+def select_dose(result: FitResult | ModelAverage, doses: Sequence[str | float | Regimen] | None = None, *,
                 targets: Sequence[Target] = DEFAULT_TARGETS, scenarios: Sequence[Scenario] | None = None,
                 draws: int = 100, patients: int = 40, efficacy_level: float = EFFICACY_LEVEL,
                 safety_level: float = SAFETY_LEVEL, times: Sequence[float] | None = None,
                 seed: int = 0) -> DoseSelection:
     """PTA over candidate regimens x scenarios, exposure summaries, and the recommendations.
 
+    result: a fit, or a ModelAverage (pkpd.predict.average), whose fits each simulate their
+    weight's share of the `draws` (the scenarios are those any of them distinguishes);
     doses: regimens ('3e8', '1e6/kg', '100 mg x6 q12h', '3e8 split 10/30/60 q1d', ...; default
     `default_doses`); times: the sampling schedule (cohort time unit; default `data_schedule`)."""
     for name, level in (("efficacy_level", efficacy_level), ("safety_level", safety_level)):
@@ -120,39 +123,44 @@ def select_dose(result: FitResult, doses: Sequence[str | float | Regimen] | None
             raise ValueError(f"{name} must be a probability between 0 and 1, not {level}")
     if draws < 10 or patients < 1:
         raise ValueError(f"draws must be at least 10 and patients at least 1 (got {draws} and {patients})")
-    cohort, model = result.cohort, result.model
+    average = ModelAverage.of(result)
+    first = average.members[0]
+    cohort = average.cohort
     unit = str(cohort.doses["absolute_unit"].mode().iloc[0])
-    regimens = [d if isinstance(d, Regimen) else parse_regimen(d, unit) for d in (doses or default_doses(result))]
-    schedule = np.asarray(times if times is not None else data_schedule(result), float)
+    regimens = [d if isinstance(d, Regimen) else parse_regimen(d, unit) for d in (doses or default_doses(first))]
+    schedule = np.asarray(times if times is not None else data_schedule(first), float)
     if schedule.size == 0 or not np.all(np.isfinite(schedule)):
         raise ValueError("the sampling times must be finite numbers (the cohort's time unit)")
-    scenarios = list(scenarios) if scenarios else scenarios_for(result)
-    posterior = PosteriorDraws.from_result(result)
+    scenarios = list(scenarios) if scenarios else list(dict.fromkeys(s for m in average.members for s in scenarios_for(m)))
+    fitted = first.analytes
     usable, skipped = [], []
     for target in targets:
-        if target.analyte not in posterior.analytes:
+        if target.analyte not in fitted:
             skipped.append({"target": target.name, "reason": f"the fit did not include {target.analyte} "
-                            f"(fitted: {', '.join(posterior.analytes)}); its prediction would not be informed by data"})
+                            f"(fitted: {', '.join(fitted)}); its prediction would not be informed by data"})
         else:
             usable.append(target)
-    exposure = _exposure_summary(result, posterior.analytes)
+    exposure = _exposure_summary(first, fitted)
     analytes = sorted({t.analyte for t in usable} | {a for a, _ in exposure})
     if not usable:
         raise ValueError("no target can be evaluated: " + "; ".join(s["reason"] for s in skipped)
                          + "; give targets on the fitted analytes (--target NAME:ANALYTE:METRIC>=VALUE:KIND)")
     rng = np.random.default_rng(seed)
-    picks = posterior.pick(draws, rng)
+    members = [(m, posterior, posterior.pick(n, rng)) for m, n in zip(average.members, average.allocate(draws))
+               for posterior in [PosteriorDraws.from_result(m)] if n]
+    n_draws = sum(len(picks) for _, _, picks in members)
     typical_weight = float(cohort.subjects["weight"].astype(float).fillna(70.0).median())
     pta_rows, exposure_rows, sample = [], [], []
     for scenario in scenarios:
         for regimen in regimens:
             total = regimen.total() * (typical_weight if regimen.unit.endswith("/kg") else 1.0)
-            metrics = _simulate_metrics(result, posterior, picks, patients, scenario, regimen, usable, exposure,
-                                        analytes, schedule, rng)
-            draw_of = np.repeat(np.arange(len(picks)), patients)
+            parts = [_simulate_metrics(m, posterior, picks, patients, scenario, regimen, usable, exposure, analytes,
+                                       schedule, rng) for m, posterior, picks in members]
+            metrics = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+            draw_of = np.repeat(np.arange(n_draws), patients)
             for target in usable:
                 hit = target.attained(metrics[(target.analyte, target.metric)])
-                per_draw = np.bincount(draw_of, weights=hit, minlength=len(picks)) / patients
+                per_draw = np.bincount(draw_of, weights=hit, minlength=n_draws) / patients
                 pta_rows.append({"scenario": scenario.label, "product": scenario.product,
                                  "lymphodepletion": scenario.lymphodepletion, "dose": regimen.label,
                                  "dose_amount": regimen.amount, "dose_unit": regimen.unit, "dose_total": total,
@@ -171,15 +179,17 @@ def select_dose(result: FitResult, doses: Sequence[str | float | Regimen] | None
             sample.append(pd.DataFrame({f"{a}_{m}": v[keep] for (a, m), v in metrics.items()})
                           .assign(scenario=scenario.label, dose=regimen.label, dose_amount=regimen.amount))
     pta = pd.DataFrame(pta_rows)
-    settings = {"doses": [r.label for r in regimens], "draws": int(len(picks)), "patients": patients, "seed": seed,
+    settings = {"doses": [r.label for r in regimens], "draws": int(n_draws), "patients": patients, "seed": seed,
                 "efficacy_level": efficacy_level, "safety_level": safety_level,
                 "targets": [t.__dict__ for t in usable], "scenarios": [s.label for s in scenarios],
                 "schedule": f"{'the fitted data' if times is None else 'given'} sampling times "
                             f"({', '.join(f'{t:g}' for t in schedule[:8])}{', ...' if len(schedule) > 8 else ''} "
                             f"{cohort.time_unit} after the first dose) with residual error and censoring below the LLOQ"}
+    if len(average.members) > 1:
+        settings["model_average"] = average.describe()
     recommendation = recommend(pta, efficacy_level, safety_level)
     recommendation.update(skipped_targets=skipped, settings=settings,
-                          run={"model": model.name, "data_hash": result.tree.attrs.get("data_hash")})
+                          run={"model": average.label, "data_hash": first.tree.attrs.get("data_hash")})
     return DoseSelection(pta, pd.DataFrame(exposure_rows), pd.concat(sample, ignore_index=True),
                          recommendation, settings)
 

@@ -5,6 +5,7 @@ Every function returns a Figure; `write_ppc` saves them with the tables behind t
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -178,6 +179,9 @@ def write_ppc(ppc: PosteriorPredictive, out: str | Path, stratify: str = "auto")
     with atomic_path(out / "vpc.csv") as tmp:
         table.to_csv(tmp, index=False)
     files.append(out / "vpc.csv")
+    with atomic_path(out / "models.json") as tmp:
+        Path(tmp).write_text(json.dumps(ppc.models, indent=1), encoding="utf-8")
+    files.append(out / "models.json")
     for name, fig in ppc_figures(ppc, stratify):
         files.append(save(fig, out / f"{name}.png"))
     return files

@@ -18,7 +18,7 @@ Times are in the cohort's time unit (`time_unit`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ import scipy.stats as st
 from ..fit.result import FitResult
 from ..simulate.compiled import Design
 from ..simulate.virtual import curve_grid, residual_draws, template_cohort
+from .average import ModelAverage
 from .posterior import PosteriorDraws, predictions
 
 CI_PROB = 0.9  # the IPRED bands
@@ -42,12 +43,15 @@ class PosteriorPredictive:
     units: dict             # analyte -> unit
     time_unit: str          # of every time above (the cohort's)
     ci_prob: float          # width of the IPRED bands
+    models: dict = field(default_factory=dict)  # the fit(s) simulated: ModelAverage.describe()
 
 
-def posterior_predictive(result: FitResult, *, replicates: int = 200, draws: int = 100, seed: int = 0,
-                         ci_prob: float = CI_PROB) -> PosteriorPredictive:
+def posterior_predictive(result: FitResult | ModelAverage, *, replicates: int = 200, draws: int = 100,
+                         seed: int = 0, ci_prob: float = CI_PROB) -> PosteriorPredictive:
     """IPRED/PRED at the records and on a fine grid, `replicates` replicates of the cohort, PIT
-    and NPD; `draws` posterior draws for the IPRED bands of width `ci_prob`."""
+    and NPD; `draws` posterior draws for the IPRED bands of width `ci_prob`. A ModelAverage
+    (pkpd.predict.average) gives each fit its weight's share of the draws and replicates, and
+    PRED is the weighted median of the fits' PRED."""
     if replicates < 20:
         raise ValueError(f"replicates must be at least 20 (percentile bands and PIT need them), not {replicates}")
     if draws < 1:
@@ -55,32 +59,61 @@ def posterior_predictive(result: FitResult, *, replicates: int = 200, draws: int
     if not 0 < ci_prob < 1:
         raise ValueError(f"ci_prob must lie between 0 and 1, not {ci_prob}")
     rng = np.random.default_rng(seed)
-    posterior = PosteriorDraws.from_result(result)
-    cohort, model = result.cohort, result.model
-    design = Design(model, cohort, analytes=posterior.analytes)
-    picks = posterior.pick(draws, rng)
-    X = posterior.covariates(cohort)
+    average = ModelAverage.of(result)
+    cohort, first = average.cohort, average.members[0]
+    analytes = first.analytes
     lo, hi = (1 - ci_prob) / 2, 1 - (1 - ci_prob) / 2
-
-    ipred_draws = np.stack([predictions(result, design, posterior.parameter_matrix(np.log(posterior.theta[s])))
-                            for s in picks])
-    pred = predictions(result, design, posterior.parameter_matrix(posterior.point_typical_log(X)))
-
-    sims, sim_cens = simulate_replicates(result, posterior, design, X, replicates, rng)
+    ipred, pred, sims, cens, curve_draws, curve_pred = [], [], [], [], [], []
+    design = curve_design = None
+    for member, n_draws, n_reps in zip(average.members, average.allocate(draws), average.allocate(replicates)):
+        posterior = PosteriorDraws.from_result(member)
+        mine = Design(member.model, cohort, analytes=analytes)
+        if design is not None and not np.array_equal(mine.records, design.records):
+            raise ValueError("the averaged fits do not use the same records of the cohort; average fits of the same data")
+        design = mine
+        X = posterior.covariates(cohort)
+        picks = posterior.pick(n_draws, rng)
+        ipred += [predictions(member, design, posterior.parameter_matrix(np.log(posterior.theta[s]))) for s in picks]
+        pred.append(predictions(member, design, posterior.parameter_matrix(posterior.point_typical_log(X))))
+        if n_reps:
+            values, censored = simulate_replicates(member, posterior, design, X, n_reps, rng)
+            sims.append(values)
+            cens.append(censored)
+        curve_design, draws_m, pred_m = _curves(member, posterior, picks, X)
+        curve_draws.append(draws_m)
+        curve_pred.append(pred_m)
+    weights = np.asarray(average.weights)
+    ipred_draws = np.stack(ipred)
+    sims, sim_cens = np.concatenate(sims), np.concatenate(cens)
     obs = cohort.observations.loc[design.records]
     records = pd.DataFrame({
         "subject": obs["subject"].to_numpy(), "time": design.data_time,
         "nominal_time": obs["nominal_time"].to_numpy(float),
         "analyte": np.asarray(design.analyte_names)[design.analyte], "dv": design.value,
-        "lloq": design.lloq, "censored": design.censored == 1, "pred": pred,
+        "lloq": design.lloq, "censored": design.censored == 1, "pred": weighted_median(np.stack(pred), weights),
         "ipred": np.median(ipred_draws, axis=0), "ipred_lo": np.quantile(ipred_draws, lo, axis=0),
         "ipred_hi": np.quantile(ipred_draws, hi, axis=0)})
     records = records.join(strata(cohort), on="subject")
     records["pit"] = pit(records["dv"].to_numpy(), records["censored"].to_numpy(), sims, sim_cens, rng)
     records["npd"] = st.norm.ppf(records["pit"])
-    curves = _curves(result, posterior, picks, X, lo, hi)
-    units = {a: model.observations[a].unit for a in posterior.analytes}
-    return PosteriorPredictive(records, sims, sim_cens, curves, units, cohort.time_unit, ci_prob)
+    grid = np.concatenate(curve_draws)
+    curves = pd.DataFrame({
+        "subject": np.asarray(cohort.subject_ids)[curve_design.subject_index], "time": curve_design.data_time,
+        "analyte": np.asarray(curve_design.analyte_names)[curve_design.analyte],
+        "pred": weighted_median(np.stack(curve_pred), weights), "ipred": np.median(grid, axis=0),
+        "ipred_lo": np.quantile(grid, lo, axis=0), "ipred_hi": np.quantile(grid, hi, axis=0)})
+    units = {a: first.model.observations[a].unit for a in analytes}
+    return PosteriorPredictive(records, sims, sim_cens, curves, units, cohort.time_unit, ci_prob, average.describe())
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per column of `values` (members x points), the median of the members under `weights`."""
+    if values.shape[0] == 1:
+        return values[0]
+    order = np.argsort(values, axis=0)
+    cumulative = np.cumsum(np.asarray(weights)[order], axis=0)
+    index = np.argmax(cumulative >= 0.5 * cumulative[-1], axis=0)
+    return np.take_along_axis(values, order, axis=0)[index, np.arange(values.shape[1])]
 
 
 def simulate_replicates(result: FitResult, posterior: PosteriorDraws, design: Design, X: np.ndarray, n: int,
@@ -129,9 +162,8 @@ def strata(cohort) -> pd.DataFrame:
     return frame
 
 
-def _curves(result: FitResult, posterior: PosteriorDraws, picks: np.ndarray, X: np.ndarray, lo: float,
-            hi: float) -> pd.DataFrame:
-    """IPRED median and band, and PRED, on a grid over each subject's data (dense after doses)."""
+def _curves(result: FitResult, posterior: PosteriorDraws, picks: np.ndarray, X: np.ndarray):
+    """(design, IPRED draws, PRED) on a grid over each subject's data (dense after doses)."""
     cohort = result.cohort
     obs = cohort.observations
     doses = cohort.dose_records()
@@ -146,12 +178,6 @@ def _curves(result: FitResult, posterior: PosteriorDraws, picks: np.ndarray, X: 
     template = template_cohort(result.model, cohort.subjects, cohort.doses, pd.concat(frames, ignore_index=True),
                                posterior.analytes, time_unit=cohort.time_unit, events=cohort.events)
     design = Design(result.model, template, analytes=posterior.analytes)
-    draws = np.stack([predictions(result, design, posterior.parameter_matrix(np.log(posterior.theta[s])))
-                      for s in picks])
-    typical = posterior.point_typical_log(X)
-    return pd.DataFrame({
-        "subject": np.asarray(cohort.subject_ids)[design.subject_index], "time": design.data_time,
-        "analyte": np.asarray(design.analyte_names)[design.analyte],
-        "pred": predictions(result, design, posterior.parameter_matrix(typical)),
-        "ipred": np.median(draws, axis=0), "ipred_lo": np.quantile(draws, lo, axis=0),
-        "ipred_hi": np.quantile(draws, hi, axis=0)})
+    draws = [predictions(result, design, posterior.parameter_matrix(np.log(posterior.theta[s]))) for s in picks]
+    typical = predictions(result, design, posterior.parameter_matrix(posterior.point_typical_log(X)))
+    return design, np.stack(draws) if draws else np.empty((0, design.n_obs)), typical
