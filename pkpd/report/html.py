@@ -119,7 +119,8 @@ def _comparison_section(leaderboard: pd.DataFrame | None) -> str:
     cols = [c for c in ("rank", "model", "variant", "dataset", "elpd_loo", "se", "d_elpd", "d_se", "weight",
                         "pareto_k_bad", "loo_method", "converged", "status", "seconds") if c in leaderboard]
     return ('<p class="note">LOO with the subject as the unit, the random effects of each subject integrated '
-            'out before PSIS (loo_method); stacking weights (az.compare).</p>'
+            'out before PSIS (loo_method); stacking weights (az.compare) over the converged fits only: a fit '
+            'without a weight failed its diagnostics (it is ranked, not weighed).</p>'
             + _table(leaderboard[cols]) + _image(figure(leaderboard), "leaderboard"))
 
 
