@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import Callable
 
 from .._files import atomic_path, own_temporary_files, write_text
+from .leaderboard import INTEGRATED_FILE, PARETO_K_BAD
 from .spec import FitSpec, RunSpec, priors_of
 
 
 SUBJECT_FILE = "loo_subjects.csv"
-INTEGRATED_FILE = "integrated_loglik.npz"
-PARETO_K_BAD = 0.7
 REFIT_DRAWS = 500  # per chain, in an exact leave-one-subject-out refit
 
 
