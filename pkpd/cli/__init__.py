@@ -5,6 +5,7 @@
     fitting.py     pkpd fit-individual, pkpd fit, pkpd sbc
     after_fit.py   pkpd ppc, pkpd dose, pkpd report
     comparison.py  pkpd compare
+    trial.py       pkpd trial design|oc
     demo.py        pkpd demo
 """
 
@@ -16,13 +17,14 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import after_fit, comparison, data, demo, fitting, models
+from . import after_fit, comparison, data, demo, fitting, models, trial
 from .common import console, err_console, fail
 
 app = typer.Typer(help="cart-pkpd: CAR-T cell PK/PD modelling.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
+app.add_typer(trial.app, name="trial")
 app.command("nca")(data.nca_command)
 app.command("simulate")(models.simulate_command)
 app.command("fit-individual")(fitting.fit_individual_command)

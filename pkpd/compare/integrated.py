@@ -148,8 +148,20 @@ def _pieces(spec, cohort) -> dict:
     design = Design(spec.model, cohort)
     records = record_arrays(spec, design)
     fixed = np.tile([p.typical for p in spec.model.parameters], (len(cohort.subject_ids), 1))
-    return {"design": design, "records": records,
+    return {"design": design, "records": records, "copies": {},
             "predictions": Predictions(design, list(spec.estimated), fixed, spec.steps)}
+
+
+def _copies(spec, pieces, samples: int) -> tuple[Predictions, dict]:
+    """Predictions and record arrays of `samples` copies of the cohort (kept in `pieces`): the
+    importance samples of one draw are predicted in one solver call."""
+    if samples not in pieces["copies"]:
+        one = pieces["predictions"]
+        predictions = Predictions(one.design.repeated(samples), one.estimated, np.tile(one.fixed, (samples, 1)),
+                                  spec.steps)
+        records = {name: np.tile(pieces["records"][name], samples) for name in ("value", "lloq", "censored", "error")}
+        pieces["copies"][samples] = predictions, records
+    return pieces["copies"][samples]
 
 
 def _integrate(spec, pieces, population, omega, residual, proposal) -> tuple[np.ndarray, np.ndarray]:
@@ -170,19 +182,17 @@ def _integrate(spec, pieces, population, omega, residual, proposal) -> tuple[np.
 def _log_weights(spec, pieces, population, omega, residual, phi, log_q) -> np.ndarray:
     """(M, N) log importance weights log p(y_i | phi) + log N(phi; population, omega) - log q of
     the samples phi (M, N, Q) for one draw: population (N, K), omega (Q,), residual (R,)."""
-    design, records, predictions = pieces["design"], pieces["records"], pieces["predictions"]
-    N = population.shape[0]
+    M, N, Q = phi.shape
+    copies, records = _copies(spec, pieces, M)
     iiv_index = _iiv_index(spec)
-    sigma, additive = record_sds(records, residual)
+    sigma, additive = record_sds(pieces["records"], residual)
     log_prior = _log_normal(phi, population[:, iiv_index][None], omega[None, None])  # (M, N)
-    log_lik = np.empty((phi.shape[0], N))
-    theta = np.exp(population)
-    for m in range(phi.shape[0]):
-        theta[:, iiv_index] = np.exp(phi[m])
-        pred, _ = predict_compiled(design, predictions.individual(theta), [], spec.steps)
-        terms = pointwise(pred, records["value"], records["lloq"], records["censored"], records["error"],
-                          sigma, additive, m4=spec.censoring == "M4")
-        log_lik[m] = np.bincount(design.subject_index, weights=terms, minlength=N)
+    theta = np.tile(np.exp(population), (M, 1))                                       # (M N, K)
+    theta[:, iiv_index] = np.exp(phi.reshape(M * N, Q))
+    pred, _ = predict_compiled(copies.design, copies.individual(theta), [], spec.steps)
+    terms = pointwise(pred, records["value"], records["lloq"], records["censored"], records["error"],
+                      np.tile(sigma, M), np.tile(additive, M), m4=spec.censoring == "M4")
+    log_lik = np.bincount(copies.design.subject_index, weights=terms, minlength=M * N).reshape(M, N)
     return log_lik + log_prior - log_q
 
 

@@ -35,7 +35,7 @@ class Design:
         self.lloq = frame["lloq"].to_numpy(float)
         self.censored = frame["censored"].to_numpy(np.int64)
         counts = np.bincount(self.subject_index, minlength=len(self.subjects))
-        self.start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.start = _offsets(counts)
         self.dose_state = np.array([model.states.index(d.target) for d in model.dosing], dtype=np.int64)
         self.max_events = int(np.max(np.diff(self.schedule.start), initial=0))
         _freeze(self)
@@ -70,7 +70,7 @@ class Design:
         dose = C[0]
         n_ev = np.where(dose > 0, 1, 0) if model.dosing else np.zeros(N, int)
         self.schedule = Schedule(
-            np.concatenate([[0], np.cumsum(n_ev)]).astype(np.int64), np.zeros(n_ev.sum()),
+            _offsets(n_ev), np.zeros(n_ev.sum()),
             np.full(n_ev.sum(), BOLUS, np.int64), np.zeros(n_ev.sum(), np.int64),
             np.ascontiguousarray(dose[n_ev > 0], float), np.zeros(n_ev.sum()), np.zeros(n_ev.sum()),
             np.arange(N + 1, dtype=np.int64), np.full(N, -np.inf), np.ascontiguousarray(C.T, float), np.zeros(N))
@@ -78,6 +78,30 @@ class Design:
         self.max_events = int(n_ev.max(initial=0))
         _freeze(self)
         return self
+
+    def repeated(self, copies: int) -> "Design":
+        """The design of `copies` x N subjects: copy c of subject i is subject c N + i, with its
+        records and events. One solver call then evaluates many parameter sets of the same
+        subjects (importance samples of their random effects) instead of one call per set."""
+        N, n_obs = len(self.subjects), self.n_obs
+        s = self.schedule
+        self_copy = type(self).__new__(type(self))
+        vars(self_copy).update(vars(self))
+        self_copy.subjects = [f"{c}:{subject}" for c in range(copies) for subject in self.subjects]
+        self_copy.subject_index = (np.tile(self.subject_index, copies)
+                                   + np.repeat(np.arange(copies) * N, n_obs))
+        for name in ("records", "time", "data_time", "analyte", "value", "lloq", "censored"):
+            setattr(self_copy, name, np.tile(getattr(self, name), copies))
+        if hasattr(self, "grid_index"):
+            self_copy.grid_index = np.tile(self.grid_index, copies)
+        self_copy.start = _offsets(np.tile(np.diff(self.start), copies))
+        self_copy.schedule = Schedule(
+            _offsets(np.tile(np.diff(s.start), copies)), *(np.tile(a, copies) for a in
+                                                         (s.time, s.kind, s.target, s.amount, s.length, s.ss)),
+            _offsets(np.tile(np.diff(s.seg_start), copies)), np.tile(s.seg_time, copies),
+            np.tile(s.covariates, (copies, 1)), np.tile(s.offset, copies))
+        _freeze(self_copy)
+        return self_copy
 
     @property
     def n_obs(self) -> int:
@@ -100,3 +124,8 @@ def _freeze(design: Design) -> None:
     arrays += [v for v in vars(design.schedule).values() if isinstance(v, np.ndarray)]
     for array in arrays:
         array.setflags(write=False)
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    """Start offsets (len(counts) + 1,) of consecutive blocks of the given sizes."""
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)

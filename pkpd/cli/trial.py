@@ -1,0 +1,116 @@
+"""`pkpd trial design` and `pkpd trial oc`: escalation designs and their operating
+characteristics on fixed DLT probabilities."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .._files import write_text
+from .common import Table, console, fail, g
+
+app = typer.Typer(help="Dose-escalation designs: decision tables and operating characteristics.",
+                  no_args_is_help=True)
+
+DESIGN_NAMES = "3+3, boin, mtpi2 or crm"
+
+
+def _design(name: str, target: float, cohort_size: int, max_n: int, ewoc: Optional[float]):
+    from ..trial import DESIGNS
+
+    key = name.strip().lower()
+    if key not in DESIGNS:
+        fail(f"--design {name!r} is not a design: use {DESIGN_NAMES}")
+    if ewoc is not None and key != "crm":
+        fail("--ewoc applies to --design crm only")
+    if key == "3+3":
+        return DESIGNS[key]()
+    options = dict(target=target, cohort_size=cohort_size, max_n=max_n)
+    if key == "crm":
+        options["ewoc"] = ewoc
+    try:
+        return DESIGNS[key](**options)
+    except ValueError as exc:
+        fail(exc)
+
+
+@app.command("design")
+def design_command(
+        name: Annotated[str, typer.Argument(help="boin or mtpi2 (designs with a decision table).")],
+        target: Annotated[float, typer.Option(help="Target DLT probability at the MTD.")] = 0.3,
+        cohort_size: Annotated[int, typer.Option(help="Patients per cohort.")] = 3,
+        max_n: Annotated[int, typer.Option(help="Rows of the table: patients treated at a dose.")] = 12,
+        out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Also write the table (CSV).")] = None) -> None:
+    """Print a design's decision table: for each number of patients treated at the current dose,
+    how many DLTs escalate, de-escalate, or eliminate the dose."""
+    key = name.strip().lower()
+    if key not in ("boin", "mtpi2"):
+        fail(f"{name!r} has no decision table: use boin or mtpi2 (3+3 and CRM decide otherwise)")
+    design = _design(key, target, cohort_size, max_n, None)
+    table = design.decision_table()
+    rich = Table(title=f"{design.name} decision table, target {design.target:g}")
+    if key == "boin":
+        lambda_e, lambda_d = design.boundaries
+        rich.caption = (f"escalate if DLT rate <= lambda_e = {lambda_e:.3f}, de-escalate if >= lambda_d = "
+                        f"{lambda_d:.3f}; eliminate if P(p > {design.target:g} | data) > {design.cutoff_eliminate}")
+        rich.add_column("patients treated at the dose")
+        for n in table["n"]:
+            rich.add_column(str(n), justify="right")
+        for column, label in (("escalate_if_le", "escalate if DLTs <="), ("deescalate_if_ge", "de-escalate if DLTs >="),
+                              ("eliminate_if_ge", "eliminate if DLTs >=")):
+            rich.add_row(label, *["-" if v is None or str(v) == "<NA>" else str(v) for v in table[column]])
+    else:
+        wide = table.pivot(index="dlt", columns="n", values="decision")
+        rich.caption = "E escalate, S stay, D de-escalate, DU de-escalate and eliminate the dose and those above"
+        rich.add_column("DLTs \\ patients")
+        for n in wide.columns:
+            rich.add_column(str(n), justify="right")
+        for y, row in wide.iterrows():
+            rich.add_row(str(y), *["" if not isinstance(v, str) else v for v in row])
+    console.print(rich)
+    if out is not None:
+        write_text(out, table.to_csv(index=False))
+        console.print(f"wrote {out}")
+
+
+@app.command("oc")
+def oc_command(
+        design: Annotated[str, typer.Option(help=f"The design: {DESIGN_NAMES}.")],
+        tox: Annotated[str, typer.Option(help="True DLT probability of each dose, increasing, e.g. 0.05,0.15,0.3.")],
+        trials: Annotated[int, typer.Option(min=2, help="Simulated trials.")] = 2000,
+        seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
+        target: Annotated[float, typer.Option(help="Target DLT probability (not used by 3+3).")] = 0.3,
+        cohort_size: Annotated[int, typer.Option(help="Patients per cohort (3+3: always 3).")] = 3,
+        max_n: Annotated[int, typer.Option(help="Patients per trial (3+3 stops by its own rules).")] = 30,
+        ewoc: Annotated[Optional[float], typer.Option(help="CRM only: overdose control, the largest P(DLT probability > target) allowed.")] = None,
+        out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Folder for oc.csv and oc.json.")] = None) -> None:
+    """Run a design many times on fixed true DLT probabilities (no model) and print how often each
+    dose is selected, the patients and DLTs per dose, and the mean sample size (with Monte Carlo SEs)."""
+    from ..trial import operating_characteristics
+
+    try:
+        probabilities = [float(v) for v in tox.split(",") if v.strip()]
+    except ValueError:
+        fail(f"--tox {tox!r} is not a comma-separated list of probabilities, e.g. 0.05,0.15,0.3")
+    chosen = _design(design, target, cohort_size, max_n, ewoc)
+    try:
+        oc = operating_characteristics(chosen, probabilities, trials=trials, seed=seed)
+    except ValueError as exc:
+        fail(f"--tox: {exc}")
+    rich = Table(title=f"Operating characteristics: {oc.design}, {oc.trials} trials, seed {seed}")
+    for col in ("dose level", "true P(DLT)", "P(selected)", "SE", "patients", "SE ", "DLTs", "SE  "):
+        rich.add_column(col, justify="left" if col == "dose level" else "right")
+    for _, r in oc.table.iterrows():
+        rich.add_row(r["dose_level"], g(r["true_tox"], 3), f"{r['p_select']:.3f}", f"{r['se_select']:.3f}",
+                     g(r["mean_n"], 3), g(r["se_n"], 2), g(r["mean_dlt"], 3), g(r["se_dlt"], 2))
+    console.print(rich)
+    console.print(oc.describe(), highlight=False)
+    if out is not None:
+        write_text(out / "oc.csv", oc.table.to_csv(index=False))
+        write_text(out / "oc.json", json.dumps({"design": oc.design, "settings": repr(chosen), "tox": list(oc.tox),
+                                                "trials": oc.trials, "seed": seed, "mean_n": oc.mean_n,
+                                                "se_mean_n": oc.se_mean_n, "p_stop_early": oc.p_stop_early}, indent=2))
+        console.print(f"wrote {out / 'oc.csv'} and {out / 'oc.json'}")

@@ -1,0 +1,25 @@
+"""Dose-escalation designs and their operating characteristics.
+
+A design is a small frozen value that, given the patients treated and the DLTs seen at each dose
+level, says where the next cohort goes (or that the trial stops) and which dose the trial
+selects at its end. `operating_characteristics` runs a design many times on fixed true DLT
+probabilities; the model-based trial simulator draws them from a fitted PK/PD model instead.
+
+    boin.py              BOIN (Liu and Yuan 2015): boundaries, decision table, design
+    mtpi2.py             mTPI-2 (Guo, Li, Yuan and Ji 2017)
+    crm.py               CRM (O'Quigley, Pepe and Fisher 1990), optional overdose control
+    three_plus_three.py  the 3+3 with de-escalation
+    selection.py         isotonic selection of the MTD, the Beta posterior tail for elimination
+    oc.py                operating characteristics by simulation, with Monte Carlo SEs
+"""
+
+from .boin import BOIN, boin_boundaries
+from .crm import CRM, skeleton
+from .mtpi2 import MTPI2
+from .oc import OperatingCharacteristics, operating_characteristics, run_trial
+from .three_plus_three import ThreePlusThree
+
+DESIGNS = {"3+3": ThreePlusThree, "boin": BOIN, "mtpi2": MTPI2, "crm": CRM}
+
+__all__ = ["BOIN", "CRM", "DESIGNS", "MTPI2", "OperatingCharacteristics", "ThreePlusThree", "boin_boundaries",
+           "operating_characteristics", "run_trial", "skeleton"]
