@@ -82,6 +82,14 @@ def test_recommendation_is_the_lowest_dose_meeting_every_level():
     assert strict["recommended"] is None
     assert "no candidate dose" in strict["scenarios"]["A"]["reason"]
     json.dumps(rec)
+    # no dose meets efficacy 0.99: efficacy binds; 6e8 falls short by 0.04 (efficacy) and 0.05
+    # (safety), 3e8 by 0.14, so 6e8 is the closest, named as not meeting the levels
+    entry = strict["scenarios"]["A"]
+    assert entry["binding_targets"] == ["aplasia"] and entry["closest_dose"] == "6e8"
+    assert entry["closest_shortfall"] == pytest.approx({"aplasia": 0.04, "igg": 0.05})
+    assert "Closest to the levels, not meeting them: 6e8" in entry["reason"]
+    assert strict["closest"]["dose"] == "6e8" and strict["closest"]["scenario"] == "A"
+    json.dumps(strict)
 
 
 def test_bad_targets_and_levels_are_clear_errors():

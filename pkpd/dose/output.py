@@ -159,6 +159,14 @@ def _check_recommendation(rec) -> None:
                 raise ValueError(f"recommendation.json: {where}.probabilities.{name} must be an object")
             for key in ("probability", "lower", "upper"):
                 number(p.get(key), f"{where}.probabilities.{name}.{key}")
+    closest = rec.get("closest")
+    if closest is not None:
+        if not isinstance(closest, dict) or not isinstance(closest.get("shortfall"), dict) \
+                or not isinstance(closest.get("binding_targets"), list):
+            raise ValueError("recommendation.json: closest must be an object with shortfall (an object) and "
+                             "binding_targets (a list)")
+        for name, value in closest["shortfall"].items():
+            number(value, f"closest.shortfall.{name}")
     skipped = rec.get("skipped_targets", [])
     if not isinstance(skipped, list) or not all(isinstance(s, dict) and {"target", "reason"} <= set(s) for s in skipped):
         raise ValueError("recommendation.json: skipped_targets must be a list of {target, reason}")

@@ -280,8 +280,7 @@ def recommend(pta: pd.DataFrame, efficacy_level: float, safety_level: float) -> 
                 break
         entry = {"recommended_dose": None, "reason": ""}
         if chosen is None:
-            entry["reason"] = (f"no candidate dose reaches P(efficacy) >= {efficacy_level} with "
-                               f"P(safety) >= {safety_level}; widen the dose range or revisit the targets")
+            entry.update(_closest(group, efficacy_level, safety_level))
         else:
             dose, rows = chosen
             entry.update(recommended_dose=dose, dose_amount=float(rows["dose_amount"].iloc[0]),
@@ -294,4 +293,31 @@ def recommend(pta: pd.DataFrame, efficacy_level: float, safety_level: float) -> 
                 best = (score, scenario, entry)
         out["scenarios"][scenario] = entry
     out["recommended"] = None if best is None else {"scenario": best[1], **best[2]}
+    if best is None and out["scenarios"]:
+        scenario, entry = min(out["scenarios"].items(), key=lambda kv: max(kv[1]["closest_shortfall"].values()))
+        out["closest"] = {"scenario": scenario, "dose": entry["closest_dose"],
+                          "shortfall": entry["closest_shortfall"], "binding_targets": entry["binding_targets"]}
     return out
+
+
+def _closest(group: pd.DataFrame, efficacy_level: float, safety_level: float) -> dict:
+    """When no dose of a scenario meets every level: the targets that bind (short at every dose)
+    and the dose closest to meeting them all (the smallest largest shortfall; ties: the lower
+    dose), labelled as not meeting them."""
+    level = np.where(group["kind"] == "efficacy", efficacy_level, safety_level)
+    rows = group.assign(level=level, shortfall=np.maximum(level - group["probability"], 0.0))
+    worst = rows.groupby("dose", sort=False).agg(worst=("shortfall", "max"), total=("dose_total", "first"))
+    dose = worst.sort_values(["worst", "total"]).index[0]
+    at = rows[rows["dose"] == dose]
+    binding = [t for t, g in rows.groupby("target", sort=False) if (g["shortfall"] > 0).all()]
+    best_of = {t: rows[rows["target"] == t].sort_values("probability").iloc[-1] for t in binding}
+    binds = "; ".join(f"P({t}) reaches at most {r['probability']:.2f} (at {r['dose']}) against {r['level']:g}"
+                      for t, r in best_of.items())
+    short = ", ".join(f"P({r['target']}) {r['probability']:.2f} vs {r['level']:g}" for _, r in at.iterrows()
+                      if r["shortfall"] > 0)
+    reason = (f"no candidate dose reaches P(efficacy) >= {efficacy_level} with P(safety) >= {safety_level}: "
+              f"{binds or 'no single target fails at every dose; the levels are not met together'}. "
+              f"Closest to the levels, not meeting them: {dose} ({short}). Lower the binding level if the "
+              "literature supports it, or widen the dose range")
+    return {"reason": reason, "binding_targets": binding, "closest_dose": dose,
+            "closest_shortfall": {r["target"]: float(r["shortfall"]) for _, r in at.iterrows()}}

@@ -139,7 +139,13 @@ def _dose_section(selection, note: str, cohort) -> str:
                 f'P(efficacy) &ge; {html.escape(str(rec["efficacy_level"]))} and every P(safety) &ge; '
                 f'{html.escape(str(rec["safety_level"]))}. {html.escape(probs)}</div>')
     else:
-        head = '<div class="rec"><b>No candidate dose meets the levels in any scenario.</b></div>'
+        closest = rec.get("closest")
+        nearest = "" if not closest else (
+            f" Closest to the levels, <b>not meeting them</b>: {html.escape(str(closest['dose']))}, "
+            f"{html.escape(str(closest['scenario']))} (shortfalls: " + html.escape(", ".join(
+                f"{k} {v:.2f}" for k, v in closest["shortfall"].items() if v > 0)) + "); binding: "
+            + html.escape(", ".join(closest["binding_targets"]) or "none alone") + ".")
+        head = f'<div class="rec"><b>No candidate dose meets the levels in any scenario.</b>{nearest}</div>'
     per = pd.DataFrame([{"scenario": s, "recommended dose": e.get("recommended_dose") or "none",
                          "note": e.get("reason", "")} for s, e in rec.get("scenarios", {}).items()])
     skipped = rec.get("skipped_targets", [])
