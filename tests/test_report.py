@@ -70,11 +70,22 @@ def test_dose_and_report_refuse_bad_input(run_folder, tmp_path):
     assert missing.exit_code == 2 and "no posterior.nc" in " ".join(missing.output.split())
 
 
+def test_trial_simulate_writes_its_folder_and_names_a_missing_signal(run_folder, tmp_path):
+    result = invoke("trial", "simulate", run_folder, "-o", tmp_path / "trial", "--doses", "1e8,3e8,6e8",
+                    "--signal", "transgene:cmax", "--reference", "2e4", "--trials", "40", "--draws", "20")
+    assert "P(selected)" in result.output and "at their priors" in " ".join(result.output.split())
+    assert {"oc.csv", "summary.csv", "trial.json", "trial.png"} <= {p.name for p in (tmp_path / "trial").iterdir()}
+    bad = runner.invoke(app, ["trial", "simulate", str(run_folder), "-o", str(tmp_path / "t2"), "--trials", "5"])
+    assert bad.exit_code == 2 and "not among the fitted analytes" in " ".join(bad.output.split())
+
+
 @pytest.fixture(scope="module")
 def report(run_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("html") / "report.html"
-    invoke("report", run_folder, "-o", out)
-    return out
+    folder = tmp_path_factory.mktemp("html")
+    invoke("trial", "simulate", run_folder, "-o", folder / "trial", "--doses", "1e8,3e8", "--signal",
+           "transgene:cmax", "--reference", "2e4", "--trials", "20", "--draws", "20")
+    invoke("report", run_folder, "-o", folder / "report.html", "--trial", folder / "trial")
+    return folder / "report.html"
 
 
 def test_report_contains_every_section(report):
@@ -84,6 +95,7 @@ def test_report_contains_every_section(report):
     assert "src=\"http" not in page and "src='http" not in page  # self-contained
     assert page.count("data:image/png;base64,") >= 4  # individual fits, GOF, VPC, pcVPC
     assert "No dose selection: no target can be evaluated" in page  # default targets need B cells, IL-6, IgG
+    assert "The dose each design would select" in page and "at their priors" in page
 
 
 def test_report_renders_in_headless_chromium_with_every_image_loaded(report, tmp_path):

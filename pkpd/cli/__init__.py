@@ -5,7 +5,7 @@
     fitting.py     pkpd fit-individual, pkpd fit, pkpd sbc
     after_fit.py   pkpd ppc, pkpd dose, pkpd report
     comparison.py  pkpd compare
-    trial.py       pkpd trial design|oc
+    trial.py       pkpd trial design|oc|simulate
     demo.py        pkpd demo
 """
 

@@ -95,29 +95,33 @@ def report_command(run: RunArg,
                    out: Annotated[Path, typer.Option("-o", "--out", help="The HTML file to write.")] = Path("report.html"),
                    dose: Annotated[Optional[Path], typer.Option(help="Folder written by `pkpd dose` (default: computed now with the default targets).")] = None,
                    compare: Annotated[Optional[Path], typer.Option(help="A comparison run folder, for the leaderboard section.")] = None,
+                   trial: Annotated[Optional[Path], typer.Option(help="Folder written by `pkpd trial simulate`, for the trial section.")] = None,
                    stratify: StratifyOpt = "auto",
                    seed: Annotated[int, typer.Option(min=0, help="Random seed of what is computed now.")] = 0,
                    model: ModelOpt = None) -> None:
     """One self-contained HTML report: data, NCA, parameters, diagnostics, individual fits, GOF,
-    VPCs, model comparison, dose selection and provenance."""
+    VPCs, model comparison, dose selection, the escalation trial simulation and provenance."""
     from ..compare import leaderboard as rank
     from ..dose import read_dose
     from ..report import write_report
+    from ..trial.output import read_trial
 
     result = load_result(run, model)
     if out.is_dir():
         fail(f"-o {out} is a folder; give the path of the HTML file to write")
-    selection = leaderboard = None
+    selection = leaderboard = simulation = None
     try:
         if dose is not None:
             selection = read_dose(dose)
+        if trial is not None:
+            simulation = read_trial(trial)
         if compare is not None:
             if not (compare / "fits").is_dir():
                 fail(f"--compare {compare} is not a comparison run folder (no fits/)")
             leaderboard = rank(compare)
         with console.status("writing the report"):
-            path = write_report(result, out, selection=selection, leaderboard=leaderboard, stratify=stratify,
-                                seed=seed)
+            path = write_report(result, out, selection=selection, leaderboard=leaderboard, trial=simulation,
+                                stratify=stratify, seed=seed)
     except ValueError as exc:
         fail(exc)
     console.print(f"wrote {path}")

@@ -13,6 +13,7 @@ from .after_fit import print_recommendation
 from .common import console, print_diagnostics, print_frame, print_parameter_table, print_report
 from .comparison import print_leaderboard
 from .data import print_summary, write_nca
+from .trial import print_simulation
 
 #: the demo's PK/PD fit: transgene, B cells, IL-6 and IgG jointly, variability on the five
 #: parameters the example cohort informs best, 4 chains x (500 + 500) so that the whole chain
@@ -24,13 +25,18 @@ DEMO_MODEL = "antigen_driven+cytokines_qss+igg"
 DEMO_ANALYTES = ("transgene", "bcells", "il6", "igg")
 DEMO_IIV = ("rho", "b0", "kkills", "emax_il6", "igg0")
 DEMO_SAMPLER = {"chains": 4, "tune": 500, "draws": 500, "seed": 20261122, "target_accept": 0.95}
+#: the escalation the demo simulates: the CD19/CD20 trial in SLE (3.0e8, 4.5e8, 6.0e8 CAR+ T cells,
+#: BOIN with a target toxicity of 30%, about 12 patients in escalation, an expansion of 9)
+DEMO_TRIAL = {"product": "CD19/CD20", "doses": ("3e8", "4.5e8", "6e8"), "target": 0.3, "max_n": 12, "expansion": 9,
+              "trials": 1000}
 
 
 def demo(out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")] = Path("demo-out"),
          skip_compare: Annotated[bool, typer.Option("--skip-compare", help="Leave out the model comparison.")] = False,
          skip_fit: Annotated[bool, typer.Option("--skip-fit", help="Only check the data and write the NCA tables (with --skip-compare).")] = False) -> None:
     """The main job on the example SLE cohort: check, NCA, a joint PK/PD population fit,
-    model comparison, posterior-predictive checks, dose selection and the HTML report."""
+    model comparison, posterior-predictive checks, dose selection, the dose-escalation trial
+    simulated on the fit, and the HTML report."""
     from .._files import write_text
     from ..compare import compare
     from ..data import check_file
@@ -40,6 +46,7 @@ def demo(out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")
     from ..predict.plots import write_ppc
     from ..report import write_report
     from ..resources import example_data
+    from ..trial.output import write_trial
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -85,11 +92,30 @@ def demo(out: Annotated[Path, typer.Option("-o", "--out", help="Output folder.")
             selection = select_dose(fitted, seed=1)
             write_dose(selection, out / "dose", fitted.cohort)
         print_recommendation(selection.recommendation)
-        console.rule("[bold]7. Report")
-        report = write_report(fitted, out / "report.html", ppc=ppc, selection=selection, leaderboard=leaderboard)
-        written += [out / "fit" / "posterior.nc", out / "dose" / "pta.csv", out / "dose" / "recommendation.json"]
+        console.rule(f"[bold]7. Dose-escalation trial: {DEMO_TRIAL['product']} at {', '.join(DEMO_TRIAL['doses'])}, "
+                     f"BOIN with a target toxicity of {DEMO_TRIAL['target']:g}")
+        with console.status("simulating the escalation trial on virtual patients"):
+            trial = _demo_trial(fitted)
+            write_trial(trial, out / "trial")
+        print_simulation(trial)
+        console.rule("[bold]8. Report")
+        report = write_report(fitted, out / "report.html", ppc=ppc, selection=selection, leaderboard=leaderboard,
+                              trial=trial)
+        written += [out / "fit" / "posterior.nc", out / "dose" / "pta.csv", out / "dose" / "recommendation.json",
+                    out / "trial" / "oc.csv"]
         console.print(f"\n[bold green]report[/]: {report.resolve()}")
     console.print(f"[green]done[/] in {time.perf_counter() - started:.0f} s: " + ", ".join(str(p) for p in written))
+
+
+def _demo_trial(fitted):
+    """The escalation of DEMO_TRIAL with and without lymphodepletion, on the fit's virtual patients."""
+    from ..dose import Scenario
+    from ..trial import BOIN, simulate_trials
+
+    design = BOIN(target=DEMO_TRIAL["target"], max_n=DEMO_TRIAL["max_n"])
+    scenarios = [Scenario(DEMO_TRIAL["product"], True), Scenario(DEMO_TRIAL["product"], False)]
+    return simulate_trials(fitted, design, list(DEMO_TRIAL["doses"]), scenarios=scenarios, trials=DEMO_TRIAL["trials"],
+                           expansion=DEMO_TRIAL["expansion"], seed=1)
 
 
 def _demo_spec(out: Path, data: Path) -> Path:

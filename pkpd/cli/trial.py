@@ -1,5 +1,5 @@
-"""`pkpd trial design` and `pkpd trial oc`: escalation designs and their operating
-characteristics on fixed DLT probabilities."""
+"""`pkpd trial design`, `pkpd trial oc` and `pkpd trial simulate`: escalation designs, their
+operating characteristics on fixed DLT probabilities, and the trial simulated on a fit."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from .._files import write_text
-from .common import Table, console, fail, g
+from .common import (AverageOpt, DatasetOpt, ModelOpt, RunArg, Table, WeighOpt, console, fail, g, load_fit_or_average,
+                     split_items)
 
 app = typer.Typer(help="Dose-escalation designs: decision tables and operating characteristics.",
                   no_args_is_help=True)
@@ -114,3 +115,79 @@ def oc_command(
                                                 "trials": oc.trials, "seed": seed, "mean_n": oc.mean_n,
                                                 "se_mean_n": oc.se_mean_n, "p_stop_early": oc.p_stop_early}, indent=2))
         console.print(f"wrote {out / 'oc.csv'} and {out / 'oc.json'}")
+
+
+@app.command("simulate")
+def simulate_command(
+        run: RunArg,
+        out: Annotated[Path, typer.Option("-o", "--out", help="Output folder: oc.csv, summary.csv, trial.json, trial.png.")],
+        design: Annotated[str, typer.Option(help=f"The design: {DESIGN_NAMES}.")] = "boin",
+        doses: Annotated[Optional[list[str]], typer.Option("--doses", help="Dose levels, lowest first, comma-separated or repeated: 3e8,4.5e8,6e8 (regimens as in pkpd dose).")] = None,
+        target: Annotated[float, typer.Option(help="Target DLT probability at the MTD (not used by 3+3).")] = 0.3,
+        cohort_size: Annotated[int, typer.Option(help="Patients per cohort (3+3: always 3).")] = 3,
+        max_n: Annotated[int, typer.Option(help="Patients in escalation (3+3 stops by its own rules).")] = 12,
+        ewoc: Annotated[Optional[float], typer.Option(help="CRM only: overdose control.")] = None,
+        expansion: Annotated[int, typer.Option(min=0, help="Patients in the expansion cohort at the selected dose.")] = 9,
+        window: Annotated[float, typer.Option(min=1, help="DLT window (days).")] = 28.0,
+        stagger: Annotated[float, typer.Option(min=0, help="Days the first patient of a new dose is observed before the others.")] = 14.0,
+        accrual: Annotated[float, typer.Option(min=0.01, help="Patients enrolled per month.")] = 2.0,
+        signal: Annotated[str, typer.Option(help="The exposure the toxicity model reads, ANALYTE:METRIC (default il6:cmax).")] = "il6:cmax",
+        reference: Annotated[Optional[float], typer.Option(help="Signal value at which the CRS priors apply (default 30, pg/mL of peak IL-6).")] = None,
+        trials: Annotated[int, typer.Option(min=2, help="Simulated trials per scenario.")] = 1000,
+        draws: Annotated[int, typer.Option(min=10, max=10_000, help="Posterior draws in the virtual-patient pool.")] = 100,
+        product: Annotated[Optional[str], typer.Option(help="Only this product's scenarios (e.g. CD19/CD20).")] = None,
+        seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 1,
+        model: ModelOpt = None, average: AverageOpt = False, dataset: DatasetOpt = None,
+        weigh_unconverged: WeighOpt = False) -> None:
+    """Simulate the dose-escalation trial on virtual patients from a fit: DLTs from the toxicity
+    model (CRS grade from the predicted peak IL-6, priors unless fitted), decisions by the design,
+    then an expansion cohort; prints and writes the selection probabilities, patients, DLTs and
+    duration per scenario (product x lymphodepletion)."""
+    from ..dose import scenarios_for
+    from ..predict.average import ModelAverage
+    from ..simulate import SolverError
+    from ..trial import ToxicityModel, simulate_trials
+    from ..trial.output import write_trial
+
+    result = load_fit_or_average(run, model, average, dataset, weigh_unconverged)
+    if out.exists() and not out.is_dir():
+        fail(f"-o {out} exists and is not a folder")
+    chosen = _design(design, target, cohort_size, max_n, ewoc)
+    analyte, sep, metric = signal.partition(":")
+    if not sep or not analyte.strip() or not metric.strip():
+        fail(f"--signal {signal!r} is not ANALYTE:METRIC, e.g. il6:cmax")
+    scenarios = None
+    if product is not None:
+        average_of = ModelAverage.of(result)
+        scenarios = [s for m in average_of.members for s in scenarios_for(m) if s.product == product]
+        if not scenarios:
+            known = sorted({str(s.product) for m in average_of.members for s in scenarios_for(m)})
+            fail(f"--product {product!r} is not a scenario of this fit: one of {', '.join(known)}")
+        scenarios = list(dict.fromkeys(scenarios))
+    try:
+        toxicity = ToxicityModel(analyte=analyte.strip(), metric=metric.strip(),
+                                 **({"reference": reference} if reference is not None else {}))
+        with console.status("simulating trials"):
+            simulation = simulate_trials(result, chosen, split_items(doses) or ["3e8", "4.5e8", "6e8"],
+                                         toxicity=toxicity, scenarios=scenarios, trials=trials, seed=seed,
+                                         window=window, stagger=stagger, accrual_per_month=accrual,
+                                         expansion=expansion, draws=draws)
+    except (ValueError, SolverError) as exc:
+        fail(exc)
+    files = write_trial(simulation, out)
+    print_simulation(simulation)
+    console.print(f"wrote {', '.join(str(f) for f in files)}")
+
+
+def print_simulation(simulation) -> None:
+    for scenario, rows in simulation.oc.groupby("scenario", sort=False):
+        rich = Table(title=f"{rows['design'].iloc[0]} on virtual patients: {scenario}")
+        for col in ("dose", "P(selected)", "SE", "patients", "DLTs", "model P(DLT) (90%)"):
+            rich.add_column(col, justify="left" if col == "dose" else "right")
+        for _, r in rows.iterrows():
+            model = "-" if r["dose"] == "none" else f"{r['p_dlt_model']:.3f} ({r['p_dlt_lower']:.3f}-{r['p_dlt_upper']:.3f})"
+            rich.add_row(str(r["dose"]), f"{r['p_select']:.3f}", f"{r['se_select']:.3f}", g(r.get("mean_n"), 3),
+                         g(r.get("mean_dlt"), 3), model)
+        console.print(rich)
+    console.print(simulation.describe(), highlight=False)
+    console.print(f"toxicity: {simulation.settings['toxicity']}", highlight=False)

@@ -154,8 +154,9 @@ def select_dose(result: FitResult | ModelAverage, doses: Sequence[str | float | 
     for scenario in scenarios:
         for regimen in regimens:
             total = regimen.total() * (typical_weight if regimen.unit.endswith("/kg") else 1.0)
-            parts = [_simulate_metrics(m, posterior, picks, patients, scenario, regimen, usable, exposure, analytes,
-                                       schedule, rng) for m, posterior, picks in members]
+            wanted = {(t.analyte, t.metric) for t in usable} | set(exposure)
+            parts = [simulate_metrics(m, posterior, picks, patients, scenario, regimen, wanted, analytes, schedule, rng)
+                     for m, posterior, picks in members]
             metrics = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
             draw_of = np.repeat(np.arange(n_draws), patients)
             for target in usable:
@@ -206,9 +207,11 @@ def _exposure_summary(result: FitResult, analytes: list[str]) -> list[tuple[str,
     return out
 
 
-def _simulate_metrics(result, posterior, picks, patients, scenario, regimen, targets, exposure, analytes,
-                      times, rng):
-    """{(analyte, metric): values of the draws x patients virtual patients}."""
+def simulate_metrics(result, posterior, picks, patients, scenario, regimen, wanted, analytes, times, rng) -> dict:
+    """{(analyte, metric): values of the len(picks) x `patients` virtual patients (draw-major)}:
+    new patients of posterior draws `picks` given `regimen` in `scenario`, their covariates
+    resampled from the fitted cohort, sampled at `times` with residual error and LLOQ censoring,
+    and the metrics `wanted` ((analyte, metric) pairs) computed by the NCA rules."""
     cohort = result.cohort
     fitted = cohort.subjects
     M = len(picks) * patients
@@ -237,7 +240,6 @@ def _simulate_metrics(result, posterior, picks, patients, scenario, regimen, tar
     k = time_factor(regimen.time_unit, cohort.time_unit) if regimen.time_unit else 1.0
     interval = regimen.interval * k if regimen.count > 1 else None
     out = {}
-    wanted = {(t.analyte, t.metric) for t in targets} | set(exposure)
     T = len(times)
     for analyte in analytes:
         rows = names == analyte

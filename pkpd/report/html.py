@@ -25,7 +25,7 @@ SECTIONS = {
     "data": "Data summary", "nca": "Non-compartmental analysis", "parameters": "Parameter estimates",
     "diagnostics": "Sampler diagnostics", "individual": "Individual fits", "gof": "Goodness of fit",
     "vpc": "Visual predictive checks", "comparison": "Model comparison", "dose": "Dose selection",
-    "provenance": "Provenance",
+    "trial": "Dose-escalation trial simulation", "provenance": "Provenance",
 }
 
 # the metrics the report shows for each kind of analyte (all are in the NCA table)
@@ -157,6 +157,25 @@ def _dose_section(selection, note: str, cohort) -> str:
         _table(wide.reset_index(), 3)
 
 
+def _trial_section(trial) -> str:
+    from ..trial.output import trial_figure
+
+    if trial is None:
+        return '<p class="note">No trial simulation was given (pkpd trial simulate RUN -o DIR; pkpd report --trial DIR).</p>'
+    settings = trial.settings
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in trial.describe().splitlines())
+    oc = trial.oc.drop(columns=[c for c in ("design",) if c in trial.oc])
+    return (f'<div class="rec"><b>The dose each design would select</b><ul>{lines}</ul></div>'
+            f'<p class="note">{html.escape(str(settings.get("trials", "")))} simulated trials per scenario of '
+            f'{html.escape(str(settings.get("design", "")))} on doses {html.escape(", ".join(map(str, settings.get("doses", []))))}: '
+            f'virtual patients from the fit (parameter uncertainty and between-patient variability), DLT window '
+            f'{html.escape(str(settings.get("window_d", "")))} d, first patient of a new dose observed '
+            f'{html.escape(str(settings.get("stagger_d", "")))} d, accrual {html.escape(str(settings.get("accrual_per_month", "")))}'
+            f'/month, expansion {html.escape(str(settings.get("expansion", "")))} patients. Toxicity model: '
+            f'{html.escape(str(settings.get("toxicity", "")))}</p>'
+            + _table(oc, 3) + _table(trial.summary, 3) + _image(trial_figure(trial), "trial"))
+
+
 def _provenance_section(result: FitResult) -> str:
     attrs = result.tree.attrs
     keys = ("model", "model_hash", "data_hash", "data_source", "time_unit", "seed", "sampler", "sampler_settings",
@@ -169,12 +188,13 @@ def _provenance_section(result: FitResult) -> str:
 
 
 def write_report(result: FitResult, out: str | Path, *, ppc=None, selection=None,
-                 leaderboard: pd.DataFrame | None = None, stratify: str = "auto", seed: int = 0) -> Path:
+                 leaderboard: pd.DataFrame | None = None, trial=None, stratify: str = "auto", seed: int = 0) -> Path:
     """Write the report of `result` to `out` (atomically) and return its path.
 
     ppc: a PosteriorPredictive (default: computed now with `seed`); selection: a DoseSelection
     (default: computed now with the default targets, or left out with the reason when none of
-    them can be evaluated); leaderboard: a comparison's leaderboard (pkpd.compare)."""
+    them can be evaluated); leaderboard: a comparison's leaderboard (pkpd.compare); trial: a
+    TrialSimulation (pkpd.trial.simulate_trials)."""
     from ..dose import select_dose
     from ..predict import posterior_predictive
     from ..predict.plots import ppc_figures
@@ -199,6 +219,7 @@ def write_report(result: FitResult, out: str | Path, *, ppc=None, selection=None
         "vpc": _figures(figures, "vpc_") + _figures(figures, "pcvpc_"),
         "comparison": _comparison_section(leaderboard),
         "dose": _dose_section(selection, note, result.cohort),
+        "trial": _trial_section(trial),
         "provenance": _provenance_section(result),
     }
     nav = "".join(f'<a href="#{k}">{v}</a>' for k, v in SECTIONS.items())

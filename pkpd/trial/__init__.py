@@ -11,15 +11,19 @@ probabilities; the model-based trial simulator draws them from a fitted PK/PD mo
     three_plus_three.py  the 3+3 with de-escalation
     selection.py         isotonic selection of the MTD, the Beta posterior tail for elimination
     oc.py                operating characteristics by simulation, with Monte Carlo SEs
+    toxicity.py          CRS grade and DLT as functions of a model-predicted exposure
+    simulation.py        the model-based trial simulator (virtual patients from a fitted model)
 """
 
 from .boin import BOIN, boin_boundaries
 from .crm import CRM, skeleton
 from .mtpi2 import MTPI2
 from .oc import OperatingCharacteristics, operating_characteristics, run_trial
+from .simulation import TrialSimulation, simulate_trials
 from .three_plus_three import ThreePlusThree
+from .toxicity import ToxicityModel
 
 DESIGNS = {"3+3": ThreePlusThree, "boin": BOIN, "mtpi2": MTPI2, "crm": CRM}
 
-__all__ = ["BOIN", "CRM", "DESIGNS", "MTPI2", "OperatingCharacteristics", "ThreePlusThree", "boin_boundaries",
-           "operating_characteristics", "run_trial", "skeleton"]
+__all__ = ["BOIN", "CRM", "DESIGNS", "MTPI2", "OperatingCharacteristics", "ThreePlusThree", "ToxicityModel",
+           "TrialSimulation", "boin_boundaries", "operating_characteristics", "run_trial", "simulate_trials", "skeleton"]

@@ -1,0 +1,78 @@
+"""The model-based trial simulator and the toxicity model (pkpd.trial.simulation, .toxicity)."""
+
+import math
+
+import numpy as np
+import pytest
+from pkpd.trial import BOIN, ThreePlusThree, ToxicityModel, operating_characteristics, simulate_trials
+from pkpd.trial.output import read_trial, write_trial
+from tests.test_dose import synthetic_run
+
+
+def constant_toxicity(p: float) -> ToxicityModel:
+    """P(DLT) = p whatever the exposure: one grade, no slope, no background."""
+    return ToxicityModel(event="DLT", analyte="transgene", metric="cmax", reference=1e4, unit="copies/ug",
+                         intercepts=((math.log(p / (1 - p)), 1e-9),), slope=(0.0, 1e-9), dlt_grade=1,
+                         background=(1e-6, 1e6))
+
+
+def test_the_toxicity_model_orders_grades_and_rises_with_exposure():
+    model = ToxicityModel()
+    parameters = model.draw(500, np.random.default_rng(1))
+    assert np.all(np.diff(parameters["intercepts"], axis=1) < 0)
+    signal = np.tile([3.0, 30.0, 300.0], (500, 1))                 # (draws, patients)
+    grades = model.grade_probabilities(signal, parameters)         # (draws, patients, grades)
+    assert grades.shape == (500, 3, 3)
+    assert np.all(np.diff(grades, axis=2) <= 0)                     # P(>= 1) >= P(>= 2) >= P(>= 3)
+    mean = grades.mean(0)
+    assert np.all(np.diff(mean, axis=0) > 0)                        # higher peak IL-6, more CRS
+    # at the reference the prior medians: about 2/3 any CRS, 7% grade >= 2, 1% grade >= 3
+    assert np.median(grades[:, 1, :], axis=0) == pytest.approx([0.668, 0.069, 0.010], abs=0.03)
+    dlt = model.dlt_probability(signal, parameters)
+    assert np.all(dlt >= grades[..., 2])
+    assert "at their priors" in model.describe()
+    with pytest.raises(ValueError, match="decreasing means"):
+        ToxicityModel(intercepts=((-1.0, 0.5), (0.0, 0.5)))
+    with pytest.raises(ValueError, match="dlt_grade"):
+        ToxicityModel(dlt_grade=4)
+
+
+def test_with_a_constant_dlt_probability_the_simulator_reproduces_the_design_alone():
+    """The model-based simulation with P(DLT) = 0.25 at every dose must give the operating
+    characteristics of the design run on fixed probabilities (same rules, same chances)."""
+    run = synthetic_run(draws=20)
+    design = BOIN(target=0.3, max_n=12)
+    simulation = simulate_trials(run, design, ["1e8", "3e8", "6e8"], toxicity=constant_toxicity(0.25), trials=3000,
+                                 seed=2, draws=20, expansion=3)
+    fixed = operating_characteristics(design, [0.25, 0.25, 0.25], trials=20000, seed=3)
+    model = simulation.oc.set_index("dose")
+    for k, dose in enumerate(["1e8", "3e8", "6e8", "none"]):
+        a, b = model.loc[dose], fixed.table.iloc[k]
+        assert abs(a["p_select"] - b["p_select"]) < 4 * math.hypot(a["se_select"], b["se_select"]) + 1e-3, dose
+        if dose != "none":
+            assert abs(a["mean_n"] - b["mean_n"]) < 4 * math.hypot(a["se_n"], b["se_n"]) + 1e-3
+            assert a["p_dlt_model"] == pytest.approx(0.25, abs=1e-3)
+    summary = simulation.summary.iloc[0]
+    assert abs(summary["mean_n"] - fixed.mean_n) < 4 * math.hypot(summary["se_n"], fixed.se_mean_n) + 1e-3
+    assert abs(summary["p_stop_early"] - fixed.p_stop_early) < 0.03
+    assert summary["expansion_dlt_rate"] == pytest.approx(0.25, abs=0.03)
+    # 4 cohorts: each at least its window after it starts, the first patient of a new dose observed 14 days
+    assert summary["mean_duration_d"] > 4 * 28 + 14
+
+
+def test_a_simulation_writes_reads_back_and_refuses_bad_settings(tmp_path):
+    run = synthetic_run(draws=20)
+    simulation = simulate_trials(run, ThreePlusThree(), ["1e8", "3e8"], toxicity=constant_toxicity(0.1), trials=50,
+                                 seed=1, draws=20)
+    write_trial(simulation, tmp_path / "trial")
+    back = read_trial(tmp_path / "trial")
+    assert back.oc.shape == simulation.oc.shape and back.settings["trials"] == 50
+    (tmp_path / "trial" / "oc.csv").write_text("design\nx\n")
+    with pytest.raises(ValueError, match="missing column"):
+        read_trial(tmp_path / "trial")
+    with pytest.raises(ValueError, match="lowest first"):
+        simulate_trials(run, BOIN(), ["3e8", "1e8"], toxicity=constant_toxicity(0.1), trials=10, draws=20)
+    with pytest.raises(ValueError, match="not among the fitted analytes"):
+        simulate_trials(run, BOIN(), ["1e8", "3e8"], trials=10, draws=20)   # the default signal is IL-6
+    with pytest.raises(TypeError, match="pkpd.trial design"):
+        simulate_trials(run, "boin", ["1e8", "3e8"], toxicity=constant_toxicity(0.1), trials=10, draws=20)
