@@ -76,3 +76,14 @@ def test_a_simulation_writes_reads_back_and_refuses_bad_settings(tmp_path):
         simulate_trials(run, BOIN(), ["1e8", "3e8"], trials=10, draws=20)   # the default signal is IL-6
     with pytest.raises(TypeError, match="pkpd.trial design"):
         simulate_trials(run, "boin", ["1e8", "3e8"], toxicity=constant_toxicity(0.1), trials=10, draws=20)
+
+
+def test_the_dask_path_gives_the_same_trials():
+    from distributed import Client
+
+    run = synthetic_run(draws=20)
+    settings = dict(toxicity=constant_toxicity(0.2), trials=40, seed=5, draws=20)
+    local = simulate_trials(run, BOIN(max_n=9), ["1e8", "3e8"], **settings)
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
+        distributed = simulate_trials(run, BOIN(max_n=9), ["1e8", "3e8"], client=client, **settings)
+    assert local.oc.equals(distributed.oc) and local.summary.equals(distributed.summary)

@@ -137,6 +137,7 @@ def simulate_command(
         draws: Annotated[int, typer.Option(min=10, max=10_000, help="Posterior draws in the virtual-patient pool.")] = 100,
         product: Annotated[Optional[str], typer.Option(help="Only this product's scenarios (e.g. CD19/CD20).")] = None,
         seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 1,
+        scheduler: Annotated[Optional[str], typer.Option(help="Address of a running dask scheduler: the trials' decisions run there in chunks.")] = None,
         model: ModelOpt = None, average: AverageOpt = False, dataset: DatasetOpt = None,
         weigh_unconverged: WeighOpt = False) -> None:
     """Simulate the dose-escalation trial on virtual patients from a fit: DLTs from the toxicity
@@ -164,6 +165,14 @@ def simulate_command(
             known = sorted({str(s.product) for m in average_of.members for s in scenarios_for(m)})
             fail(f"--product {product!r} is not a scenario of this fit: one of {', '.join(known)}")
         scenarios = list(dict.fromkeys(scenarios))
+    client = None
+    if scheduler is not None:
+        from distributed import Client
+
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            fail(f"--scheduler {scheduler}: cannot connect ({exc}); start one with `dask scheduler` and `dask worker`")
     try:
         toxicity = ToxicityModel(analyte=analyte.strip(), metric=metric.strip(),
                                  **({"reference": reference} if reference is not None else {}))
@@ -171,9 +180,12 @@ def simulate_command(
             simulation = simulate_trials(result, chosen, split_items(doses) or ["3e8", "4.5e8", "6e8"],
                                          toxicity=toxicity, scenarios=scenarios, trials=trials, seed=seed,
                                          window=window, stagger=stagger, accrual_per_month=accrual,
-                                         expansion=expansion, draws=draws)
+                                         expansion=expansion, draws=draws, client=client)
     except (ValueError, SolverError) as exc:
         fail(exc)
+    finally:
+        if client is not None:
+            client.close()
     files = write_trial(simulation, out)
     print_simulation(simulation)
     console.print(f"wrote {', '.join(str(f) for f in files)}")
