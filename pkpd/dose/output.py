@@ -92,7 +92,8 @@ def observed_metrics(cohort) -> pd.DataFrame:
 
 
 def write_dose(selection: DoseSelection, out: str | Path, cohort=None) -> list[Path]:
-    """pta.csv, recommendation.json, exposure.csv, patients.csv, pta.png, exposure_response.png."""
+    """pta.csv, recommendation.json, exposure.csv, patients.csv, pta.png, tradeoff.png,
+    exposure_response.png."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "pta.csv") as tmp:
@@ -106,9 +107,39 @@ def write_dose(selection: DoseSelection, out: str | Path, cohort=None) -> list[P
             *(save(fig, out / f"{name}.png") for name, fig in dose_figures(selection, cohort))]
 
 
+def tradeoff_figure(selection: DoseSelection) -> plt.Figure:
+    """The benefit-risk trade-off: per scenario and dose, the smallest efficacy probability
+    against the smallest safety probability, with the required levels: a dose in the top-right
+    corner meets them all, and the distance to it is what a dose lacks."""
+    pta, rec = selection.pta, selection.recommendation
+    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    kinds = set(pta["kind"])
+    for k, (scenario, g) in enumerate(pta.groupby("scenario", sort=False)):
+        per_dose = g.groupby("dose", sort=False).apply(
+            lambda rows: pd.Series({"total": rows["dose_total"].iloc[0],
+                                    "efficacy": rows.loc[rows["kind"] == "efficacy", "probability"].min(),
+                                    "safety": rows.loc[rows["kind"] == "safety", "probability"].min()}),
+            include_groups=False).sort_values("total")
+        x = per_dose["efficacy"] if "efficacy" in kinds else per_dose["total"]
+        y = per_dose["safety"] if "safety" in kinds else np.ones(len(per_dose))
+        ax.plot(x, y, "o-", color=f"C{k}", ms=4, lw=0.8, label=scenario)
+        for i in {0, len(per_dose) - 1}:   # the lowest and highest dose of each line
+            ax.annotate(str(per_dose.index[i]).split(" ")[0], (x.iloc[i] if hasattr(x, "iloc") else x[i],
+                        y.iloc[i] if hasattr(y, "iloc") else y[i]), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    ax.axvline(rec["efficacy_level"], color="k", ls=":", lw=0.8)
+    ax.axhline(rec["safety_level"], color="k", ls=":", lw=0.8)
+    ax.set(xlabel="smallest P(efficacy target) at the dose", ylabel="smallest P(safety target) at the dose",
+           title="Benefit-risk trade-off across doses (dotted: required levels)")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
 def dose_figures(selection: DoseSelection, cohort=None):
-    """(name, Figure): pta, and exposure_response (with the observed subjects of `cohort`)."""
+    """(name, Figure): pta, tradeoff, and exposure_response (with the observed subjects of `cohort`)."""
     yield "pta", pta_figure(selection)
+    yield "tradeoff", tradeoff_figure(selection)
     yield "exposure_response", exposure_response_figure(selection, observed_metrics(cohort) if cohort is not None
                                                         else None)
 
