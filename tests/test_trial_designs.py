@@ -113,6 +113,20 @@ def test_crm_skeleton_and_posterior():
         assert mean[d] == pytest.approx(expected, abs=1e-6)
 
 
+def test_crm_posterior_reproduces_cheungs_worked_example():
+    # Cheung YK, Dose Finding by the Continual Reassessment Method, CRC 2011, p. 21: skeleton
+    # 0.05-0.55, target 0.25, patients at levels 3, 5, 5, 3, 4 with one DLT (the second at
+    # level 5); empiric model, a ~ N(0, 1.34): posterior mean of a 0.504, variance 0.317 (dfcrm
+    # 0.2-2.1 crm(), run side by side: 0.5043536224 and 0.3165863158); dose 4 recommended
+    crm = CRM(target=0.25, skeleton=(0.05, 0.12, 0.25, 0.40, 0.55))
+    n, y = np.array([0, 0, 2, 1, 2]), np.array([0, 0, 0, 0, 1])
+    mean, variance = crm.posterior_a(n, y)
+    assert mean == pytest.approx(0.5043536224, abs=1e-6) and variance == pytest.approx(0.3165863158, abs=1e-6)
+    plug_in = np.array(crm.skeleton) ** math.exp(mean)
+    np.testing.assert_allclose(plug_in, [0.00701, 0.0299, 0.101, 0.219, 0.372], rtol=3e-3)
+    assert int(np.argmin(np.abs(plug_in - 0.25))) == 3
+
+
 def test_every_design_finds_the_mtd_and_stops_when_every_dose_is_too_toxic():
     tox = [0.05, 0.12, 0.3, 0.5, 0.65]
     for design in (BOIN(max_n=36), MTPI2(max_n=36), CRM(max_n=36), CRM(max_n=36, ewoc=0.25)):

@@ -65,14 +65,24 @@ class CRM:
             raise ValueError(f"the skeleton has {len(self.skeleton)} doses, the trial {levels}")
         return np.asarray(self.skeleton, float)
 
-    def posterior(self, n: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(posterior mean DLT probability per dose, P(p_d > target) per dose)."""
+    def _weights(self, n: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(posterior weights of the quadrature grid of a, DLT probabilities (grid, doses))."""
         s = self.prior(len(n))
-        p = s[None, :] ** np.exp(GRID)[:, None]                       # (grid, doses)
+        p = s[None, :] ** np.exp(GRID)[:, None]
         log_post = -0.5 * GRID ** 2 / PRIOR_VARIANCE + (y * np.log(p) + (n - y) * np.log1p(-p)).sum(1)
         w = np.exp(log_post - log_post.max())
-        w /= w.sum()
+        return w / w.sum(), p
+
+    def posterior(self, n: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(posterior mean DLT probability per dose, P(p_d > target) per dose)."""
+        w, p = self._weights(n, y)
         return w @ p, w @ (p > self.target)
+
+    def posterior_a(self, n: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """Posterior mean and variance of the model parameter a (dfcrm's beta)."""
+        w, _ = self._weights(n, y)
+        mean = float(w @ GRID)
+        return mean, float(w @ (GRID - mean) ** 2)
 
     def decide(self, n: np.ndarray, y: np.ndarray, current: int, eliminated: np.ndarray) -> int:
         mean, above = self.posterior(n, y)
