@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from pkpd.cli import app
 from pkpd.trial import BOIN, CRM, MTPI2, ThreePlusThree, boin_boundaries, operating_characteristics, skeleton
+from pkpd.trial.crm import _moments
 from pkpd.trial.oc import run_trial
 
 
@@ -127,6 +128,37 @@ def test_crm_posterior_reproduces_cheungs_worked_example():
     assert int(np.argmin(np.abs(plug_in - 0.25))) == 3
 
 
+def test_tite_crm_posterior_matches_dfcrm_titecrm():
+    # dfcrm 0.2-2.1, titecrm() help example, run side by side: skeleton 0.05-0.70, target 0.2,
+    # ten patients with follow-up u of a 180-day window (linear weights u/180, 1 after a DLT):
+    # posterior mean of a -0.1327865514, variance 0.1954901478, dose level 3 recommended
+    crm = CRM(target=0.2, skeleton=(0.05, 0.10, 0.20, 0.35, 0.50, 0.70), cohort_size=1, tite=True)
+    level = np.array([3, 3, 3, 4, 4, 3, 2, 2, 2, 3]) - 1
+    dlt = np.array([0, 0, 1, 0, 1, 0, 0, 0, 0, 0], bool)
+    followed = np.array([178, 181, 168, 181, 24, 181, 179, 102, 42, 3])
+    weight = np.where(dlt, 1.0, np.minimum(followed / 180, 1.0))
+    grid, p = crm.patient_posterior(level, dlt, weight, 6)
+    mean, variance = _moments(grid)
+    assert mean == pytest.approx(-0.1327865514, abs=1e-6) and variance == pytest.approx(0.1954901478, abs=1e-6)
+    assert int(np.argmin(np.abs(np.array(crm.skeleton) ** math.exp(mean) - 0.2))) == 2
+    # with every window complete the TITE posterior is the CRM's
+    n, y = np.bincount(level, minlength=6), np.bincount(level, weights=dlt, minlength=6)
+    complete, _ = crm.patient_posterior(level, dlt, np.ones(10), 6)
+    np.testing.assert_allclose(complete, crm._weights(n, y)[0], atol=1e-12)
+
+
+def test_tite_crm_with_slow_accrual_behaves_as_the_crm():
+    # one patient every 2 months: every window (28 days) is complete when the next patient enters
+    tox = [0.05, 0.15, 0.3, 0.45, 0.6]
+    tite = operating_characteristics(CRM(cohort_size=1, max_n=18, tite=True), tox, trials=1500, seed=8,
+                                     accrual_per_month=0.25)
+    crm = operating_characteristics(CRM(cohort_size=1, max_n=18), tox, trials=1500, seed=9)
+    a, b = tite.table, crm.table
+    assert np.all(np.abs(a["p_select"] - b["p_select"]) < 4 * np.hypot(a["se_select"], b["se_select"]) + 1e-3)
+    with pytest.raises(ValueError, match="one at a time"):
+        CRM(tite=True, cohort_size=3)
+
+
 def test_every_design_finds_the_mtd_and_stops_when_every_dose_is_too_toxic():
     tox = [0.05, 0.12, 0.3, 0.5, 0.65]
     for design in (BOIN(max_n=36), MTPI2(max_n=36), CRM(max_n=36), CRM(max_n=36, ewoc=0.25)):
@@ -161,7 +193,7 @@ def test_trial_commands(tmp_path):
     for args, message in ((["trial", "oc", "--design", "x", "--tox", "0.1,0.2"], "not a design"),
                           (["trial", "oc", "--design", "boin", "--tox", "0.1,a"], "comma-separated"),
                           (["trial", "oc", "--design", "boin", "--tox", "0.3,0.1"], "must not decrease"),
-                          (["trial", "oc", "--design", "boin", "--tox", "0.1,0.2", "--ewoc", "0.2"], "crm only"),
+                          (["trial", "oc", "--design", "boin", "--tox", "0.1,0.2", "--ewoc", "0.2"], "crm or tite-crm only"),
                           (["trial", "design", "crm"], "no decision table")):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and message in result.output, (args, result.output)

@@ -87,3 +87,22 @@ def test_the_dask_path_gives_the_same_trials():
     with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as client:
         distributed = simulate_trials(run, BOIN(max_n=9), ["1e8", "3e8"], client=client, **settings)
     assert local.oc.equals(distributed.oc) and local.summary.equals(distributed.summary)
+
+
+def test_a_time_to_event_design_runs_on_the_fit_as_on_fixed_probabilities_and_shortens_the_trial():
+    from pkpd.trial import CRM
+
+    run = synthetic_run(draws=20)
+    tox = ToxicityModel(**{**constant_toxicity(0.2).__dict__, "onset_days": (0.0, 28.0)})
+    design = CRM(target=0.3, cohort_size=1, max_n=12, tite=True)
+    simulation = simulate_trials(run, design, ["1e8", "3e8", "6e8"], toxicity=tox, trials=1200, seed=4, draws=20,
+                                 expansion=0, accrual_per_month=3.0)
+    fixed = operating_characteristics(design, [0.2, 0.2, 0.2], trials=3000, seed=5, accrual_per_month=3.0)
+    model = simulation.oc.set_index("dose")
+    for k, dose in enumerate(["1e8", "3e8", "6e8"]):
+        a, b = model.loc[dose], fixed.table.iloc[k]
+        assert abs(a["p_select"] - b["p_select"]) < 4 * math.hypot(a["se_select"], b["se_select"]) + 1e-3, dose
+    cohorts = simulate_trials(run, CRM(target=0.3, cohort_size=1, max_n=12), ["1e8", "3e8", "6e8"], toxicity=tox,
+                              trials=200, seed=4, draws=20, expansion=0, accrual_per_month=3.0)
+    # without waiting for each window: about 12 entries at 3 a month plus one window, against 12 windows
+    assert simulation.summary["mean_duration_d"].iloc[0] < 0.5 * cohorts.summary["mean_duration_d"].iloc[0]

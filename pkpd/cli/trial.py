@@ -16,7 +16,7 @@ from .common import (AverageOpt, DatasetOpt, ModelOpt, RunArg, Table, WeighOpt, 
 app = typer.Typer(help="Dose-escalation designs: decision tables and operating characteristics.",
                   no_args_is_help=True)
 
-DESIGN_NAMES = "3+3, boin, mtpi2 or crm"
+DESIGN_NAMES = "3+3, boin, mtpi2, crm or tite-crm"
 
 
 def _design(name: str, target: float, cohort_size: int, max_n: int, ewoc: Optional[float]):
@@ -25,12 +25,12 @@ def _design(name: str, target: float, cohort_size: int, max_n: int, ewoc: Option
     key = name.strip().lower()
     if key not in DESIGNS:
         fail(f"--design {name!r} is not a design: use {DESIGN_NAMES}")
-    if ewoc is not None and key != "crm":
-        fail("--ewoc applies to --design crm only")
+    if ewoc is not None and key not in ("crm", "tite-crm"):
+        fail("--ewoc applies to --design crm or tite-crm only")
     if key == "3+3":
         return DESIGNS[key]()
-    options = dict(target=target, cohort_size=cohort_size, max_n=max_n)
-    if key == "crm":
+    options = dict(target=target, cohort_size=1 if key == "tite-crm" else cohort_size, max_n=max_n)
+    if key in ("crm", "tite-crm"):
         options["ewoc"] = ewoc
     try:
         return DESIGNS[key](**options)
@@ -84,9 +84,11 @@ def oc_command(
         trials: Annotated[int, typer.Option(min=2, help="Simulated trials.")] = 2000,
         seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
         target: Annotated[float, typer.Option(help="Target DLT probability (not used by 3+3).")] = 0.3,
-        cohort_size: Annotated[int, typer.Option(help="Patients per cohort (3+3: always 3).")] = 3,
+        cohort_size: Annotated[int, typer.Option(help="Patients per cohort (3+3: always 3; tite-crm: 1).")] = 3,
         max_n: Annotated[int, typer.Option(help="Patients per trial (3+3 stops by its own rules).")] = 30,
-        ewoc: Annotated[Optional[float], typer.Option(help="CRM only: overdose control, the largest P(DLT probability > target) allowed.")] = None,
+        window: Annotated[float, typer.Option(min=1, help="tite-crm: the DLT window (days), a DLT at a uniform time within it.")] = 28.0,
+        accrual: Annotated[float, typer.Option(min=0.01, help="tite-crm: patients enrolled per month.")] = 2.0,
+        ewoc: Annotated[Optional[float], typer.Option(help="CRM and TITE-CRM: overdose control, the largest P(DLT probability > target) allowed.")] = None,
         out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Folder for oc.csv and oc.json.")] = None) -> None:
     """Run a design many times on fixed true DLT probabilities (no model) and print how often each
     dose is selected, the patients and DLTs per dose, and the mean sample size (with Monte Carlo SEs)."""
@@ -98,7 +100,8 @@ def oc_command(
         fail(f"--tox {tox!r} is not a comma-separated list of probabilities, e.g. 0.05,0.15,0.3")
     chosen = _design(design, target, cohort_size, max_n, ewoc)
     try:
-        oc = operating_characteristics(chosen, probabilities, trials=trials, seed=seed)
+        oc = operating_characteristics(chosen, probabilities, trials=trials, seed=seed, window=window,
+                                       accrual_per_month=accrual)
     except ValueError as exc:
         fail(f"--tox: {exc}")
     rich = Table(title=f"Operating characteristics: {oc.design}, {oc.trials} trials, seed {seed}")
@@ -126,7 +129,7 @@ def simulate_command(
         target: Annotated[float, typer.Option(help="Target DLT probability at the MTD (not used by 3+3).")] = 0.3,
         cohort_size: Annotated[int, typer.Option(help="Patients per cohort (3+3: always 3).")] = 3,
         max_n: Annotated[int, typer.Option(help="Patients in escalation (3+3 stops by its own rules).")] = 12,
-        ewoc: Annotated[Optional[float], typer.Option(help="CRM only: overdose control.")] = None,
+        ewoc: Annotated[Optional[float], typer.Option(help="CRM and TITE-CRM: overdose control.")] = None,
         expansion: Annotated[int, typer.Option(min=0, help="Patients in the expansion cohort at the selected dose.")] = 9,
         window: Annotated[float, typer.Option(min=1, help="DLT window (days).")] = 28.0,
         stagger: Annotated[float, typer.Option(min=0, help="Days the first patient of a new dose is observed before the others.")] = 14.0,

@@ -7,13 +7,16 @@ probabilities; the model-based trial simulator draws them from a fitted PK/PD mo
 
     boin.py              BOIN (Liu and Yuan 2015): boundaries, decision table, design
     mtpi2.py             mTPI-2 (Guo, Li, Yuan and Ji 2017)
-    crm.py               CRM (O'Quigley, Pepe and Fisher 1990), optional overdose control
+    crm.py               CRM (O'Quigley, Pepe and Fisher 1990), optional overdose control, TITE-CRM
+    tite.py              trials whose patients enter without waiting for earlier DLT windows
     three_plus_three.py  the 3+3 with de-escalation
     selection.py         isotonic selection of the MTD, the Beta posterior tail for elimination
     oc.py                operating characteristics by simulation, with Monte Carlo SEs
     toxicity.py          CRS grade and DLT as functions of a model-predicted exposure
     simulation.py        the model-based trial simulator (virtual patients from a fitted model)
 """
+
+from functools import partial
 
 from .boin import BOIN, boin_boundaries
 from .crm import CRM, skeleton
@@ -23,7 +26,7 @@ from .simulation import TrialSimulation, simulate_trials
 from .three_plus_three import ThreePlusThree
 from .toxicity import ToxicityModel
 
-DESIGNS = {"3+3": ThreePlusThree, "boin": BOIN, "mtpi2": MTPI2, "crm": CRM}
+DESIGNS = {"3+3": ThreePlusThree, "boin": BOIN, "mtpi2": MTPI2, "crm": CRM, "tite-crm": partial(CRM, tite=True)}
 
 __all__ = ["BOIN", "CRM", "DESIGNS", "MTPI2", "OperatingCharacteristics", "ThreePlusThree", "ToxicityModel",
            "TrialSimulation", "boin_boundaries", "operating_characteristics", "run_trial", "simulate_trials", "skeleton"]

@@ -7,7 +7,11 @@ never more than one level above the highest dose tried. With `ewoc` (escalation 
 control; Babb J, Rogatko A, Zacks S. Stat Med 1998;17:1103-1120) only doses with
 P(p_d > target | data) <= ewoc may be given. The trial stops when P(p_1 > target) exceeds
 `cutoff_stop` with at least 3 patients at the lowest dose. The MTD is the tried dose closest to
-the target at the end."""
+the target at the end. With `tite=True` (TITE-CRM; Cheung YK, Chappell R. Biometrics
+2000;56:1177-1182) patients enter one at a time without waiting for the previous ones' DLT
+windows: a patient still in the window without a DLT counts by the fraction of it followed
+(pkpd.trial.tite runs such trials).
+"""
 
 from __future__ import annotations
 
@@ -46,7 +50,11 @@ class CRM:
     skeleton: tuple[float, ...] | None = None   # default skeleton(target, levels) per trial
     ewoc: float | None = None                   # overdose control: max P(p_d > target)
     cutoff_stop: float = 0.95
-    name = "CRM"
+    tite: bool = False                          # time-to-event CRM: patients enter one at a time
+
+    @property
+    def name(self) -> str:
+        return "TITE-CRM" if self.tite else "CRM"
 
     def __post_init__(self):
         check_sizes(self.cohort_size, self.max_n)
@@ -57,6 +65,8 @@ class CRM:
                 raise ValueError(f"skeleton must be increasing DLT probabilities in (0, 1), got {list(self.skeleton)}")
         if self.ewoc is not None and not 0 < self.ewoc < 1:
             raise ValueError(f"ewoc must be a probability in (0, 1), got {self.ewoc}")
+        if self.tite and self.cohort_size != 1:
+            raise ValueError(f"a TITE-CRM enters patients one at a time: cohort_size must be 1, got {self.cohort_size}")
 
     def prior(self, levels: int) -> np.ndarray:
         if self.skeleton is None:
@@ -65,13 +75,16 @@ class CRM:
             raise ValueError(f"the skeleton has {len(self.skeleton)} doses, the trial {levels}")
         return np.asarray(self.skeleton, float)
 
-    def _weights(self, n: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(posterior weights of the quadrature grid of a, DLT probabilities (grid, doses))."""
-        s = self.prior(len(n))
-        p = s[None, :] ** np.exp(GRID)[:, None]
-        log_post = -0.5 * GRID ** 2 / PRIOR_VARIANCE + (y * np.log(p) + (n - y) * np.log1p(-p)).sum(1)
+    def _posterior_grid(self, levels: int, log_likelihood) -> tuple[np.ndarray, np.ndarray]:
+        """(posterior weights of the quadrature grid of a, DLT probabilities (grid, doses)) for a
+        log likelihood function of those probabilities."""
+        p = self.prior(levels)[None, :] ** np.exp(GRID)[:, None]
+        log_post = -0.5 * GRID ** 2 / PRIOR_VARIANCE + log_likelihood(p)
         w = np.exp(log_post - log_post.max())
         return w / w.sum(), p
+
+    def _weights(self, n: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._posterior_grid(len(n), lambda p: (y * np.log(p) + (n - y) * np.log1p(-p)).sum(1))
 
     def posterior(self, n: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(posterior mean DLT probability per dose, P(p_d > target) per dose)."""
@@ -80,12 +93,27 @@ class CRM:
 
     def posterior_a(self, n: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         """Posterior mean and variance of the model parameter a (dfcrm's beta)."""
-        w, _ = self._weights(n, y)
-        mean = float(w @ GRID)
-        return mean, float(w @ (GRID - mean) ** 2)
+        return _moments(self._weights(n, y)[0])
 
     def decide(self, n: np.ndarray, y: np.ndarray, current: int, eliminated: np.ndarray) -> int:
-        mean, above = self.posterior(n, y)
+        return self._choose(*self.posterior(n, y), n, eliminated)
+
+    def patient_posterior(self, level: np.ndarray, dlt: np.ndarray, weight: np.ndarray,
+                          levels: int) -> tuple[np.ndarray, np.ndarray]:
+        """The TITE-CRM posterior (Cheung and Chappell 2000): patient i at dose level[i] adds
+        log p if a DLT was seen, else log(1 - weight[i] p), weight the fraction of the window
+        followed (1 once complete): (grid weights, DLT probabilities (grid, doses))."""
+        level, dlt, weight = np.asarray(level, int), np.asarray(dlt, bool), np.asarray(weight, float)
+        return self._posterior_grid(levels, lambda p: np.where(dlt, np.log(p[:, level]),
+                                                               np.log1p(-weight * p[:, level])).sum(1))
+
+    def decide_patients(self, level: np.ndarray, dlt: np.ndarray, weight: np.ndarray, levels: int,
+                        eliminated: np.ndarray) -> int:
+        """The dose of the next patient of a TITE trial from the data seen so far."""
+        w, p = self.patient_posterior(level, dlt, weight, levels)
+        return self._choose(w @ p, w @ (p > self.target), np.bincount(level, minlength=levels), eliminated)
+
+    def _choose(self, mean: np.ndarray, above: np.ndarray, n: np.ndarray, eliminated: np.ndarray) -> int:
         if n[0] >= 3 and above[0] > self.cutoff_stop:
             eliminated[:] = True
             return STOP
@@ -102,3 +130,8 @@ class CRM:
         mean, _ = self.posterior(n, y)
         distance = np.where(n > 0, np.abs(mean - self.target), np.inf)
         return int(np.argmin(distance))
+
+
+def _moments(w: np.ndarray) -> tuple[float, float]:
+    mean = float(w @ GRID)
+    return mean, float(w @ (GRID - mean) ** 2)

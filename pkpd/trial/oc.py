@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .selection import STOP
+from .tite import run_time_to_event
 
 
 @dataclass(frozen=True)
@@ -20,9 +21,17 @@ class TrialOutcome:
     stopped_early: bool   # stopped before its sample size (3+3: by its own rule, not early)
 
 
-def run_trial(design, tox, rng: np.random.Generator, start: int = 0) -> TrialOutcome:
-    """One trial of `design` on true DLT probabilities `tox` (one per dose, increasing)."""
+def run_trial(design, tox, rng: np.random.Generator, start: int = 0, window: float = 28.0,
+              accrual_per_month: float = 2.0) -> TrialOutcome:
+    """One trial of `design` on true DLT probabilities `tox` (one per dose, increasing). A
+    time-to-event design (tite) enters patients at `accrual_per_month`, a DLT at a uniform time
+    within the `window` (days), as in Cheung and Chappell's simulations."""
     tox = np.asarray(tox, float)
+    if getattr(design, "tite", False):
+        gaps = rng.exponential(30.4375 / accrual_per_month, int(design.max_n))
+        outcome = lambda d, j: (rng.random() < tox[d], rng.uniform(0, window))  # noqa: E731
+        n, y, selected, stopped, _ = run_time_to_event(design, len(tox), outcome, gaps, window)
+        return TrialOutcome(n, y, selected, stopped)
     n = np.zeros(len(tox), np.int64)
     y = np.zeros(len(tox), np.int64)
     eliminated = np.zeros(len(tox), bool)
@@ -53,7 +62,8 @@ class OperatingCharacteristics:
                 f"(SE {self.se_mean_n:.2f}), P(stop early) {self.p_stop_early:.3f}")
 
 
-def operating_characteristics(design, tox, trials: int = 2000, seed: int = 0, start: int = 0) -> OperatingCharacteristics:
+def operating_characteristics(design, tox, trials: int = 2000, seed: int = 0, start: int = 0, window: float = 28.0,
+                              accrual_per_month: float = 2.0) -> OperatingCharacteristics:
     tox = np.asarray(tox, float)
     if tox.ndim != 1 or len(tox) < 2 or np.any((tox <= 0) | (tox >= 1)):
         raise ValueError(f"tox must be DLT probabilities in (0, 1), one per dose (at least 2), got {tox.tolist()}")
@@ -62,7 +72,7 @@ def operating_characteristics(design, tox, trials: int = 2000, seed: int = 0, st
     if int(trials) != trials or trials < 2:
         raise ValueError(f"trials must be a whole number >= 2, got {trials}")
     rng = np.random.default_rng(seed)
-    outcomes = [run_trial(design, tox, rng, start) for _ in range(int(trials))]
+    outcomes = [run_trial(design, tox, rng, start, window, accrual_per_month) for _ in range(int(trials))]
     n = np.array([o.n for o in outcomes])
     y = np.array([o.y for o in outcomes])
     selected = np.array([o.selected for o in outcomes])

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .selection import STOP
+from .tite import run_time_to_event
 from .toxicity import ToxicityModel
 
 DAYS_PER_MONTH = 30.4375
@@ -150,9 +151,10 @@ def _trials(design, pool, toxicity, efficacy, trials, window, stagger, accrual, 
     signal = pool.signal[:, draw, :].transpose(1, 0, 2)                     # (T, D, P)
     p_dlt = toxicity.dlt_probability(signal, parameters)                    # (T, D, P)
     dlt = rng.random(p_dlt.shape) < p_dlt
+    onset = rng.uniform(*toxicity.onset_days, p_dlt.shape)
     gaps = rng.exponential(DAYS_PER_MONTH / accrual, (trials, D * P + expansion))
-    arguments = [(design, dlt[c], gaps[c], window, stagger, expansion) for c in np.array_split(np.arange(trials), 8)
-                 if len(c)]
+    arguments = [(design, dlt[c], onset[c], gaps[c], window, stagger, expansion)
+                 for c in np.array_split(np.arange(trials), 8) if len(c)]
     if client is not None:
         parts = client.gather(client.map(_run_chunk, *zip(*arguments)))
     else:
@@ -165,9 +167,10 @@ def _trials(design, pool, toxicity, efficacy, trials, window, stagger, accrual, 
     return out
 
 
-def _run_chunk(design, dlt, gaps, window, stagger, expansion) -> dict:
-    """The design's decisions for a chunk of trials with DLT outcomes dlt (T, D, P) drawn in
-    advance (patient j at dose d of trial t is dlt[t, d, j]) and inter-arrival gaps (T, ...)."""
+def _run_chunk(design, dlt, onset, gaps, window, stagger, expansion) -> dict:
+    """The design's decisions for a chunk of trials with DLT outcomes dlt (T, D, P) and their
+    onsets (days) drawn in advance (patient j at dose d of trial t is dlt[t, d, j]) and
+    inter-arrival gaps (T, ...)."""
     T, D, _ = dlt.shape
     n = np.zeros((T, D), np.int64)
     y = np.zeros((T, D), np.int64)
@@ -176,6 +179,12 @@ def _run_chunk(design, dlt, gaps, window, stagger, expansion) -> dict:
     duration = np.zeros(T)
     expansion_dlt = np.full(T, np.nan)
     for t in range(T):
+        if getattr(design, "tite", False):
+            n[t], y[t], selected[t], stopped[t], clock = run_time_to_event(
+                design, D, lambda d, j: (dlt[t, d, j], onset[t, d, j]), gaps[t], window)
+            arrival = int(n[t].sum())
+            _expand(t, selected, dlt, n, gaps, arrival, expansion, expansion_dlt, duration, clock, window)
+            continue
         ni, yi, eliminated = n[t], y[t], np.zeros(D, bool)
         current, clock, arrival = 0, 0.0, 0
         while ni.sum() < design.max_n:
@@ -192,13 +201,19 @@ def _run_chunk(design, dlt, gaps, window, stagger, expansion) -> dict:
                 stopped[t] = design.max_n < 10**9
                 break
         selected[t] = design.select(ni, yi, eliminated)
-        if selected[t] != STOP and expansion:
-            d = selected[t]
-            expansion_dlt[t] = dlt[t, d, ni[d]:ni[d] + expansion].mean()
-            clock += gaps[t, arrival:arrival + expansion].sum() + window
-        duration[t] = clock
+        _expand(t, selected, dlt, n, gaps, arrival, expansion, expansion_dlt, duration, clock, window)
     return {"n": n, "y": y, "selected": selected, "stopped": stopped, "duration": duration,
             "expansion_dlt": expansion_dlt}
+
+
+def _expand(t, selected, dlt, n, gaps, arrival, expansion, expansion_dlt, duration, clock, window) -> None:
+    """The expansion cohort of trial t at its selected dose, enrolled once escalation has ended
+    (at `clock`, every window complete): its DLT rate, and the trial's end."""
+    d = selected[t]
+    if d != STOP and expansion:
+        expansion_dlt[t] = dlt[t, d, n[t, d]:n[t, d] + expansion].mean()
+        clock += gaps[t, arrival:arrival + expansion].sum() + window
+    duration[t] = clock
 
 
 def _se(x: np.ndarray) -> float:
@@ -234,7 +249,8 @@ def _summary_row(design, scenario, labels, outcome, efficacy, trials) -> dict:
            "p_stop_early": outcome["stopped"].mean(), "p_no_dose": 1 - picked.mean(),
            "mean_n": total.mean(), "se_n": _se(total), "mean_dlt": outcome["y"].sum(1).mean(),
            "mean_duration_d": outcome["duration"].mean(), "se_duration_d": _se(outcome["duration"]),
-           "expansion_dlt_rate": float(np.nanmean(outcome["expansion_dlt"])) if picked.any() else float("nan")}
+           "expansion_dlt_rate": float(np.nanmean(outcome["expansion_dlt"]))
+           if np.isfinite(outcome["expansion_dlt"]).any() else float("nan")}
     rows = np.flatnonzero(picked)
     for t in efficacy:   # what the selected dose is expected to deliver, in the trials that selected one
         attained = outcome["attained"][t.name][rows, selected[rows]]

@@ -18,7 +18,9 @@ Default priors (a convention of this tool, to be replaced by a sponsor's data):
 - CRS severity rises with peak IL-6 (Teachey DT et al., Cancer Discov 2016;6:664; Hay KA et al.,
   Blood 2017;130:2295): a slope of 1.5 (SD 0.75) per log10 unit, an odds ratio of about 4.5 per
   10-fold higher peak;
-- other DLTs at a background probability Beta(1, 49) (mean 2%).
+- other DLTs at a background probability Beta(1, 49) (mean 2%);
+- a DLT's onset uniform over days 1-8 after infusion (CRS onset in SLE), which only the
+  time-to-event designs read.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class ToxicityModel:
     slope: tuple[float, float] = (1.5, 0.75)     # Normal(mean, sd) per log10 unit of the signal
     dlt_grade: int = 3
     background: tuple[float, float] = (1.0, 49.0)  # Beta(a, b) probability of another DLT
+    onset_days: tuple[float, float] = (1.0, 8.0)   # a DLT's onset, uniform (CRS in SLE: days 1-8)
     fitted: bool = False                         # True once fitted to adverse-event records
 
     def __post_init__(self):
@@ -53,6 +56,8 @@ class ToxicityModel:
                              f"got {self.dlt_grade}")
         if not (self.reference > 0 and self.slope[1] > 0 and min(self.background) > 0):
             raise ValueError("reference must be > 0, the slope's sd > 0, and the background's Beta parameters > 0")
+        if not 0 <= self.onset_days[0] <= self.onset_days[1]:
+            raise ValueError(f"onset_days must be (earliest, latest) days with 0 <= earliest <= latest, got {self.onset_days}")
 
     @property
     def signal(self) -> tuple[str, str]:
