@@ -21,7 +21,7 @@ class Analyte:
     paramcd: str  # ADaM PARAMCD (8 characters at most)
     dvid: int  # NONMEM DVID code written by pkpd
     unit: str  # canonical unit
-    kind: str  # "ck" (cellular kinetics), "cytokine", "bcell", "ig", "autoantibody", "other"
+    kind: str  # "ck" (cellular kinetics), "cytokine", "bcell", "ig", "autoantibody", "adverse_event", "other"
     aliases: tuple[str, ...] = field(default=())
     lloq: float | None = None  # typical assay LLOQ, used when simulating (recalled, not a cited value)
 
@@ -48,7 +48,16 @@ CATALOGUE: tuple[Analyte, ...] = (
     Analyte("ige", "Immunoglobulin E", "IGE", 11, "IU/mL", "ig", ("IgE", "immunoglobulin E"), lloq=2.0),
     Analyte("anti_dsdna", "Anti-dsDNA antibodies", "ADSDNA", 12, "IU/mL", "autoantibody",
             ("anti-dsDNA", "anti dsDNA", "dsDNA", "ANTIDSDNA"), lloq=10.0),
+    # adverse events: one record per assessment or onset, DV the grade (0 = assessed, none;
+    # ASTCT consensus grading, Lee DW et al., Biol Blood Marrow Transplant 2019;25:625)
+    Analyte("crs", "Cytokine release syndrome grade (ASTCT)", "CRSGR", 13, "grade", "adverse_event",
+            ("CRS", "CRS grade", "cytokine release syndrome", "CRSGRADE")),
+    Analyte("icans", "ICANS grade (ASTCT)", "ICANSGR", 14, "grade", "adverse_event",
+            ("ICANS", "ICANS grade", "neurotoxicity", "ICANSGRADE")),
 )
+
+#: the largest grade an adverse-event record may carry (CTCAE grade 5: death)
+MAX_GRADE = 5
 
 
 def _key(text: str) -> str:

@@ -223,7 +223,9 @@ def nca(cohort: Cohort, analytes: Iterable[str] | None = None,
     metrics after repeated doses), aplasia metrics for B cells, nadir metrics for
     immunoglobulins and autoantibodies (NaN where not applicable). Times are in the cohort's
     time unit since each subject's first dose; AUCs in the analyte's unit times that unit."""
-    names = list(analytes) if analytes is not None else list(cohort.analytes)
+    # adverse-event grades are events, not concentrations: no exposure metrics (pkpd.trial reads them)
+    names = list(analytes) if analytes is not None else [a for a, v in cohort.analytes.items()
+                                                          if v.kind != "adverse_event"]
     unknown = sorted(set(names) - set(cohort.analytes))
     if unknown:
         raise ValueError(f"analyte(s) {', '.join(unknown)} not in the cohort; it has "

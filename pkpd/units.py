@@ -18,6 +18,7 @@ ureg = pint.UnitRegistry()
 ureg.define("copies = [copy_number] = copy")
 ureg.define("cells = [cell_count] = cell")
 ureg.define("IU = [international_unit] = iu")
+ureg.define("grade = [toxicity_grade]")   # adverse-event grades (ASTCT, CTCAE): counted, never converted
 
 _SPELLING = [
     (re.compile(r"[µμ]"), "u"),

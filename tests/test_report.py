@@ -77,6 +77,14 @@ def test_trial_simulate_writes_its_folder_and_names_a_missing_signal(run_folder,
     assert {"oc.csv", "summary.csv", "trial.json", "trial.png"} <= {p.name for p in (tmp_path / "trial").iterdir()}
     bad = runner.invoke(app, ["trial", "simulate", str(run_folder), "-o", str(tmp_path / "t2"), "--trials", "5"])
     assert bad.exit_code == 2 and "not among the fitted analytes" in " ".join(bad.output.split())
+    # graded CRS records in another file: the toxicity model is fitted to them first
+    from tests.test_trial_simulation import cohort_with_crs_grades
+
+    cohort_with_crs_grades(tmp_path, n=30)
+    fitted = invoke("trial", "simulate", run_folder, "-o", tmp_path / "t3", "--doses", "1e8,3e8", "--signal",
+                    "transgene:cmax", "--reference", "2e4", "--trials", "20", "--draws", "20",
+                    "--adverse-events", tmp_path / "pk_crs.csv")
+    assert "fitted to 30 subjects" in " ".join(fitted.output.split())
 
 
 @pytest.fixture(scope="module")

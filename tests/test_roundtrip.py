@@ -40,6 +40,9 @@ positive = st.floats(min_value=1e-3, max_value=1e9, allow_nan=False, allow_infin
 names = st.text(string.ascii_uppercase + string.digits + "-", min_size=1, max_size=8)
 
 
+GRADED = {a.name for a in CATALOGUE if a.kind == "adverse_event"}
+
+
 @st.composite
 def nonmem_tables(draw):
     """A valid NONMEM-style table: 1-4 subjects, catalogue and custom analytes, BLQ records,
@@ -67,9 +70,10 @@ def nonmem_tables(draw):
                               min_size=1, max_size=6, unique=True))
         for t in times:
             for analyte in analytes:
-                lloq = draw(st.one_of(st.none(), positive))
+                graded = analyte in GRADED   # adverse-event grades: whole numbers, never censored
+                lloq = None if graded else draw(st.one_of(st.none(), positive))
                 censored = lloq is not None and draw(st.booleans())
-                value = lloq if censored else draw(positive)
+                value = draw(st.integers(0, 5)) if graded else lloq if censored else draw(positive)
                 if lloq is not None and not censored and value < lloq:
                     value = lloq * 2
                 rows.append({"ID": number, "USUBJID": sid, "TIME": t, "TIMEU": time_unit, "AMT": 0.0, "AMTU": None,

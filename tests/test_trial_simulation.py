@@ -106,3 +106,73 @@ def test_a_time_to_event_design_runs_on_the_fit_as_on_fixed_probabilities_and_sh
                               trials=200, seed=4, draws=20, expansion=0, accrual_per_month=3.0)
     # without waiting for each window: about 12 entries at 3 a month plus one window, against 12 windows
     assert simulation.summary["mean_duration_d"].iloc[0] < 0.5 * cohorts.summary["mean_duration_d"].iloc[0]
+
+
+TRUE_INTERCEPTS, TRUE_SLOPE = (0.6, -1.2, -2.8), 2.5
+
+
+def cohort_with_crs_grades(tmp_path, n=80, seed=3):
+    """Simulated subjects (multiphasic, transgene) with CRS grades drawn from the cumulative logit
+    of their measured transgene Cmax, written as DVID-13 records of a NONMEM file and read back."""
+    import pandas as pd
+
+    from pkpd.data import read_cohort, write_nonmem
+    from pkpd.models import load
+    from pkpd.nca import nca
+    from pkpd.simulate import simulate
+
+    cohort = simulate(load("multiphasic"), ["3e8"], n=n, seed=seed)
+    path = write_nonmem(cohort, tmp_path / "pk.csv")
+    cmax = nca(cohort, ["transgene"]).set_index("subject")["cmax"]
+    reference = float(cmax.median())
+    rng = np.random.default_rng(seed)
+    x = np.log10(cmax.to_numpy() / reference)
+    p = 1 / (1 + np.exp(-(np.array(TRUE_INTERCEPTS)[None, :] + TRUE_SLOPE * x[:, None])))   # P(grade >= g)
+    grade = (rng.random(len(x))[:, None] < p).sum(1)      # P(>= g) nested: grade = number of thresholds passed
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    first = frame.groupby("ID").head(1).copy()
+    ids = first["ID"].tolist()
+    assert len(ids) == len(grade)
+    first = first.assign(TIME="3", NTIME="3", AMT="0", DV=[str(g) for g in grade], MDV="0", EVID="0", CMT="13",
+                         DVID="13", ANALYTE="crs", UNIT="grade", CENS="0", LLOQ=".")
+    with_grades = pd.concat([frame, first], ignore_index=True)
+    with_grades.to_csv(tmp_path / "pk_crs.csv", index=False)
+    return read_cohort(tmp_path / "pk_crs.csv"), reference, grade
+
+
+def test_the_toxicity_model_is_fitted_to_graded_records_and_recovers_the_truth(tmp_path):
+    from pkpd.trial.toxicity_fit import fit_toxicity, toxicity_data
+
+    from pkpd.data import check_file, read_cohort, write_adam
+
+    cohort, reference, grade = cohort_with_crs_grades(tmp_path)
+    assert cohort.analytes["crs"].kind == "adverse_event"
+    # the same records through the ADaM writer and reader (PARAMCD CRSGR, AVALU grade)
+    back = read_cohort(write_adam(cohort, tmp_path / "adam.csv"))
+    assert np.array_equal(back.observations.query("analyte == 'crs'")["value"],
+                          cohort.observations.query("analyte == 'crs'")["value"])
+    # a grade that is not a whole number 0-5 is a located error
+    text = (tmp_path / "pk_crs.csv").read_text().splitlines()
+    last = text[-1].split(",")
+    header = text[0].split(",")
+    last[header.index("DV")] = "2.5"
+    (tmp_path / "bad.csv").write_text("\n".join(text[:-1] + [",".join(last)]) + "\n")
+    report = check_file(tmp_path / "bad.csv").report
+    assert any(f.rule == "adverse-event-grade" and f.column == "DV" for f in report.errors)
+    prior = ToxicityModel(analyte="transgene", metric="cmax", reference=reference, unit="copies/ug",
+                          intercepts=((0.0, 1.5), (-2.0, 1.5), (-4.0, 1.5)), slope=(1.0, 2.0))
+    data, notes = toxicity_data(prior, cohort)
+    assert len(data) == 80 and notes == [] and np.array_equal(np.sort(data["grade"]), np.sort(grade))
+    fitted = fit_toxicity(prior, cohort, seed=1)
+    assert fitted.fitted and fitted.converged, fitted.summary
+    slope = fitted.posterior["slope"]
+    assert np.quantile(slope, 0.025) < TRUE_SLOPE < np.quantile(slope, 0.975), np.quantile(slope, [0.025, 0.975])
+    for g, truth in enumerate(TRUE_INTERCEPTS):
+        a = fitted.posterior["intercepts"][:, g]
+        assert np.quantile(a, 0.025) < truth < np.quantile(a, 0.975), (g, np.quantile(a, [0.025, 0.975]))
+    assert "fitted to 80 subjects" in fitted.describe()
+    # the simulator fits it by itself when the fitted cohort carries the records, and says so
+    run = synthetic_run(draws=20)
+    simulation = simulate_trials(run, BOIN(max_n=6), ["1e8", "3e8"], toxicity=prior, trials=20, draws=20,
+                                 events=cohort)
+    assert simulation.settings["toxicity_fitted"] and "fitted to 80 subjects" in simulation.settings["toxicity"]

@@ -11,7 +11,7 @@ import typer
 
 from .._files import write_text
 from .common import (AverageOpt, DatasetOpt, ModelOpt, RunArg, Table, WeighOpt, console, fail, g, load_fit_or_average,
-                     split_items)
+                     read, split_items)
 
 app = typer.Typer(help="Dose-escalation designs: decision tables and operating characteristics.",
                   no_args_is_help=True)
@@ -141,10 +141,12 @@ def simulate_command(
         product: Annotated[Optional[str], typer.Option(help="Only this product's scenarios (e.g. CD19/CD20).")] = None,
         seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 1,
         scheduler: Annotated[Optional[str], typer.Option(help="Address of a running dask scheduler: the trials' decisions run there in chunks.")] = None,
+        adverse_events: Annotated[Optional[Path], typer.Option("--adverse-events", help="A data file (NONMEM or ADaM) with graded CRS records (DVID 13 / PARAMCD CRSGR) and the signal's samples, to fit the toxicity model to (default: the run's own data, when it has them).")] = None,
         model: ModelOpt = None, average: AverageOpt = False, dataset: DatasetOpt = None,
         weigh_unconverged: WeighOpt = False) -> None:
     """Simulate the dose-escalation trial on virtual patients from a fit: DLTs from the toxicity
-    model (CRS grade from the predicted peak IL-6, priors unless fitted), decisions by the design,
+    model (CRS grade from the predicted peak IL-6; fitted to graded CRS records when the data have
+    them, priors otherwise), decisions by the design,
     then an expansion cohort; prints and writes the selection probabilities, patients, DLTs and
     duration per scenario (product x lymphodepletion)."""
     from ..dose import scenarios_for
@@ -168,6 +170,7 @@ def simulate_command(
             known = sorted({str(s.product) for m in average_of.members for s in scenarios_for(m)})
             fail(f"--product {product!r} is not a scenario of this fit: one of {', '.join(known)}")
         scenarios = list(dict.fromkeys(scenarios))
+    events = read(adverse_events, {}) if adverse_events is not None else None
     client = None
     if scheduler is not None:
         from distributed import Client
@@ -183,7 +186,7 @@ def simulate_command(
             simulation = simulate_trials(result, chosen, split_items(doses) or ["3e8", "4.5e8", "6e8"],
                                          toxicity=toxicity, scenarios=scenarios, trials=trials, seed=seed,
                                          window=window, stagger=stagger, accrual_per_month=accrual,
-                                         expansion=expansion, draws=draws, client=client)
+                                         expansion=expansion, draws=draws, client=client, events=events)
     except (ValueError, SolverError) as exc:
         fail(exc)
     finally:

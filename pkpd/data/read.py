@@ -5,7 +5,7 @@ report has no errors. Rules, in the order they run:
 
   missing-column, non-numeric, missing-value, unknown-evid, time-unit, dose-amount,
   dose-unit, dose-weight, unknown-analyte, unknown-unit, inconsistent-unit, cens-value,
-  blq-flag, censored-no-lloq, negative-value, below-lloq-unflagged (warning),
+  blq-flag, censored-no-lloq, negative-value, adverse-event-grade, below-lloq-unflagged (warning),
   duplicate-conflict, duplicate (warning), no-dose, covariate-conflict, covariate-value,
   unknown-product (warning), unsorted-time (note), ignored-dv (note), unit-converted (note)
 """
@@ -492,6 +492,11 @@ class _Builder:
         self.add("error", "negative-value", lambda i: f"negative value {dv.iloc[i]:g}; concentrations, "
                  "counts and limits cannot be negative.", "give values on their natural (linear) scale, "
                  "not log-transformed.", rows[negative], dv_col)
+        event = np.array([self.analytes[n].kind == "adverse_event" if n in self.analytes else False for n in names])
+        bad_grade = event & ~is_mdv & ((censored != 0) | ~np.isin(value, np.arange(catalogue.MAX_GRADE + 1)))
+        self.add("error", "adverse-event-grade", lambda i: f"{dv.iloc[i]:g} is not an adverse-event grade "
+                 f"(a whole number 0-{catalogue.MAX_GRADE}, never censored).", "give the grade (ASTCT for CRS and "
+                 "ICANS; 0 when assessed without the event) at the event's onset time.", rows[bad_grade], dv_col)
         below = ~left & ~right & ~is_mdv & (value < lloq_v)
         self.add("warning", "below-lloq-unflagged", lambda i: f"the value {dv.iloc[i]:g} is below its "
                  f"LLOQ {lloq.iloc[i]:g} but is not flagged as censored.",

@@ -31,6 +31,7 @@ SECTIONS = {
 # the metrics the report shows for each kind of analyte (all are in the NCA table)
 NCA_METRICS_BY_KIND = {"ck": ("cmax", "tmax", "auc_0_28d"), "cytokine": ("cmax", "tmax"),
                        "bcell": ("aplasia_duration", "nadir"), "ig": ("nadir",), "autoantibody": ("nadir",),
+                       "adverse_event": (),
                        "other": ("cmax", "tmax", "auc_0_24h", "auc_inf", "half_life", "auc_tau", "cmin_ss")}
 
 STYLE = """

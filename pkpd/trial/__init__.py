@@ -13,6 +13,7 @@ probabilities; the model-based trial simulator draws them from a fitted PK/PD mo
     selection.py         isotonic selection of the MTD, the Beta posterior tail for elimination
     oc.py                operating characteristics by simulation, with Monte Carlo SEs
     toxicity.py          CRS grade and DLT as functions of a model-predicted exposure
+    toxicity_fit.py      the toxicity model fitted to graded adverse-event records
     simulation.py        the model-based trial simulator (virtual patients from a fitted model)
 """
 
@@ -25,8 +26,9 @@ from .oc import OperatingCharacteristics, operating_characteristics, run_trial
 from .simulation import TrialSimulation, simulate_trials
 from .three_plus_three import ThreePlusThree
 from .toxicity import ToxicityModel
+from .toxicity_fit import fit_toxicity
 
 DESIGNS = {"3+3": ThreePlusThree, "boin": BOIN, "mtpi2": MTPI2, "crm": CRM, "tite-crm": partial(CRM, tite=True)}
 
 __all__ = ["BOIN", "CRM", "DESIGNS", "MTPI2", "OperatingCharacteristics", "ThreePlusThree", "ToxicityModel",
-           "TrialSimulation", "boin_boundaries", "operating_characteristics", "run_trial", "simulate_trials", "skeleton"]
+           "TrialSimulation", "boin_boundaries", "fit_toxicity", "operating_characteristics", "run_trial", "simulate_trials", "skeleton"]

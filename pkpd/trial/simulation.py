@@ -58,10 +58,14 @@ class _Pool:
 def simulate_trials(result, design, doses, *, toxicity: ToxicityModel | None = None, scenarios=None,
                     trials: int = 1000, seed: int = 0, window: float = 28.0, stagger: float = 14.0,
                     accrual_per_month: float = 2.0, expansion: int = 9, draws: int = 100,
-                    patients: int | None = None, times=None, client=None) -> TrialSimulation:
+                    patients: int | None = None, times=None, client=None, events=None) -> TrialSimulation:
     """Operating characteristics of `design` (pkpd.trial designs) on `doses` (regimens, lowest
     first) for virtual patients of the fit `result` (a FitResult or a ModelAverage), by scenario
-    (default: those the model distinguishes, pkpd.dose.scenarios_for)."""
+    (default: those the model distinguishes, pkpd.dose.scenarios_for).
+
+    The toxicity model's grade parameters are fitted first (pkpd.trial.toxicity_fit) when the
+    cohort `events` (default: the fitted cohort) carries graded records of its event and the
+    model was not fitted already; otherwise they stay at their priors, and the settings say so."""
     from ..dose import DEFAULT_TARGETS, scenarios_for
     from ..dose.selection import data_schedule, simulate_metrics
     from ..predict.average import ModelAverage
@@ -77,6 +81,7 @@ def simulate_trials(result, design, doses, *, toxicity: ToxicityModel | None = N
                          f"({', '.join(first.analytes)}): fit it, or link the toxicity to another signal "
                          "(ToxicityModel(analyte=..., metric=...), --signal ANALYTE:METRIC)")
     cohort = first.cohort
+    toxicity, toxicity_note = _fitted(toxicity, events if events is not None else cohort, seed)
     unit = str(cohort.doses["absolute_unit"].mode().iloc[0])
     regimens = [parse_regimen(d, unit) for d in doses]
     weight = float(cohort.subjects["weight"].astype(float).fillna(70.0).median())
@@ -108,10 +113,26 @@ def simulate_trials(result, design, doses, *, toxicity: ToxicityModel | None = N
     settings = {"design": repr(design), "doses": [r.label for r in regimens], "trials": int(trials), "seed": seed,
                 "window_d": window, "stagger_d": stagger, "accrual_per_month": accrual_per_month,
                 "expansion": expansion, "draws": int(sum(n for *_, n in members)), "patients_per_draw": patients,
-                "toxicity": toxicity.describe(), "toxicity_fitted": toxicity.fitted,
+                "toxicity": toxicity.describe() + toxicity_note, "toxicity_fitted": toxicity.fitted,
                 "efficacy": [t.label for t in efficacy], "scenarios": [s.label for s in scenarios],
                 "model": average.label}
     return TrialSimulation(pd.DataFrame(oc_rows), pd.DataFrame(summary_rows), settings)
+
+
+def _fitted(toxicity: ToxicityModel, events, seed: int) -> tuple[ToxicityModel, str]:
+    """The toxicity model fitted to the adverse-event records of `events` when it has enough
+    of them (and a note when it has too few)."""
+    from .toxicity_fit import MIN_SUBJECTS, fit_toxicity, toxicity_data
+
+    if toxicity.fitted:
+        return toxicity, ""
+    data, _ = toxicity_data(toxicity, events)
+    if len(data) == 0:
+        return toxicity, ""
+    if len(data) < MIN_SUBJECTS:
+        return toxicity, (f" Only {len(data)} subject(s) have graded {toxicity.records} records (at least "
+                          f"{MIN_SUBJECTS} are needed to fit): the priors are used.")
+    return fit_toxicity(toxicity, events, seed=seed), ""
 
 
 def _check(design, doses, trials, window, stagger, accrual, expansion, draws) -> None:

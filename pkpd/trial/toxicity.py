@@ -26,7 +26,7 @@ Default priors (a convention of this tool, to be replaced by a sponsor's data):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,7 +44,11 @@ class ToxicityModel:
     dlt_grade: int = 3
     background: tuple[float, float] = (1.0, 49.0)  # Beta(a, b) probability of another DLT
     onset_days: tuple[float, float] = (1.0, 8.0)   # a DLT's onset, uniform (CRS in SLE: days 1-8)
-    fitted: bool = False                         # True once fitted to adverse-event records
+    records: str = "crs"                         # the analyte of the event's graded records
+    fitted: bool = False                         # True once fitted to adverse-event records (fit_toxicity)
+    summary: str = ""                            # how it was fitted
+    converged: bool | None = None
+    posterior: dict | None = field(default=None, compare=False, repr=False)  # draws of intercepts, slope
 
     def __post_init__(self):
         means = [m for m, _ in self.intercepts]
@@ -64,11 +68,16 @@ class ToxicityModel:
         return self.analyte, self.metric
 
     def draw(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """n draws of the parameters from their priors: intercepts (n, G) kept in decreasing order
-        (sorted: the order statistics of the independent normal priors), slope (n,), background (n,)."""
-        a = np.column_stack([rng.normal(m, sd, n) for m, sd in self.intercepts])
-        return {"intercepts": -np.sort(-a, axis=1), "slope": rng.normal(*self.slope, n),
-                "background": rng.beta(*self.background, n)}
+        """n draws of the parameters: intercepts (n, G) in decreasing order and slope (n,) from the
+        posterior when fitted, else from the priors (the intercepts sorted: the order statistics
+        of the independent normal priors); background (n,) from its prior."""
+        if self.posterior is not None:
+            pick = rng.integers(0, len(self.posterior["slope"]), n)
+            intercepts, slope = self.posterior["intercepts"][pick], self.posterior["slope"][pick]
+        else:
+            a = np.column_stack([rng.normal(m, sd, n) for m, sd in self.intercepts])
+            intercepts, slope = -np.sort(-a, axis=1), rng.normal(*self.slope, n)
+        return {"intercepts": intercepts, "slope": slope, "background": rng.beta(*self.background, n)}
 
     def grade_probabilities(self, signal: np.ndarray, parameters: dict[str, np.ndarray]) -> np.ndarray:
         """P(grade >= g) (..., G) for signal values (n, ...) under parameter draws of length n. A
@@ -90,9 +99,10 @@ class ToxicityModel:
     def describe(self) -> str:
         grades = "; ".join(f"logit P({self.event} grade >= {g + 1}) ~ Normal({m:g}, {sd:g}) "
                            f"(median {1 / (1 + math.exp(-m)):.3f})" for g, (m, sd) in enumerate(self.intercepts))
-        status = "fitted to adverse-event records" if self.fitted else \
-            "at their priors: no adverse-event records were fitted"
-        return (f"{self.event} on {self.analyte} {self.metric} ({self.unit}), at {self.reference:g} {self.unit}: "
-                f"{grades}; slope ~ Normal({self.slope[0]:g}, {self.slope[1]:g}) per log10 unit; DLT = grade >= "
+        status = (f"of the grades {self.summary}" + ("" if self.converged else " (NOT converged: read with care)")
+                  + "; the background DLT probability at its prior"
+                  if self.fitted else "at their priors: no adverse-event records were fitted")
+        return (f"{self.event} on {self.analyte} {self.metric} ({self.unit}), at {self.reference:g} {self.unit}, "
+                f"priors: {grades}; slope ~ Normal({self.slope[0]:g}, {self.slope[1]:g}) per log10 unit; DLT = grade >= "
                 f"{self.dlt_grade} or another DLT with probability ~ Beta({self.background[0]:g}, "
                 f"{self.background[1]:g}). Parameters {status}.")
