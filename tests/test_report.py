@@ -72,8 +72,14 @@ def test_dose_and_report_refuse_bad_input(run_folder, tmp_path):
 
 def test_trial_simulate_writes_its_folder_and_names_a_missing_signal(run_folder, tmp_path):
     result = invoke("trial", "simulate", run_folder, "-o", tmp_path / "trial", "--doses", "1e8,3e8,6e8",
-                    "--signal", "transgene:cmax", "--reference", "2e4", "--trials", "40", "--draws", "20")
-    assert "P(selected)" in result.output and "at their priors" in " ".join(result.output.split())
+                    "--signal", "transgene:cmax", "--reference", "2e4", "--trials", "40", "--draws", "20",
+                    "--tox-prior", "slope=Normal(0.5,0.25)", "--tox-prior", "grade4=Normal(-7,1)")
+    said = " ".join(result.output.split())
+    assert "P(selected)" in said and "at their priors" in said
+    assert "slope ~ Normal(0.5, 0.25)" in said and "grade >= 4) ~ Normal(-7, 1)" in said
+    wrong = runner.invoke(app, ["trial", "simulate", str(run_folder), "-o", str(tmp_path / "t4"), "--signal",
+                                "transgene:cmax", "--tox-prior", "grade2=Normal(3,1)"])
+    assert wrong.exit_code == 2 and "decreasing means" in " ".join(wrong.output.split())
     assert {"oc.csv", "summary.csv", "trial.json", "trial.png"} <= {p.name for p in (tmp_path / "trial").iterdir()}
     bad = runner.invoke(app, ["trial", "simulate", str(run_folder), "-o", str(tmp_path / "t2"), "--trials", "5"])
     assert bad.exit_code == 2 and "not among the fitted analytes" in " ".join(bad.output.split())

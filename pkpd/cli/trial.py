@@ -4,6 +4,8 @@ operating characteristics on fixed DLT probabilities, and the trial simulated on
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -136,6 +138,7 @@ def simulate_command(
         accrual: Annotated[float, typer.Option(min=0.01, help="Patients enrolled per month.")] = 2.0,
         signal: Annotated[str, typer.Option(help="The exposure the toxicity model reads, ANALYTE:METRIC (default il6:cmax).")] = "il6:cmax",
         reference: Annotated[Optional[float], typer.Option(help="Signal value at which the CRS priors apply (default 30, pg/mL of peak IL-6).")] = None,
+        tox_prior: Annotated[Optional[list[str]], typer.Option("--tox-prior", help="Replace a toxicity prior (repeatable): gradeG=Normal(MEAN,SD) for logit P(grade >= G) at the reference, slope=Normal(MEAN,SD) per log10 unit, background=Beta(A,B), onset=Uniform(FIRST,LAST) days.")] = None,
         trials: Annotated[int, typer.Option(min=2, help="Simulated trials per scenario.")] = 1000,
         draws: Annotated[int, typer.Option(min=10, max=10_000, help="Posterior draws in the virtual-patient pool.")] = 100,
         product: Annotated[Optional[str], typer.Option(help="Only this product's scenarios (e.g. CD19/CD20).")] = None,
@@ -181,7 +184,8 @@ def simulate_command(
             fail(f"--scheduler {scheduler}: cannot connect ({exc}); start one with `dask scheduler` and `dask worker`")
     try:
         toxicity = ToxicityModel(analyte=analyte.strip(), metric=metric.strip(),
-                                 **({"reference": reference} if reference is not None else {}))
+                                 **({"reference": reference} if reference is not None else {}),
+                                 **toxicity_priors(tox_prior or []))
         with console.status("simulating trials"):
             simulation = simulate_trials(result, chosen, split_items(doses) or ["3e8", "4.5e8", "6e8"],
                                          toxicity=toxicity, scenarios=scenarios, trials=trials, seed=seed,
@@ -209,3 +213,39 @@ def print_simulation(simulation) -> None:
         console.print(rich)
     console.print(simulation.describe(), highlight=False)
     console.print(f"toxicity: {simulation.settings['toxicity']}", highlight=False)
+
+
+_PRIOR = re.compile(r"^\s*(grade([1-9])|slope|background|onset)\s*=\s*(Normal|Beta|Uniform)\(\s*([^,]+?)\s*,\s*([^)]+?)\s*\)\s*$")
+_FAMILY = {"slope": "Normal", "background": "Beta", "onset": "Uniform"}
+
+
+def toxicity_priors(items: list[str]) -> dict:
+    """ToxicityModel keyword arguments from --tox-prior items (fail() names a malformed one)."""
+    from ..trial import ToxicityModel
+
+    grades = dict(enumerate(ToxicityModel().intercepts, start=1))
+    out = {}
+    for item in items:
+        match = _PRIOR.match(item)
+        if not match:
+            fail(f"--tox-prior {item!r} is not NAME=FAMILY(A,B): grade1=Normal(0.7,0.6), slope=Normal(1.5,0.75), "
+                 "background=Beta(1,49) or onset=Uniform(1,8)")
+        name, grade, family, a, b = match.groups()
+        expected = "Normal" if grade else _FAMILY[name]
+        if family != expected:
+            fail(f"--tox-prior {item!r}: {name} takes a {expected} prior")
+        try:
+            values = (float(a), float(b))
+        except ValueError:
+            fail(f"--tox-prior {item!r}: the two parameters must be numbers")
+        if not all(math.isfinite(v) for v in values):
+            fail(f"--tox-prior {item!r}: the two parameters must be finite")
+        if grade:
+            grades[int(grade)] = values
+        else:
+            out[{"slope": "slope", "background": "background", "onset": "onset_days"}[name]] = values
+    thresholds = sorted(grades)
+    if thresholds != list(range(1, len(thresholds) + 1)):
+        fail(f"--tox-prior: grade thresholds must run 1, 2, ... without gaps, got {thresholds}")
+    out["intercepts"] = tuple(grades[g] for g in thresholds)
+    return out

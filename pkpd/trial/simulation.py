@@ -33,8 +33,8 @@ DAYS_PER_MONTH = 30.4375
 
 @dataclass(frozen=True)
 class TrialSimulation:
-    oc: pd.DataFrame        # per scenario and dose (and "none"): selection, patients, DLTs, model P(DLT), efficacy
-    summary: pd.DataFrame   # per scenario: stopping, sample size, duration, efficacy at the selected dose
+    oc: pd.DataFrame        # per scenario and dose (and "none"): selection, patients, DLTs, model P(DLT), outcomes
+    summary: pd.DataFrame   # per scenario: stopping, sample size, duration, outcomes at the selected dose
     settings: dict = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -52,7 +52,7 @@ class TrialSimulation:
 class _Pool:
     """Virtual patients of one scenario: values (D doses, S draws, P patients) per metric."""
     signal: np.ndarray
-    efficacy: dict
+    outcomes: dict
 
 
 def simulate_trials(result, design, doses, *, toxicity: ToxicityModel | None = None, scenarios=None,
@@ -67,7 +67,7 @@ def simulate_trials(result, design, doses, *, toxicity: ToxicityModel | None = N
     cohort `events` (default: the fitted cohort) carries graded records of its event and the
     model was not fitted already; otherwise they stay at their priors, and the settings say so."""
     from ..dose import DEFAULT_TARGETS, scenarios_for
-    from ..dose.selection import data_schedule, simulate_metrics
+    from ..dose.selection import data_schedule
     from ..predict.average import ModelAverage
     from ..predict.posterior import PosteriorDraws
     from ..simulate.regimen import parse_regimen
@@ -93,9 +93,9 @@ def simulate_trials(result, design, doses, *, toxicity: ToxicityModel | None = N
     if patients < per_dose + expansion:
         raise ValueError(f"patients must be at least {per_dose + expansion} (the most one dose can receive in a trial, "
                          f"escalation and expansion), got {patients}")
-    efficacy = [t for t in DEFAULT_TARGETS if t.analyte in first.analytes and t.kind == "efficacy"]
-    efficacy += [t for t in DEFAULT_TARGETS if t.analyte in first.analytes and t.metric == "nadir"]
-    wanted = {toxicity.signal} | {(t.analyte, t.metric) for t in efficacy}
+    # what the selected dose is expected to deliver: the default efficacy targets and the IgG nadir
+    outcomes = [t for t in DEFAULT_TARGETS if t.analyte in first.analytes and (t.kind == "efficacy" or t.metric == "nadir")]
+    wanted = {toxicity.signal} | {(t.analyte, t.metric) for t in outcomes}
     analytes = sorted({a for a, _ in wanted})
     schedule = np.asarray(times if times is not None else data_schedule(first), float)
     scenarios = list(scenarios) if scenarios else list(dict.fromkeys(s for m in average.members for s in scenarios_for(m)))
@@ -103,18 +103,17 @@ def simulate_trials(result, design, doses, *, toxicity: ToxicityModel | None = N
     members = [(m, PosteriorDraws.from_result(m), n) for m, n in zip(average.members, average.allocate(draws)) if n]
     oc_rows, summary_rows = [], []
     for scenario in scenarios:
-        pool = _pool(members, regimens, scenario, wanted, analytes, schedule, patients, toxicity, efficacy, rng,
-                     simulate_metrics)
-        outcome = _trials(design, pool, toxicity, efficacy, trials, window, stagger, accrual_per_month, expansion,
+        pool = _pool(members, regimens, scenario, wanted, analytes, schedule, patients, toxicity, outcomes, rng)
+        outcome = _trials(design, pool, toxicity, outcomes, trials, window, stagger, accrual_per_month, expansion,
                           rng, client)
         labels = [r.label for r in regimens]
-        oc_rows += _oc_rows(design, scenario.label, labels, outcome, efficacy)
-        summary_rows.append(_summary_row(design, scenario.label, labels, outcome, efficacy, trials))
+        oc_rows += _oc_rows(design, scenario.label, labels, outcome, outcomes)
+        summary_rows.append(_summary_row(design, scenario.label, labels, outcome, outcomes, trials))
     settings = {"design": repr(design), "doses": [r.label for r in regimens], "trials": int(trials), "seed": seed,
                 "window_d": window, "stagger_d": stagger, "accrual_per_month": accrual_per_month,
                 "expansion": expansion, "draws": int(sum(n for *_, n in members)), "patients_per_draw": patients,
                 "toxicity": toxicity.describe() + toxicity_note, "toxicity_fitted": toxicity.fitted,
-                "efficacy": [t.label for t in efficacy], "scenarios": [s.label for s in scenarios],
+                "outcomes": [t.label for t in outcomes], "scenarios": [s.label for s in scenarios],
                 "model": average.label}
     return TrialSimulation(pd.DataFrame(oc_rows), pd.DataFrame(summary_rows), settings)
 
@@ -152,20 +151,22 @@ def _check(design, doses, trials, window, stagger, accrual, expansion, draws) ->
                              "accrual_per_month > 0, expansion a whole number >= 0, draws >= 10)")
 
 
-def _pool(members, regimens, scenario, wanted, analytes, schedule, patients, toxicity, efficacy, rng, simulate):
-    """Virtual patients of every dose for one scenario: the signal (D, S, P) and each efficacy
+def _pool(members, regimens, scenario, wanted, analytes, schedule, patients, toxicity, outcomes, rng):
+    """Virtual patients of every dose for one scenario: the signal (D, S, P) and each outcome
     metric's values (D, S, P), S the posterior draws (pooled across the members of an average)."""
+    from ..dose.selection import simulate_metrics
+
     per_dose = []
     for regimen in regimens:
-        parts = [simulate(m, posterior, posterior.pick(n, rng), patients, scenario, regimen, wanted, analytes,
+        parts = [simulate_metrics(m, posterior, posterior.pick(n, rng), patients, scenario, regimen, wanted, analytes,
                           schedule, rng) for m, posterior, n in members]
         per_dose.append({key: np.concatenate([p[key] for p in parts]).reshape(-1, patients) for key in wanted})
     signal = np.stack([d[toxicity.signal] for d in per_dose])
-    values = {t.name: np.stack([d[(t.analyte, t.metric)] for d in per_dose]) for t in efficacy}
+    values = {t.name: np.stack([d[(t.analyte, t.metric)] for d in per_dose]) for t in outcomes}
     return _Pool(signal, values)
 
 
-def _trials(design, pool, toxicity, efficacy, trials, window, stagger, accrual, expansion, rng, client) -> dict:
+def _trials(design, pool, toxicity, outcomes, trials, window, stagger, accrual, expansion, rng, client) -> dict:
     D, S, P = pool.signal.shape
     draw = rng.integers(0, S, trials)
     parameters = toxicity.draw(trials, rng)
@@ -183,8 +184,8 @@ def _trials(design, pool, toxicity, efficacy, trials, window, stagger, accrual, 
     out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     out["p_dlt"] = p_dlt.mean(2)                                           # (T, D): the model's DLT probability
     # each target's attainment (T, D) and median value among the trial's population at each dose
-    out["attained"] = {t.name: t.attained(pool.efficacy[t.name][:, draw, :]).mean(2).T for t in efficacy}
-    out["median"] = {t.name: np.nanmedian(pool.efficacy[t.name][:, draw, :], axis=2).T for t in efficacy}
+    out["attained"] = {t.name: t.attained(pool.outcomes[t.name][:, draw, :]).mean(2).T for t in outcomes}
+    out["median"] = {t.name: np.nanmedian(pool.outcomes[t.name][:, draw, :], axis=2).T for t in outcomes}
     return out
 
 
@@ -242,7 +243,7 @@ def _se(x: np.ndarray) -> float:
     return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
 
 
-def _oc_rows(design, scenario, labels, outcome, efficacy) -> list[dict]:
+def _oc_rows(design, scenario, labels, outcome, outcomes) -> list[dict]:
     T = len(outcome["selected"])
     rows = []
     for d, label in enumerate(labels + ["none"]):
@@ -251,7 +252,7 @@ def _oc_rows(design, scenario, labels, outcome, efficacy) -> list[dict]:
         row = {"design": design.name, "scenario": scenario, "dose_level": d + 1 if label != "none" else None,
                "dose": label, "p_select": p, "se_select": np.sqrt(p * (1 - p) / T)}
         if label != "none":
-            for t in efficacy:
+            for t in outcomes:
                 row[f"p_{t.name}"] = outcome["attained"][t.name][:, d].mean()
             model = outcome["p_dlt"][:, d]
             row.update(mean_n=outcome["n"][:, d].mean(), se_n=_se(outcome["n"][:, d].astype(float)),
@@ -262,7 +263,7 @@ def _oc_rows(design, scenario, labels, outcome, efficacy) -> list[dict]:
     return rows
 
 
-def _summary_row(design, scenario, labels, outcome, efficacy, trials) -> dict:
+def _summary_row(design, scenario, labels, outcome, outcomes, trials) -> dict:
     total = outcome["n"].sum(1).astype(float)
     selected = outcome["selected"]
     picked = selected != STOP
@@ -273,7 +274,7 @@ def _summary_row(design, scenario, labels, outcome, efficacy, trials) -> dict:
            "expansion_dlt_rate": float(np.nanmean(outcome["expansion_dlt"]))
            if np.isfinite(outcome["expansion_dlt"]).any() else float("nan")}
     rows = np.flatnonzero(picked)
-    for t in efficacy:   # what the selected dose is expected to deliver, in the trials that selected one
+    for t in outcomes:   # what the selected dose is expected to deliver, in the trials that selected one
         attained = outcome["attained"][t.name][rows, selected[rows]]
         median = outcome["median"][t.name][rows, selected[rows]]
         row[f"selected_p_{t.name}"] = attained.mean() if len(rows) else np.nan
