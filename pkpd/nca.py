@@ -161,6 +161,18 @@ def exposure_metrics(times, values, censored, terminal: bool = True,
     return out
 
 
+def peak_metrics(times: np.ndarray, values: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Cmax, Tmax) of many post-dose profiles at once, as `exposure_metrics` gives them: rows of
+    values (M, T) and censored flags at the common sorted times (T,); NaN for a profile without a
+    quantified value. Dose selection needs only these for most analytes, for 10^5 patients."""
+    quantified = (np.asarray(censored) == 0) & np.isfinite(values)
+    levels = np.where(quantified, values, -np.inf)
+    at = np.argmax(levels, axis=1)
+    found = quantified.any(axis=1)
+    peak = levels[np.arange(len(at)), at]
+    return np.where(found, peak, np.nan), np.where(found, np.asarray(times, float)[at], np.nan)
+
+
 def steady_state_metrics(times, values, censored, dose_times, interval: float | None = None) -> dict:
     """Over the last dosing interval tau from the last dose (times since the first dose):
     AUCtau (linear-up/log-down, interpolated at the interval's end), Cmax,ss and Cmin,ss;
@@ -212,6 +224,36 @@ def nadir_metrics(times, values, censored, lloq, baseline: float) -> dict:
     if np.isfinite(baseline) and baseline > 0:
         out["nadir_fold_change"] = levels[i] / baseline
     return out
+
+
+def aplasia_many(times, values, censored, threshold=DEFAULT_APLASIA_THRESHOLD) -> dict:
+    """`aplasia_metrics` of many profiles at once: rows of values (M, T) and censored flags at
+    the common sorted times (T,) after the infusion."""
+    times = np.asarray(times, float)
+    below = (np.asarray(censored) == 1) | (values <= threshold)
+    has = below.any(axis=1)
+    start = np.argmax(below, axis=1)
+    recovered = ~below & (np.arange(len(times))[None, :] >= start[:, None])
+    back = recovered.any(axis=1)
+    end = np.where(back, times[np.argmax(recovered, axis=1)], times[-1] if len(times) else np.nan)
+    onset = times[start] if len(times) else np.full(len(start), np.nan)
+    return {"aplasia_onset": np.where(has, onset, np.nan), "aplasia_duration": np.where(has, end - onset, np.nan),
+            "aplasia_ongoing": np.where(has, ~back, np.nan)}
+
+
+def nadir_many(times, values, censored, lloq, baseline) -> dict:
+    """`nadir_metrics` of many profiles at once: values and censored flags (M, T) at the common
+    times (T,), the LLOQ per time (T,) and each profile's baseline (M,)."""
+    levels = np.where(np.asarray(censored) == 1, np.asarray(lloq, float)[None, :], values).astype(float)
+    finite = np.isfinite(levels)
+    at = np.argmin(np.where(finite, levels, np.inf), axis=1)
+    found = finite.any(axis=1)
+    nadir = np.where(found, levels[np.arange(len(at)), at], np.nan)
+    baseline = np.asarray(baseline, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fold = np.where(np.isfinite(baseline) & (baseline > 0), nadir / baseline, np.nan)
+    return {"baseline": baseline, "nadir": nadir, "t_nadir": np.where(found, np.asarray(times, float)[at], np.nan),
+            "nadir_fold_change": fold}
 
 
 # --- the cohort-level table -----------------------------------------------------------------

@@ -178,3 +178,42 @@ def test_nca_of_a_pk_cohort_in_hours(tmp_path):
     assert row["half_life"] == pytest.approx(math.log(2) / 0.1, rel=1e-4)
     summary = summarize(table)
     assert summary.loc[summary["metric"] == "auc_0_24h", "unit"].iloc[0] == "mg/L*h"
+
+
+def test_peak_metrics_of_many_profiles_equal_the_exposure_metrics_of_each():
+    from pkpd.nca import exposure_metrics, peak_metrics
+
+    rng = np.random.default_rng(4)
+    times = np.array([0.0, 1.0, 3.0, 7.0, 14.0, 28.0])
+    values = rng.lognormal(2.0, 1.5, (300, len(times)))
+    values[::7, 2] = values[::7, 3]                     # ties: the first time of the peak
+    censored = (rng.random(values.shape) < 0.3).astype(int)
+    censored[::11] = 1                                  # profiles without a quantified value
+    cmax, tmax = peak_metrics(times, values, censored)
+    for i in range(len(values)):
+        one = exposure_metrics(times, values[i], censored[i], terminal=False, windows=())
+        np.testing.assert_equal([cmax[i], tmax[i]], [one["cmax"], one["tmax"]])
+
+
+def test_aplasia_and_nadir_of_many_profiles_equal_the_metrics_of_each():
+    from pkpd.nca import aplasia_many, nadir_many
+
+    rng = np.random.default_rng(5)
+    times = np.array([1.0, 3.0, 7.0, 14.0, 28.0, 56.0, 90.0, 180.0])
+    values = rng.lognormal(1.5, 1.8, (400, len(times)))
+    censored = (rng.random(values.shape) < 0.25).astype(int)
+    values[::9] = 50.0                                   # never in aplasia
+    censored[::9] = 0
+    lloq = np.full(len(times), 1.0)
+    baseline = np.where(np.arange(400) % 13 == 0, np.nan, rng.lognormal(5, 0.3, 400))
+    aplasia = aplasia_many(times, values, censored)
+    nadir = nadir_many(times, values, censored, lloq, baseline)
+    for i in range(len(values)):
+        one = aplasia_metrics(times, values[i], censored[i])
+        np.testing.assert_equal([aplasia["aplasia_onset"][i], aplasia["aplasia_duration"][i]],
+                                [one["aplasia_onset"], one["aplasia_duration"]])
+        if one["aplasia_ongoing"] is not pd.NA:
+            assert bool(aplasia["aplasia_ongoing"][i]) == one["aplasia_ongoing"]
+        low = nadir_metrics(times, values[i], censored[i], lloq, baseline[i])
+        np.testing.assert_equal([nadir[k][i] for k in ("nadir", "t_nadir", "nadir_fold_change")],
+                                [low[k] for k in ("nadir", "t_nadir", "nadir_fold_change")])

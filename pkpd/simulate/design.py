@@ -30,7 +30,7 @@ class Design:
         self.time = frame["time"].to_numpy(float) - self.schedule.offset[self.subject_index]
         self.data_time = cohort.observations["time"].to_numpy(float)[self.records]  # the cohort's unit
         self.analyte_names = list(model.analytes)
-        self.analyte = np.array([self.analyte_names.index(a) for a in frame["analyte"]], dtype=np.int64)
+        self.analyte = pd.Index(self.analyte_names).get_indexer(frame["analyte"]).astype(np.int64)
         self.value = frame["value"].to_numpy(float)
         self.lloq = frame["lloq"].to_numpy(float)
         self.censored = frame["censored"].to_numpy(np.int64)
