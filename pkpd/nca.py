@@ -226,6 +226,64 @@ def nadir_metrics(times, values, censored, lloq, baseline: float) -> dict:
     return out
 
 
+def exposure_many(times, values, censored, windows: Sequence[tuple[float, str]] = ()) -> dict:
+    """`exposure_metrics(..., terminal=False)` of many post-dose profiles at once: rows of values
+    (M, T) and censored flags at the common sorted times (T,): Cmax, Tmax, Tlast, Clast,
+    AUClast and the partial AUCs of `windows` (leading BLQ as 0, later BLQ dropped,
+    linear-up/log-down, the window's end interpolated)."""
+    times = np.asarray(times, float)
+    values = np.asarray(values, float)
+    M, T = values.shape
+    rows, idx = np.arange(M), np.arange(T)
+    quantified = (np.asarray(censored) == 0) & np.isfinite(values)
+    found = quantified.any(axis=1)
+    first_q = np.argmax(quantified, axis=1)
+    last_q = T - 1 - np.argmax(quantified[:, ::-1], axis=1)
+    keep = (quantified | ((np.asarray(censored) != 0) & (idx[None, :] < first_q[:, None]))) & (idx[None, :] <= last_q[:, None])
+    c = np.where(quantified, values, 0.0)
+    # each kept point's previous kept point, and the area of the segment between them
+    previous = np.concatenate([np.full((M, 1), -1), np.maximum.accumulate(np.where(keep, idx, -1), axis=1)[:, :-1]],
+                              axis=1)
+    has_segment = keep & (previous >= 0)
+    t0, c0 = times[np.maximum(previous, 0)], c[rows[:, None], np.maximum(previous, 0)]
+    area = np.where(has_segment, _segments(t0, c0, times[None, :], c), 0.0)
+    running = np.cumsum(area, axis=1)                      # AUC from the first kept point to each point
+    peak, tmax = peak_metrics(times, values, censored)
+    tlast = np.where(found, times[last_q], np.nan)
+    out = {"cmax": peak, "tmax": tmax, "tlast": tlast, "clast": np.where(found, values[rows, last_q], np.nan),
+           "auc_last": np.where(found, running[rows, last_q], np.nan)}
+    for end, name in windows:
+        inside = keep & (times[None, :] <= end)
+        last_in = T - 1 - np.argmax(inside[:, ::-1], axis=1)      # the last kept point at or before the end
+        beyond = keep & (times[None, :] > end)
+        j = np.argmax(beyond, axis=1)                               # the first kept point after it
+        partial = beyond.any(axis=1) & (times[np.maximum(previous[rows, j], 0)] < end) & (previous[rows, j] >= 0)
+        p = np.maximum(previous[rows, j], 0)
+        level = _interpolated(times[p], c[rows, p], times[j], c[rows, j], end)
+        extra = np.where(partial, _segments(times[p], c[rows, p], end, level), 0.0)
+        value = np.where(inside.any(axis=1), running[rows, last_in], 0.0) + extra
+        value = np.where(end <= tlast, value, np.where(times[-1] >= end, out["auc_last"], np.nan))
+        out[name] = np.where(found, value, np.nan)
+    return out
+
+
+def _segments(t1, c1, t2, c2):
+    """segment_auc on arrays."""
+    dt = t2 - t1
+    falling = (c2 < c1) & (c2 > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_down = (c1 - c2) * dt / np.log(c1 / c2)
+    return np.where(falling, log_down, (c1 + c2) * dt / 2.0)
+
+
+def _interpolated(t1, c1, t2, c2, t):
+    """interpolate on arrays."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = (t - t1) / (t2 - t1)
+        falling = (c2 < c1) & (c2 > 0)
+        return np.where(falling, c1 * np.exp(w * np.log(c2 / c1)), c1 + w * (c2 - c1))
+
+
 def aplasia_many(times, values, censored, threshold=DEFAULT_APLASIA_THRESHOLD) -> dict:
     """`aplasia_metrics` of many profiles at once: rows of values (M, T) and censored flags at
     the common sorted times (T,) after the infusion."""

@@ -217,3 +217,21 @@ def test_aplasia_and_nadir_of_many_profiles_equal_the_metrics_of_each():
         low = nadir_metrics(times, values[i], censored[i], lloq, baseline[i])
         np.testing.assert_equal([nadir[k][i] for k in ("nadir", "t_nadir", "nadir_fold_change")],
                                 [low[k] for k in ("nadir", "t_nadir", "nadir_fold_change")])
+
+
+def test_exposure_of_many_profiles_equals_the_exposure_metrics_of_each():
+    from pkpd.nca import exposure_many
+
+    rng = np.random.default_rng(6)
+    times = np.array([0.0, 1.0, 3.0, 6.0, 9.0, 14.0, 21.0, 28.0, 60.0, 90.0, 180.0])
+    values = rng.lognormal(3.0, 1.5, (500, len(times)))
+    values[::5] = np.sort(values[::5], axis=1)[:, ::-1]          # falling profiles: log-down segments
+    censored = (rng.random(values.shape) < 0.3).astype(int)
+    censored[::17] = 1
+    censored[1::19, -4:] = 1                                     # trailing BLQ before a window's end
+    windows = [(28.0, "auc_0_28d"), (90.0, "auc_0_90d"), (10.0, "auc_0_10d"), (200.0, "auc_0_200d")]
+    many = exposure_many(times, values, censored, windows)
+    for i in range(len(values)):
+        one = exposure_metrics(times, values[i], censored[i], terminal=False, windows=windows)
+        for key in ("cmax", "tmax", "tlast", "clast", "auc_last", *(name for _, name in windows)):
+            np.testing.assert_allclose(many[key][i], one[key], rtol=1e-12, err_msg=f"{key} of profile {i}")

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..fit.result import FitResult
-from ..nca import CAR_T_KINDS, CAR_T_WINDOWS, OTHER_WINDOWS, aplasia_many, nadir_many, peak_metrics, window_names
+from ..nca import CAR_T_KINDS, CAR_T_WINDOWS, OTHER_WINDOWS, aplasia_many, exposure_many, nadir_many, window_names
 from ..predict.average import ModelAverage
 from ..predict.posterior import PosteriorDraws, predictions
 from ..simulate.compiled import Design
@@ -251,8 +251,9 @@ def simulate_metrics(result, posterior, picks, patients, scenario, regimen, want
         mine = [(a, m) for a, m in wanted if a == analyte]
         windows = window_names(sorted({window_of(m) for _, m in mine if window_of(m)}), cohort.time_unit)
         for kind in {metric_kind(m) for _, m in mine}:
-            many = _metrics_of_all(kind, {m for _, m in mine if metric_kind(m) == kind}, times, v, cens, limits)
-            if many is not None:   # all patients at once (pkpd.nca: peak_metrics, aplasia_many, nadir_many)
+            many = _metrics_of_all(kind, {m for _, m in mine if metric_kind(m) == kind}, times, v, cens, limits,
+                                   windows)
+            if many is not None:   # all patients at once (pkpd.nca: exposure_many, aplasia_many, nadir_many)
                 out.update({(a, m): np.asarray(many[m], float) for a, m in mine if metric_kind(m) == kind})
                 continue
             per_patient = [profile_metrics(times, v[i], cens[i], limits, kind, windows, dose_times, interval)
@@ -264,14 +265,13 @@ def simulate_metrics(result, posterior, picks, patients, scenario, regimen, want
     return out
 
 
-def _metrics_of_all(kind: str, names: set, times, values, censored, limits) -> dict | None:
+def _metrics_of_all(kind: str, names: set, times, values, censored, limits, windows) -> dict | None:
     """The metrics `names` of every patient's profile (rows of values (M, T) at the common
     times) when they have a vectorised form, as profile_metrics computes them one by one; else
     None."""
-    if kind == "exposure" and names <= {"cmax", "tmax"}:
+    if kind == "exposure" and names <= {"cmax", "tmax", "tlast", "clast", "auc_last", *(n for _, n in windows)}:
         post = times >= 0
-        cmax, tmax = peak_metrics(times[post], values[:, post], censored[:, post])
-        return {"cmax": cmax, "tmax": tmax}
+        return exposure_many(times[post], values[:, post], censored[:, post], windows)
     late, pre = times > 0, times < 0
     if kind == "aplasia":
         return aplasia_many(times[late], values[:, late], censored[:, late])
