@@ -8,7 +8,7 @@ probabilities; the model-based trial simulator draws them from a fitted PK/PD mo
     boin.py              BOIN (Liu and Yuan 2015): boundaries, decision table, design
     mtpi2.py             mTPI-2 (Guo, Li, Yuan and Ji 2017)
     crm.py               CRM (O'Quigley, Pepe and Fisher 1990), optional overdose control, TITE-CRM
-    tite.py              trials whose patients enter without waiting for earlier DLT windows
+    runs.py              how one trial runs: cohort by cohort, or patient by patient (TITE)
     three_plus_three.py  the 3+3 with de-escalation
     selection.py         isotonic selection of the MTD, the Beta posterior tail for elimination
     oc.py                operating characteristics by simulation, with Monte Carlo SEs

@@ -10,7 +10,7 @@ P(p_d > target | data) <= ewoc may be given. The trial stops when P(p_1 > target
 the target at the end. With `tite=True` (TITE-CRM; Cheung YK, Chappell R. Biometrics
 2000;56:1177-1182) patients enter one at a time without waiting for the previous ones' DLT
 windows: a patient still in the window without a DLT counts by the fraction of it followed
-(pkpd.trial.tite runs such trials).
+(pkpd.trial.runs.run_time_to_event runs such trials).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .selection import STOP
-from .tite import run_time_to_event
+from .runs import DAYS_PER_MONTH, run_cohorts, run_time_to_event
 
 
 @dataclass(frozen=True)
@@ -28,23 +28,12 @@ def run_trial(design, tox, rng: np.random.Generator, start: int = 0, window: flo
     within the `window` (days), as in Cheung and Chappell's simulations."""
     tox = np.asarray(tox, float)
     if getattr(design, "tite", False):
-        gaps = rng.exponential(30.4375 / accrual_per_month, int(design.max_n))
+        gaps = rng.exponential(DAYS_PER_MONTH / accrual_per_month, int(design.max_n))
         outcome = lambda d, j: (rng.random() < tox[d], rng.uniform(0, window))  # noqa: E731
         n, y, selected, stopped, _ = run_time_to_event(design, len(tox), outcome, gaps, window)
         return TrialOutcome(n, y, selected, stopped)
-    n = np.zeros(len(tox), np.int64)
-    y = np.zeros(len(tox), np.int64)
-    eliminated = np.zeros(len(tox), bool)
-    current, stopped = start, False
-    while n.sum() < design.max_n:
-        size = min(design.cohort_size, design.max_n - n.sum())
-        n[current] += size
-        y[current] += rng.binomial(size, tox[current])
-        current = design.decide(n, y, current, eliminated)
-        if current == STOP:
-            stopped = design.max_n < 10**9
-            break
-    return TrialOutcome(n, y, design.select(n, y, eliminated), stopped)
+    n, y, selected, stopped = run_cohorts(design, len(tox), lambda d, first, size: rng.binomial(size, tox[d]), start)
+    return TrialOutcome(n, y, selected, stopped)
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,9 @@ import numpy as np
 import pandas as pd
 
 from .selection import STOP
-from .tite import run_time_to_event
+from .runs import DAYS_PER_MONTH, run_cohorts, run_time_to_event
 from .toxicity import ToxicityModel
 
-DAYS_PER_MONTH = 30.4375
 
 
 @dataclass(frozen=True)
@@ -205,27 +204,31 @@ def _run_chunk(design, dlt, onset, gaps, window, stagger, expansion) -> dict:
             n[t], y[t], selected[t], stopped[t], clock = run_time_to_event(
                 design, D, lambda d, j: (dlt[t, d, j], onset[t, d, j]), gaps[t], window)
             arrival = int(n[t].sum())
-            _expand(t, selected, dlt, n, gaps, arrival, expansion, expansion_dlt, duration, clock, window)
-            continue
-        ni, yi, eliminated = n[t], y[t], np.zeros(D, bool)
-        current, clock, arrival = 0, 0.0, 0
-        while ni.sum() < design.max_n:
-            size = int(min(design.cohort_size, design.max_n - ni.sum()))
-            starts = clock + np.cumsum(gaps[t, arrival:arrival + size])
-            arrival += size
-            if ni[current] == 0 and size > 1:   # the first patient of a new dose is observed alone first
-                starts[1:] = np.maximum(starts[1:], starts[0] + stagger)
-            yi[current] += dlt[t, current, ni[current]:ni[current] + size].sum()
-            ni[current] += size
-            clock = starts[-1] + window
-            current = design.decide(ni, yi, current, eliminated)
-            if current == STOP:
-                stopped[t] = design.max_n < 10**9
-                break
-        selected[t] = design.select(ni, yi, eliminated)
+        else:
+            timing = _Clock(gaps[t], window, stagger)
+            n[t], y[t], selected[t], stopped[t] = run_cohorts(
+                design, D, lambda d, first, size: int(dlt[t, d, first:first + size].sum()), on_cohort=timing.cohort)
+            clock, arrival = timing.clock, timing.arrival
         _expand(t, selected, dlt, n, gaps, arrival, expansion, expansion_dlt, duration, clock, window)
     return {"n": n, "y": y, "selected": selected, "stopped": stopped, "duration": duration,
             "expansion_dlt": expansion_dlt}
+
+
+class _Clock:
+    """The calendar of a cohort trial: patients arrive with the given gaps once the previous
+    decision is taken; the first patient of a new dose is observed `stagger` days alone; the
+    decision comes when the cohort's last patient has completed the window."""
+
+    def __init__(self, gaps: np.ndarray, window: float, stagger: float):
+        self.gaps, self.window, self.stagger = gaps, window, stagger
+        self.clock, self.arrival = 0.0, 0
+
+    def cohort(self, dose: int, new_dose: bool, size: int) -> None:
+        starts = self.clock + np.cumsum(self.gaps[self.arrival:self.arrival + size])
+        self.arrival += size
+        if new_dose and size > 1:
+            starts[1:] = np.maximum(starts[1:], starts[0] + self.stagger)
+        self.clock = starts[-1] + self.window
 
 
 def _expand(t, selected, dlt, n, gaps, arrival, expansion, expansion_dlt, duration, clock, window) -> None:
