@@ -1,6 +1,7 @@
 """The model-based trial simulator and the toxicity model (pkpd.trial.simulation, .toxicity)."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -176,3 +177,7 @@ def test_the_toxicity_model_is_fitted_to_graded_records_and_recovers_the_truth(t
     simulation = simulate_trials(run, BOIN(max_n=6), ["1e8", "3e8"], toxicity=prior, trials=20, draws=20,
                                  events=cohort)
     assert simulation.settings["toxicity_fitted"] and "fitted to 80 subjects" in simulation.settings["toxicity"]
+    # the signal's unit is the data's, whatever the model was declared with
+    unit_free = simulate_trials(run, BOIN(max_n=6), ["1e8", "3e8"], toxicity=replace(prior, unit="pg/mL"), trials=10,
+                                draws=20)
+    assert "transgene cmax (copies/ug)" in unit_free.settings["toxicity"]

@@ -19,7 +19,7 @@ expansion cohort of `expansion` patients is treated at the selected dose.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -80,6 +80,7 @@ def simulate_trials(result, design, doses, *, toxicity: ToxicityModel | None = N
                          f"({', '.join(first.analytes)}): fit it, or link the toxicity to another signal "
                          "(ToxicityModel(analyte=..., metric=...), --signal ANALYTE:METRIC)")
     cohort = first.cohort
+    toxicity = replace(toxicity, unit=_signal_unit(toxicity, cohort))
     toxicity, toxicity_note = _fitted(toxicity, events if events is not None else cohort, seed)
     unit = str(cohort.doses["absolute_unit"].mode().iloc[0])
     regimens = [parse_regimen(d, unit) for d in doses]
@@ -115,6 +116,12 @@ def simulate_trials(result, design, doses, *, toxicity: ToxicityModel | None = N
                 "outcomes": [t.label for t in outcomes], "scenarios": [s.label for s in scenarios],
                 "model": average.label}
     return TrialSimulation(pd.DataFrame(oc_rows), pd.DataFrame(summary_rows), settings)
+
+
+def _signal_unit(toxicity: ToxicityModel, cohort) -> str:
+    """The unit of the toxicity signal as the data give it (its reference is read in it)."""
+    unit = cohort.analytes[toxicity.analyte].unit
+    return f"{unit}*{cohort.time_unit}" if toxicity.metric.startswith("auc") else unit
 
 
 def _fitted(toxicity: ToxicityModel, events, seed: int) -> tuple[ToxicityModel, str]:
