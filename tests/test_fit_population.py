@@ -170,21 +170,38 @@ def test_random_effects_map_gradient_matches_finite_differences(correlated):
 
 
 def test_numba_and_python_implementations_of_the_op_agree(small):
+    """The Op compiled into the sampler's graph and called from Python agree, and their value is
+    the numpy likelihood of the predictions (pkpd.fit.likelihood) summed over the records; its
+    gradient agrees with central differences."""
     import pytensor
     import pytensor.tensor as pt
 
+    from pkpd.fit.likelihood import pointwise
     from pkpd.fit.op import LogLikelihoodOp
 
     _, _, spec, _, pieces = small
     records, predictions = pieces["records"], pieces["predictions"]
     op = LogLikelihoodOp(predictions, records, m4=False)
     x, sigma = pt.dmatrix("x"), pt.dvector("sigma")
-    outputs = op(x, sigma, records["value"], records["censored"])
+    outputs = op(x, sigma, records["value"], records["censored"], *op.data().values())
     values = (np.log(predictions.fixed[:, predictions.est]) + 0.05, np.array([0.5, 0.3]))
     fast = pytensor.function([x, sigma], outputs, mode="NUMBA")(*values)
     slow = pytensor.function([x, sigma], outputs, mode="FAST_COMPILE")(*values)
     for a, b in zip(fast, slow):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+    pred, _ = predictions.values(values[0])
+    s = values[1][records["residual_sigma"]]
+    reference = pointwise(pred, records["value"], records["lloq"], records["censored"], records["error"], s,
+                          np.zeros_like(s), m4=False).sum()
+    assert float(fast[0]) == pytest.approx(reference, rel=1e-10)
+    f = pytensor.function([x, sigma], outputs[0], mode="NUMBA")
+    h = 1e-6
+    for idx in [(0, 0), (1, 1), (2, 0)]:
+        up, down = values[0].copy(), values[0].copy()
+        up[idx] += h
+        down[idx] -= h
+        fd = (f(up, values[1]) - f(down, values[1])) / (2 * h)
+        assert fd == pytest.approx(fast[1][idx], rel=1e-5, abs=1e-6), idx
     assert np.isfinite(fast[0]) and np.abs(fast[1]).max() > 0
 
 

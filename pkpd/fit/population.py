@@ -337,7 +337,10 @@ def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str,
         y = pm.Data("y_obs", records["value"])
         censored = pm.Data("censored_obs", records["censored"].astype("int64"))
         data_loglik = LogLikelihoodOp(predictions, records, m4=spec.censoring == "M4")
-        total, _, _ = data_loglik(log_theta, residual, y, censored)
+        # the design as data too: the compiled log density is then the same function for any
+        # cohort, and pytensor's cache serves an unchanged model's refit without compiling
+        design_data = [pm.Data(f"design_{name}", value) for name, value in data_loglik.data().items()]
+        total, _, _ = data_loglik(log_theta, residual, y, censored, *design_data)
         pm.Potential("loglik", total)
     return pm_model, pieces
 

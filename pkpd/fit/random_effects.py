@@ -22,13 +22,16 @@ Cholesky factor follows Murray (2016), "Differentiation of the Cholesky decompos
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numba
 import numpy as np
 import pytensor.tensor as pt
 from pytensor.gradient import DisconnectedType
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
-from pytensor.link.numba.dispatch import numba_funcify
+from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
@@ -217,17 +220,24 @@ class WhiteningGradOp(Op):
             out[0] = value
 
 
-@numba_funcify.register(WhiteningOp)
+def _cache_key(op) -> str:
+    """The Op's kind and props and this module's source: what its compiled form depends on (for
+    pytensor's numba cache, which keeps the sampler's compiled log density across processes)."""
+    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    return hashlib.sha256(f"{type(op).__qualname__}:{op.diagonal}:{source}".encode()).hexdigest()
+
+
+@register_funcify_and_cache_key(WhiteningOp)
 def _numba_whiten(op, node=None, **kwargs):
     @numba.njit
     def forward(u, t, omega_inv, c, H):
         x, log_det, C = whiten(u, t, omega_inv, c, H)
         return x, np.array(log_det), C
 
-    return forward
+    return forward, _cache_key(op)
 
 
-@numba_funcify.register(WhiteningGradOp)
+@register_funcify_and_cache_key(WhiteningGradOp)
 def _numba_whiten_pullback(op, node=None, **kwargs):
     diagonal = op.diagonal
 
@@ -235,7 +245,7 @@ def _numba_whiten_pullback(op, node=None, **kwargs):
     def backward(u, t, omega_inv, C, x, gx, g_log_det):
         return whiten_pullback(u, t, omega_inv, C, x, gx, g_log_det[()], diagonal)
 
-    return backward
+    return backward, _cache_key(op)
 
 
 def random_effects(u, typical, omega, chol, centre, information):
