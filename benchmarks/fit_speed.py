@@ -18,7 +18,11 @@ reported is a lower bound, named in the last line's `lower_bounds=`.
 
 pystan is not a dependency of cart-pkpd: `pip install pystan` (it bundles Stan and its compiler;
 needs g++). The last line is machine-readable:
-    fit_speed: multiphasic_ratio=R1 antigen_driven_ratio=R2 antigen_driven_wall_s=W
+    fit_speed: multiphasic_ratio=R1 antigen_driven_ratio=R2 antigen_driven_wall_s=W full_wall_s=F
+               compile_small_s=C grad_growth_4x=G
+(F: the full joint model's fit, not yet a case: nan; C: a small user model refitted to new
+data in a fresh process, benchmarks/compile_time.py; G: the larger growth of one gradient's cost
+per 4x subjects, 20 -> 80 -> 320, benchmarks/scaling.py, 4.0 being linear.)
 """
 
 from __future__ import annotations
@@ -259,8 +263,17 @@ def main() -> None:
         results[label] = (report(label, a, b), a)
     ((r1, bound1), _), ((r2, bound2), a2) = results.values()
     bounds = [name for name, bound in (("multiphasic", bound1), ("antigen_driven", bound2)) if bound]
+    # compile time of a small user model refitted to new data (fresh processes: compile_time.py) and
+    # the growth of one gradient's cost from 80 to 320 subjects (scaling.py; 4.0 is linear)
+    import compile_time
+    import scaling
+
+    compile_time.main()
+    growth = max(max(scaling.growth(scaling.measure(case, [20, 80, 320], 1.0))) for case in scaling.CASES)
+    # the full joint model (all ten analytes) is not yet a case here: full_wall_s=nan says so
     print(f"fit_speed: multiphasic_ratio={r1:.2f} antigen_driven_ratio={r2:.2f} "
-          f"antigen_driven_wall_s={a2['wall_s']:.0f}" + (f" lower_bounds={','.join(bounds)}" if bounds else ""))
+          f"antigen_driven_wall_s={a2['wall_s']:.0f} full_wall_s=nan compile_small_s={compile_time.LAST['rerun_s']:.1f} "
+          f"grad_growth_4x={growth:.2f}" + (f" lower_bounds={','.join(bounds)}" if bounds else ""))
 
 
 if __name__ == "__main__":

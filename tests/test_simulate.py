@@ -248,3 +248,28 @@ def test_sampler_op_runs_the_adaptive_solver(adaptive_case):
     # sensitivities that cross zero amplify
     np.testing.assert_allclose(pred2, pred, rtol=1e-12)
     np.testing.assert_allclose(jac2, jac, rtol=1e-9, atol=1e-12 * np.abs(jac).max())
+
+
+def test_a_design_subset_and_the_threaded_kernel_give_the_same_predictions(adaptive_case, monkeypatch):
+    """Design.subset (virtual patients share their donors' designs; repeats allowed) predicts
+    each selected subject exactly as the full design does; subjects split over threads give the
+    same predictions and sensitivities as one call."""
+    from pkpd.simulate import compiled
+    from pkpd.simulate.compiled import predict_compiled
+
+    model, cohort, design, _, P = adaptive_case
+    full, dfull = predict_compiled(design, P, ["rho", "b0"])
+    index = np.array([3, 0, 3, 11, 5, 5])
+    part = design.subset(index)
+    pred, dpred = predict_compiled(part, P[index], ["rho", "b0"])
+    rows = np.concatenate([np.arange(design.start[i], design.start[i + 1]) for i in index])
+    np.testing.assert_array_equal(pred, full[rows])
+    np.testing.assert_array_equal(dpred, dfull[rows])
+    assert part.subjects[0] == f"0:{cohort.subject_ids[3]}" and len(part.subjects) == len(index)
+    assert np.array_equal(part.schedule.amount[part.schedule.start[3]:part.schedule.start[4]],
+                          design.schedule.amount[design.schedule.start[11]:design.schedule.start[12]])
+    monkeypatch.setattr(compiled, "SUBJECTS_PER_THREAD", 1)
+    monkeypatch.setattr(compiled.os, "cpu_count", lambda: 3)
+    threaded, dthreaded = predict_compiled(design, P, ["rho", "b0"])
+    np.testing.assert_array_equal(threaded, full)
+    np.testing.assert_array_equal(dthreaded, dfull)

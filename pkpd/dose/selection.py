@@ -216,9 +216,12 @@ def simulate_metrics(result, posterior, picks, patients, scenario, regimen, want
     fitted = cohort.subjects
     M = len(picks) * patients
     donors = rng.integers(0, len(fitted), M)
-    weight = fitted["weight"].astype(float).fillna(70.0).to_numpy()[donors]
-    ids = pd.Index([f"V{i + 1}" for i in range(M)], name="subject", dtype=object)
-    subjects = fitted.iloc[donors].copy()
+    # a virtual patient's design is its donor's (covariates, weight-based doses): the template
+    # cohort holds each donor drawn once, and the patients' design is selected from its arrays
+    used, patient_donor = np.unique(donors, return_inverse=True)
+    weight = fitted["weight"].astype(float).fillna(70.0).to_numpy()[used]
+    ids = pd.Index([f"D{i + 1}" for i in used], name="subject", dtype=object)
+    subjects = fitted.iloc[used].copy()
     subjects.index = ids
     subjects["dose_level"] = pd.Series(regimen.label, index=ids, dtype=object)
     if scenario.product is not None:
@@ -227,9 +230,10 @@ def simulate_metrics(result, posterior, picks, patients, scenario, regimen, want
     dose_rows = regimen.dose_table(ids, weight, cohort.time_unit)
     template = template_cohort(result.model, subjects, dose_rows, times, analytes, source="dose selection",
                                time_unit=cohort.time_unit)
-    design = Design(result.model, template, analytes=analytes)
+    design = Design(result.model, template, analytes=analytes).subset(
+        patient_donor, [f"V{i + 1}" for i in range(M)])
     draw = np.repeat(picks, patients)
-    P = posterior.parameter_matrix(posterior.new_subjects(draw, posterior.covariates(template), rng))
+    P = posterior.parameter_matrix(posterior.new_subjects(draw, posterior.covariates(template)[patient_donor], rng))
     pred = predictions(result, design, P)
     names = np.asarray(design.analyte_names)[design.analyte]
     # each record's residual SDs from its patient's posterior draw

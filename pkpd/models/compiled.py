@@ -347,7 +347,7 @@ def _integrate_@NAME@(t, target, y, S, p, c, est, rtol, atol, h_max, max_steps, 
     return t, parity
 
 
-@numba.njit(cache=True, error_model="numpy", _nrt=False)
+@numba.njit(cache=True, error_model="numpy", _nrt=False, nogil=True)
 def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_time, obs_analyte,
                        ev_start, ev_time, ev_kind, ev_target, ev_amount, ev_length, ev_ss, dose_state,
                        rtol, atol, h_max, max_steps, control_sens, n_states, pred, dpred, n_steps,

@@ -8,12 +8,19 @@ compares it with LSODA at posterior draws.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..models.compiled import TABLEAUS, compiled_functions
 from .design import Design
+
+
+#: subjects below which one call solves them all in the calling thread (virtual populations
+#: for dose selection and trial simulation are split over the cores)
+SUBJECTS_PER_THREAD = 2000
 
 
 @dataclass(frozen=True)
@@ -73,9 +80,26 @@ def predict_compiled(design: Design, P: np.ndarray, estimated: list[str] | None 
     if n_steps is None:
         n_steps = np.zeros(len(design.subjects), dtype=np.int64)
     kernel, args = solver_call(design, steps)
-    kernel(np.ascontiguousarray(P, dtype=float), *design.kernel_arguments(), est, design.start, design.time,
-           design.analyte, *design.event_arguments(), *args, len(model.states), pred, dpred, n_steps,
-           *scratch(design.max_events, len(est)))
+    P = np.ascontiguousarray(P, dtype=float)
+    covariates, seg_start, seg_time = design.kernel_arguments()
+    ev_start, *events = design.event_arguments()
+
+    def solve(first: int, last: int) -> None:
+        # subjects first..last-1: their rows of P, and the offsets of their records, segments and
+        # events into the full arrays (the kernel reads and writes only those)
+        part = slice(first, last + 1)
+        kernel(P[first:last], covariates, seg_start[part], seg_time, est, design.start[part], design.time,
+               design.analyte, ev_start[part], *events, *args, len(model.states), pred, dpred,
+               n_steps[first:last], *scratch(design.max_events, len(est)))
+
+    N = P.shape[0]
+    workers = min(os.cpu_count() or 1, N // SUBJECTS_PER_THREAD)
+    if workers <= 1:
+        solve(0, N)
+    else:  # the kernel releases the GIL: subjects in blocks, one thread per core
+        bounds = np.linspace(0, N, workers + 1).astype(int)
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(solve, bounds[:-1], bounds[1:]))
     return pred, dpred
 
 

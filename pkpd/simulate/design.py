@@ -83,25 +83,33 @@ class Design:
         """The design of `copies` x N subjects: copy c of subject i is subject c N + i, with its
         records and events. One solver call then evaluates many parameter sets of the same
         subjects (importance samples of their random effects) instead of one call per set."""
-        N, n_obs = len(self.subjects), self.n_obs
+        N = len(self.subjects)
+        return self.subset(np.tile(np.arange(N), copies),
+                           [f"{c}:{subject}" for c in range(copies) for subject in self.subjects])
+
+    def subset(self, index: np.ndarray, names: list[str] | None = None) -> "Design":
+        """The design of subjects `index` (positions, repeats allowed): subject j of the result is
+        subject index[j] of this one, with its records, events and covariates; built from the
+        arrays alone (virtual patients drawn from a fitted cohort share their donors' designs)."""
+        index = np.asarray(index, dtype=np.int64)
         s = self.schedule
-        self_copy = type(self).__new__(type(self))
-        vars(self_copy).update(vars(self))
-        self_copy.subjects = [f"{c}:{subject}" for c in range(copies) for subject in self.subjects]
-        self_copy.subject_index = (np.tile(self.subject_index, copies)
-                                   + np.repeat(np.arange(copies) * N, n_obs))
+        out = type(self).__new__(type(self))
+        vars(out).update(vars(self))
+        out.subjects = names if names is not None else [f"{j}:{self.subjects[i]}" for j, i in enumerate(index)]
+        rows, counts = _blocks(self.start, index)
+        out.subject_index = np.repeat(np.arange(len(index)), counts)
         for name in ("records", "time", "data_time", "analyte", "value", "lloq", "censored"):
-            setattr(self_copy, name, np.tile(getattr(self, name), copies))
+            setattr(out, name, getattr(self, name)[rows])
         if hasattr(self, "grid_index"):
-            self_copy.grid_index = np.tile(self.grid_index, copies)
-        self_copy.start = _offsets(np.tile(np.diff(self.start), copies))
-        self_copy.schedule = Schedule(
-            _offsets(np.tile(np.diff(s.start), copies)), *(np.tile(a, copies) for a in
-                                                         (s.time, s.kind, s.target, s.amount, s.length, s.ss)),
-            _offsets(np.tile(np.diff(s.seg_start), copies)), np.tile(s.seg_time, copies),
-            np.tile(s.covariates, (copies, 1)), np.tile(s.offset, copies))
-        _freeze(self_copy)
-        return self_copy
+            out.grid_index = self.grid_index[rows]
+        out.start = _offsets(counts)
+        events, event_counts = _blocks(s.start, index)
+        segments, segment_counts = _blocks(s.seg_start, index)
+        out.schedule = Schedule(
+            _offsets(event_counts), *(a[events] for a in (s.time, s.kind, s.target, s.amount, s.length, s.ss)),
+            _offsets(segment_counts), s.seg_time[segments], s.covariates[segments], s.offset[index])
+        _freeze(out)
+        return out
 
     @property
     def n_obs(self) -> int:
@@ -124,6 +132,14 @@ def _freeze(design: Design) -> None:
     arrays += [v for v in vars(design.schedule).values() if isinstance(v, np.ndarray)]
     for array in arrays:
         array.setflags(write=False)
+
+
+def _blocks(offsets: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, counts): the positions of blocks `index` of an offsets array, concatenated
+    (block i spans offsets[i]:offsets[i + 1]), and each selected block's size."""
+    counts = np.diff(offsets)[index]
+    starts = np.repeat(offsets[index] - _offsets(counts)[:-1], counts)
+    return starts + np.arange(int(counts.sum()), dtype=np.int64), counts
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
-"""How the cost of one log-density gradient grows with the number of subjects.
+"""How the cost of one log-density gradient grows with the number of subjects, and how many
+virtual patient-years per second the compiled solver simulates.
 
-    python benchmarks/gradient_scaling.py [--subjects 20 80 320] [--seconds 2]
+    python benchmarks/scaling.py [--subjects 20 80 320] [--seconds 2] [--patients 40000]
 
 For a closed-form model (`multiphasic`, transgene) and an ODE model (`antigen_driven`,
 transgene and B cells on the trials' schedule), cohorts of 20, 80 and 320 simulated subjects;
@@ -8,8 +9,15 @@ for each, the compiled likelihood the sampler calls (`pkpd.fit.op.LogLikelihoodO
 record's prediction with its sensitivities, the likelihood and its gradient with respect to
 all subjects' parameters) is timed at the typical values, repeated for `--seconds` and the
 median of five batches kept. Printed: milliseconds per gradient, per subject, and the growth
-factor for each 4x step in subjects (4.0 = linear). The last line is machine-readable:
-    gradient_scaling: multiphasic_growth_4x=G1 antigen_driven_growth_4x=G2 (the larger step)
+factor for each 4x step in subjects (4.0 = linear).
+
+Simulation throughput: `--patients` virtual patients of `antigen_driven` (their designs selected
+from 20 donors, as dose selection and trial simulation build them), predicted at the trials'
+schedule to day 365 (transgene, B cells), all cores; patient-years of follow-up per second.
+
+The last line is machine-readable:
+    scaling: multiphasic_growth_4x=G1 antigen_driven_growth_4x=G2 patient_years_per_s=Y
+(the growth factors of the larger step)
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import numpy as np
 from pkpd.fit.op import LogLikelihoodOp, Predictions
 from pkpd.fit.population import PopulationSpec, record_arrays
 from pkpd.models import load
-from pkpd.simulate import simulate
+from pkpd.simulate import draw_parameters, simulate
 from pkpd.simulate.compiled import Design
 
 CASES = {"multiphasic": ("multiphasic", ["transgene"]), "antigen_driven": ("antigen_driven", ["transgene", "bcells"])}
@@ -73,10 +81,31 @@ def growth(rows: list[tuple[int, int, float]]) -> list[float]:
     return [(b[2] / a[2]) * 4 / (b[0] / a[0]) for a, b in zip(rows, rows[1:])]
 
 
+def throughput(patients: int) -> tuple[float, float]:
+    """(patient-years per second, seconds) of antigen_driven predictions for `patients` virtual patients."""
+    from pkpd.simulate.compiled import predict_compiled
+
+    model = load("antigen_driven")
+    cohort = simulate(model, ["1e6/kg"], n=20, seed=7, analytes=["transgene", "bcells"])
+    donors = Design(model, cohort)
+    pick = np.random.default_rng(1).integers(0, 20, patients)
+    design = donors.subset(pick)
+    params = draw_parameters(model, patients, np.random.default_rng(2))  # the model's variability
+    P = np.ascontiguousarray(params[model.parameter_names].to_numpy(float))
+    predict_compiled(donors, P[:20])  # compile
+    t0 = time.perf_counter()
+    pred, _ = predict_compiled(design, P)
+    seconds = time.perf_counter() - t0
+    years = (design.time.max() - 0.0) / 365.25
+    assert np.isfinite(pred).all()
+    return patients * years / seconds, seconds
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, nargs="+", default=[20, 80, 320])
     parser.add_argument("--seconds", type=float, default=2.0, help="timing budget per cohort size")
+    parser.add_argument("--patients", type=int, default=40000, help="virtual patients for the throughput")
     args = parser.parse_args(argv)
     largest = {}
     for case in CASES:
@@ -89,7 +118,11 @@ def main(argv: list[str]) -> None:
         print("growth per 4x subjects: " + ", ".join(f"{a}->{b}: {g:.2f}" for (a, b), g in
                                                     zip(zip(args.subjects, args.subjects[1:]), factors)))
         largest[case] = max(factors) if factors else float("nan")
-    print("gradient_scaling: " + " ".join(f"{case}_growth_4x={g:.2f}" for case, g in largest.items()))
+    rate, seconds = throughput(args.patients)
+    print(f"\n== simulation: {args.patients} virtual patients of antigen_driven to day 365 in {seconds:.2f} s: "
+          f"{rate:,.0f} patient-years per second")
+    print("scaling: " + " ".join(f"{case}_growth_4x={g:.2f}" for case, g in largest.items())
+          + f" patient_years_per_s={rate:.0f}")
 
 
 if __name__ == "__main__":
