@@ -1,6 +1,5 @@
-"""Parameter recovery by the population engine on simulated data (slow: full NUTS fits)."""
-
-import pytest
+"""Parameter recovery by the population engine on simulated data: full NUTS fits, about a minute
+each, in the default run (and so in CI) so that every change to the engine is checked."""
 
 from pkpd.fit import fit
 from pkpd.models import load
@@ -17,7 +16,6 @@ def _inside(result, model, names):
     return missed
 
 
-@pytest.mark.slow
 def test_multiphasic_recovery():
     model = load("multiphasic_smooth")
     cohort = simulate(model, ["1e6/kg"], n=24, seed=31)
@@ -28,7 +26,6 @@ def test_multiphasic_recovery():
     assert table["r_hat"].max() <= 1.01 and table["ess_bulk"].min() >= 400 and result.divergences() <= 5
 
 
-@pytest.mark.slow
 def test_antigen_driven_recovery():
     model = load("antigen_driven")
     cohort = simulate(model, ["1e6/kg", "3e8"], n=6, seed=32, analytes=["transgene", "bcells"])

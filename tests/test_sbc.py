@@ -1,7 +1,7 @@
-"""Simulation-based calibration: the plumbing in the default run, a reduced SBC marked slow."""
+"""Simulation-based calibration: the plumbing, and a reduced SBC (about a minute) in the default run
+(and so in CI)."""
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from pkpd.cli import app
@@ -17,7 +17,6 @@ def test_sbc_command_writes_ranks_summary_and_plot(tmp_path):
     assert "typical_cmax" in result.output
 
 
-@pytest.mark.slow
 def test_reduced_sbc_is_uniform():
     # 30 replicates of a small closed-form design; a miscalibrated engine (wrong prior,
     # likelihood or censoring) gives p-values near zero for several parameters

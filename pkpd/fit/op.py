@@ -33,6 +33,7 @@ from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
 from ..simulate.compiled import Design, Tolerances, predict_compiled, solver_call
 from .likelihood import record_terms
 
+
 def _design_arrays(design: Design, fixed: np.ndarray) -> dict[str, np.ndarray]:
     covariates, seg_start, seg_time = design.kernel_arguments()
     events = dict(zip(("ev_start", "ev_time", "ev_kind", "ev_target", "ev_amount", "ev_length", "ev_ss",
