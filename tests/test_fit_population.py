@@ -347,3 +347,38 @@ def test_individual_fit_residual_derivatives_match_finite_differences(code):
     up = likelihood.residuals(pred * (1 + h), y, lloq, censored, error, sigma, additive)
     down = likelihood.residuals(pred * (1 - h), y, lloq, censored, error, sigma, additive)
     np.testing.assert_allclose(np.diag(J), (up - down) / (2 * h * pred), rtol=1e-5, atol=1e-7)
+
+
+def test_the_cached_entry_points_agree_with_nutpies_own(small):
+    """pkpd.fit.compile.compile_model (C entry points cached on disk) and nutpie's
+    compile_pymc_model wrap the same log density: the same log density and gradient at random
+    points (up to rounding: the pieces are optimised apart), and new data reach it through
+    nutpie's with_data."""
+    import ctypes
+
+    import nutpie
+
+    from pkpd.fit.compile import compile_model
+
+    *_, pm_model, pieces = small
+    ours, theirs = compile_model(pm_model), nutpie.compile_pymc_model(pm_model)
+    assert "shared_0" in ours.shared_data
+
+    def call(compiled, x):
+        grad, logp = np.zeros_like(x), np.zeros(())
+        pointer = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+        code = compiled.compiled_logp_func.ctypes(len(x), pointer(x), pointer(grad), pointer(logp),
+                                                  ctypes.c_void_p(compiled.user_data.ctypes.data))
+        assert code == 0
+        return float(logp), grad
+
+    rng = np.random.default_rng(3)
+    y = pieces["records"]["value"] * 1.5
+    for a, b in ((ours, theirs), (ours.with_data(y_obs=y), theirs.with_data(y_obs=y))):
+        for _ in range(3):
+            x = 0.1 * rng.standard_normal(ours.n_dim)
+            (la, ga), (lb, gb) = call(a, x), call(b, x)
+            assert la == pytest.approx(lb, rel=1e-9)
+            np.testing.assert_allclose(ga, gb, rtol=1e-6, atol=1e-8 * np.abs(gb).max())
+    x = np.zeros(ours.n_dim)
+    assert call(ours.with_data(y_obs=y), x)[0] != call(ours, x)[0]

@@ -16,6 +16,7 @@ from ..data.cohort import Cohort
 from ..models import Model, load
 from ..simulate.compiled import Tolerances, predict_compiled
 from ..simulate.solve import predict_reference
+from .compile import compile_model
 from .individual import fit_individual
 from .population import (PopulationSpec, build_pymc_model, initial_values, pointwise_loglik, spec_record)
 from .priors import Prior
@@ -66,7 +67,7 @@ def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 100
     init = initial_values(spec, individual)
     pm_model, pieces = build_pymc_model(spec, cohort, init)
     t0 = time.perf_counter()
-    compiled = nutpie.compile_pymc_model(pm_model, default_initialization_strategy="support_point")
+    compiled = compile_model(pm_model)
     compile_s = time.perf_counter() - t0
     rng_seed = int(np.random.SeedSequence(seed).generate_state(1)[0]) if seed is None else int(seed)
     t0 = time.perf_counter()

@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from ..fit.compile import compile_model
 from .toxicity import ToxicityModel
 
 MIN_SUBJECTS = 10
@@ -76,7 +77,7 @@ def fit_toxicity(toxicity: ToxicityModel, cohort, *, draws: int = 1000, tune: in
                               transform=pm.distributions.transforms.ordered, initval=-means)
         slope = pm.Normal("slope", mu=toxicity.slope[0], sigma=toxicity.slope[1])
         pm.OrderedLogistic("grade", eta=slope * x, cutpoints=cutpoints, observed=grade)
-    compiled = nutpie.compile_pymc_model(model)
+    compiled = compile_model(model)
     tree = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed, cores=1, progress_bar=False)
     post = tree["posterior"].to_dataset() if hasattr(tree, "children") else tree.posterior
     cut = post["cutpoints"].transpose("chain", "draw", ...).to_numpy()
