@@ -13,21 +13,14 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import make_array, populate_array
 
 
-def _stack_zeros(dtype, name: str):
-    """The intrinsic np.zeros(shape, dtype) on the stack, for an 8-byte dtype."""
-
-    def typer(typingctx, shape):
-        if not (isinstance(shape, types.UniTuple) and isinstance(shape.dtype, types.Integer)):
-            return None
-        return _codegen(dtype, shape)
-
-    typer.__name__ = typer.__qualname__ = name  # numba names an intrinsic by its function
-    return intrinsic(typer)
-
-
-def _codegen(dtype, shape):
+@intrinsic
+def stack_zeros(typingctx, shape):
+    """np.zeros(shape) (float64, C order) in the calling function's stack frame; shape: a
+    tuple of integers."""
+    if not (isinstance(shape, types.UniTuple) and isinstance(shape.dtype, types.Integer)):
+        return None
     ndim = shape.count
-    array_type = types.Array(dtype, ndim, "C")
+    array_type = types.Array(types.float64, ndim, "C")
 
     def codegen(context, builder, signature, args):
         intp = context.get_value_type(types.intp)
@@ -37,7 +30,7 @@ def _codegen(dtype, shape):
         for d in dims:
             size = builder.mul(size, d)
         count = builder.select(builder.icmp_signed(">", size, intp(0)), size, intp(1))  # no empty alloca
-        data = builder.alloca(context.get_value_type(dtype), size=count)
+        data = builder.alloca(context.get_value_type(types.float64), size=count)
         cgutils.memset(builder, data, builder.mul(count, intp(8)), 0)
         strides, stride = [], intp(8)
         for d in reversed(dims):
@@ -49,9 +42,3 @@ def _codegen(dtype, shape):
         return array._getvalue()
 
     return array_type(shape), codegen
-
-
-#: np.zeros(shape) (float64, C order) in the calling function's stack frame; shape: a tuple of integers
-stack_zeros = _stack_zeros(types.float64, "stack_zeros")
-#: the same for int64
-stack_zeros_int = _stack_zeros(types.int64, "stack_zeros_int")

@@ -23,7 +23,7 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from .model import Model
 
-_HEADER = "import math\nimport numba\nimport numpy as np\n\nfrom pkpd.models._stack import stack_zeros as _zeros, stack_zeros_int as _izeros\n\n"
+_HEADER = "import math\nimport numba\nimport numpy as np\n\nfrom pkpd.models._stack import stack_zeros as _zeros\n\n"
 
 # The kernels below run without numba's reference counting (atomic increments and decrements
 # around every inlined helper call with array arguments: 2x a closed-form record's cost, 1.5x an
@@ -38,9 +38,9 @@ _HEADER = "import math\nimport numba\nimport numpy as np\n\nfrom pkpd.models._st
 # (the jump of the right-hand side times the shift of the event).
 _KERNEL = """
 @numba.njit(cache=True, error_model="numpy", inline="always")
-def _derivs(t, y, S, p, c, est, f, dS, Jp, rates, drates, infusing, act_lo, act_hi):
+def _derivs(t, y, S, p, c, est, f, dS, Jp, rates, drates, infusing):
     if est.shape[0] > 0:
-        rhs_sens(t, y, S, p, c, est, f, dS, Jp, act_lo, act_hi)
+        rhs_sens(t, y, S, p, c, est, f, dS, Jp)
     else:
         rhs(t, y, p, c, f)
     if infusing:
@@ -78,19 +78,18 @@ def _segment(seg_start, seg_time, i, t):
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
-def _record_baseline(j, a, t, p, c, est, perm, g, gp, pred, dpred):
-    # A record before the first dose: the pre-dose baseline and its derivatives (column k of the
-    # kernel's order is the caller's column perm[k]).
+def _record_baseline(j, a, t, p, c, est, g, gp, pred, dpred):
+    # A record before the first dose: the pre-dose baseline and its derivatives.
     base(a, t, p, c, g)
     pred[j] = g[0]
     if est.shape[0] > 0:
         base_p(a, t, p, c, gp)
         for k in range(est.shape[0]):
-            dpred[j, perm[k]] = gp[est[k]]
+            dpred[j, k] = gp[est[k]]
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
-def _record(j, a, t, y, S, p, c, est, perm, g, gy, gp, pred, dpred):
+def _record(j, a, t, y, S, p, c, est, g, gy, gp, pred, dpred):
     # A record after the first dose: the observation function and its chain-rule derivatives.
     obs(a, t, y, p, c, g)
     pred[j] = g[0]
@@ -101,7 +100,7 @@ def _record(j, a, t, y, S, p, c, est, perm, g, gy, gp, pred, dpred):
             acc = gp[est[k]]
             for m in range(y.shape[0]):
                 acc += gy[m] * S[m, k]
-            dpred[j, perm[k]] = acc
+            dpred[j, k] = acc
 
 
 @numba.njit(cache=True, error_model="numpy", _nrt=False)
@@ -246,8 +245,7 @@ TABLEAUS = {
 _ADAPTIVE = """
 @numba.njit(cache=True, error_model="numpy", _nrt=False)
 def _integrate_@NAME@(t, target, y, S, p, c, est, rtol, atol, h_max, max_steps, control_sens, ctl,
-                      yt, St, yn, Sn, peak, speak, f0, f1, Jp, rates, drates, infusing, act_lo, act_hi,
-                      @KARGS@):
+                      yt, St, yn, Sn, peak, speak, f0, f1, Jp, rates, drates, infusing, @KARGS@):
     n = y.shape[0]
     K = est.shape[0]
     order = @ORDER@
@@ -263,7 +261,7 @@ def _integrate_@NAME@(t, target, y, S, p, c, est, rtol, atol, h_max, max_steps, 
     end = target - 1e-12 * max(1.0, abs(target))
     while not failed and t < end:
         if not have_k0:
-            _derivs(t, y, S, p, c, est, k0, kS0, Jp, rates, drates, infusing, act_lo, act_hi)
+            _derivs(t, y, S, p, c, est, k0, kS0, Jp, rates, drates, infusing)
             have_k0 = True
         if h == 0.0:  # initial step (Hairer, Norsett & Wanner I, II.4)
             d0 = 0.0
@@ -321,7 +319,7 @@ def _integrate_@NAME@(t, target, y, S, p, c, est, rtol, atol, h_max, max_steps, 
             for m in range(n):
                 y[m] = yn[m]
                 peak[m] = max(peak[m], abs(y[m]))
-                for q in range(act_lo[m], act_hi[m]):
+                for q in range(K):
                     S[m, q] = Sn[m, q]
                     speak[m, q] = max(speak[m, q], abs(S[m, q]))
 @ACCEPT@
@@ -350,18 +348,18 @@ def _integrate_@NAME@(t, target, y, S, p, c, est, rtol, atol, h_max, max_steps, 
 
 
 @numba.njit(cache=True, error_model="numpy", _nrt=False, nogil=True)
-def predict_all_@NAME@(P, C, seg_start, seg_time, est_given, obs_subject_start, obs_time, obs_analyte,
+def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_time, obs_analyte,
                        ev_start, ev_time, ev_kind, ev_target, ev_amount, ev_length, ev_ss, dose_state,
                        rtol, atol, h_max, max_steps, control_sens, n_states, pred, dpred, n_steps,
                        ev_order, ev_tau, inf_on, inf_end, inf_target, inf_rate, inf_drate, inf_dend):
     if n_states == 0:
-        _closed_all(P, C, seg_start, seg_time, est_given, obs_subject_start, obs_time, obs_analyte, pred, dpred,
+        _closed_all(P, C, seg_start, seg_time, est, obs_subject_start, obs_time, obs_analyte, pred, dpred,
                     _zeros((1,)), _zeros((P.shape[1],)), _zeros((0,)))
         return
     N = P.shape[0]
     n_par = P.shape[1]
     n = n_states
-    K = est_given.shape[0]
+    K = est.shape[0]
     y = _zeros((n,)); S = _zeros((n, K))
     yt = _zeros((n,)); St = _zeros((n, K))
     yn = _zeros((n,)); Sn = _zeros((n, K))
@@ -373,37 +371,6 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est_given, obs_subject_start, 
     g = _zeros((1,)); gy = _zeros((n,)); gp = _zeros((n_par,))
     gpar = _zeros((n_par,)); glag = _zeros((n_par,))
     rates = _zeros((n,)); drates = _zeros((n, K))
-    # Only the sensitivities that can be nonzero are carried (INFLUENCE: the parameters each
-    # state's path depends on). The estimated parameters are taken in the order of how many states
-    # they reach, most first (column q of S is parameter est[perm[q]], written to dpred[:, perm[q]]),
-    # so that each state's nonzero sensitivities lie in one range of columns, act_lo[m]:act_hi[m],
-    # over which the hot loops (right-hand side, stages, accepted steps) run; the columns outside
-    # stay zero. Parameters that only observation functions read come last, in no state's range.
-    perm = _izeros((K + 1,)); reach = _izeros((K + 1,)); est_sorted = _izeros((K + 1,))
-    for q in range(K):
-        perm[q] = q
-        for m in range(n):
-            if INFLUENCE[m, est_given[q]]:
-                reach[q] += 1
-    for q in range(1, K):  # insertion sort by reach, descending, stable
-        key = perm[q]
-        r = q - 1
-        while r >= 0 and reach[perm[r]] < reach[key]:
-            perm[r + 1] = perm[r]
-            r -= 1
-        perm[r + 1] = key
-    for q in range(K):
-        est_sorted[q] = est_given[perm[q]]
-    est = est_sorted[:K]
-    act_lo = _izeros((n,)); act_hi = _izeros((n,))
-    for m in range(n):
-        act_lo[m] = K
-        for q in range(K):
-            if INFLUENCE[m, est[q]]:
-                act_lo[m] = min(act_lo[m], q)
-                act_hi[m] = q + 1
-        if act_hi[m] == 0:
-            act_lo[m] = 0
     ctl = _zeros((7,))
     inf = math.inf
     for i in range(N):
@@ -414,8 +381,8 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est_given, obs_subject_start, 
         j_end = obs_subject_start[i + 1]
         while j < j_end and obs_time[j] < 0.0:  # before the first dose: the pre-dose baseline
             tb = obs_time[j]
-            _record_baseline(j, obs_analyte[j], tb, p, C[_segment(seg_start, seg_time, i, tb)], est, perm, g,
-                             gp, pred, dpred)
+            _record_baseline(j, obs_analyte[j], tb, p, C[_segment(seg_start, seg_time, i, tb)], est, g, gp,
+                             pred, dpred)
             j += 1
         if j == j_end:
             continue
@@ -464,7 +431,7 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est_given, obs_subject_start, 
             if t_stop > t:
                 t, parity = _integrate_@NAME@(t, t_stop, y, S, p, c, est, rtol, atol, h_max, max_steps,
                                               control_sens, ctl, yt, St, yn, Sn, peak, speak, f0, f1, Jp,
-                                              rates, drates, infusing, act_lo, act_hi, @KCALL@)
+                                              rates, drates, infusing, @KCALL@)
 @SWAP16@
                 if ctl[5] > 0.0:
                     break
@@ -513,7 +480,7 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est_given, obs_subject_start, 
                         ctl[2] = 0.0
                         ts, parity = _integrate_@NAME@(t - interval, arrival, y, S, p, c, est, rtol, atol, h_max,
                                                        max_steps, control_sens, ctl, yt, St, yn, Sn, peak, speak,
-                                                       f0, f1, Jp, rates, drates, infusing, act_lo, act_hi, @KCALL@)
+                                                       f0, f1, Jp, rates, drates, infusing, @KCALL@)
 @SWAP24@
                         _give(arrival, d - e0, ev_kind[d], k, state, ev_amount[d], ev_length[d], True, p, c, est,
                               y, S, f0, f1, gpar, glag, inf_on, inf_end, inf_target, inf_rate, inf_drate, inf_dend,
@@ -526,7 +493,7 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est_given, obs_subject_start, 
                             ts, parity = _integrate_@NAME@(arrival, inf_end[slot], y, S, p, c, est, rtol, atol,
                                                            h_max, max_steps, control_sens, ctl, yt, St, yn, Sn,
                                                            peak, speak, f0, f1, Jp, rates, drates, infusing,
-                                                           act_lo, act_hi, @KCALL@)
+                                                           @KCALL@)
 @SWAP28@
                             inf_on[slot] = 0
                             for q in range(K):
@@ -536,7 +503,7 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est_given, obs_subject_start, 
                             ctl[2] = 0.0
                         ts, parity = _integrate_@NAME@(ts, t, y, S, p, c, est, rtol, atol, h_max, max_steps,
                                                        control_sens, ctl, yt, St, yn, Sn, peak, speak, f0, f1, Jp,
-                                                       rates, drates, infusing, act_lo, act_hi, @KCALL@)
+                                                       rates, drates, infusing, @KCALL@)
 @SWAP24@
                         if ctl[5] > 0.0:
                             break
@@ -562,7 +529,7 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est_given, obs_subject_start, 
                 ctl[0] = 0.0
                 ctl[2] = 0.0
             else:
-                _record(j, obs_analyte[j], t_rec, y, S, p, c, est, perm, g, gy, gp, pred, dpred)
+                _record(j, obs_analyte[j], t_rec, y, S, p, c, est, g, gy, gp, pred, dpred)
                 j += 1
         n_steps[i] += int(ctl[6])
         while j < j_end:  # the solver failed: NaN from here on
@@ -580,10 +547,6 @@ def _combination(target: str, base: str | None, weights, vector: str, indent: st
     return [f"{indent}{target} = " + (f"{base} + " if base else "") + f"h * ({total})"]
 
 
-#: the loop over state m's sensitivities that can be nonzero, in the generated stages
-ACTIVE = ["            for q in range(act_lo[m], act_hi[m]):"]
-
-
 def _adaptive_source(method: str) -> str:
     """The integrator and kernel `predict_all_<method>` of one embedded pair of TABLEAUS, its
     stages unrolled."""
@@ -595,15 +558,15 @@ def _adaptive_source(method: str) -> str:
     for s in range(1, ns):
         stages += ["        for m in range(n):"]
         stages += _combination("yt[m]", "y[m]", A[s, :s], "k{r}[m]", " " * 12)
-        stages += ACTIVE
+        stages += ["            for q in range(K):"]
         stages += _combination("St[m, q]", "S[m, q]", A[s, :s], "kS{r}[m, q]", " " * 16)
         stages += [f"        _derivs(t + {float(c[s])!r} * h, yt, St, p, c, est, k{s}, kS{s}, Jp, rates, drates, "
-                   "infusing, act_lo, act_hi)"]
+                   "infusing)"]
     stages += ["        # new solution (yn, Sn) and its error estimate (yt, St)",
                "        for m in range(n):"]
     stages += _combination("yn[m]", "y[m]", b, "k{r}[m]", " " * 12)
     stages += _combination("yt[m]", None, e, "k{r}[m]", " " * 12)
-    stages += ACTIVE
+    stages += ["            for q in range(K):"]
     stages += _combination("Sn[m, q]", "S[m, q]", b, "kS{r}[m, q]", " " * 16)
     stages += _combination("St[m, q]", None, e, "kS{r}[m, q]", " " * 16)
     last = ns - 1
@@ -673,39 +636,13 @@ def _sensitivity_function(rhs: list, states: list, params: list, names: dict, pr
                 terms[i].append((f"_jy_{i}_{m}", m))
     assignments += [(f"Jp[{i}, {k}]", sp.diff(e, q)) for i, e in enumerate(rhs) for k, q in enumerate(params)]
     lines = ["@numba.njit(cache=True, error_model=\"numpy\", inline=\"always\")",
-             "def rhs_sens(t, y, S, p, c, est, f, dS, Jp, act_lo, act_hi):",
-             *_body(assignments, names, printer, zero_first=False)]
-    for i in range(n):  # each state's sensitivities that can be nonzero (the kernel's act_lo, act_hi)
+             "def rhs_sens(t, y, S, p, c, est, f, dS, Jp):",
+             *_body(assignments, names, printer, zero_first=False),
+             "    for k in range(est.shape[0]):", "        e = est[k]"]
+    for i in range(n):
         products = "".join(f" + {name} * S[{m}, k]" for name, m in terms[i])
-        lines += [f"    for k in range(act_lo[{i}], act_hi[{i}]):", f"        dS[{i}, k] = Jp[{i}, est[k]]{products}"]
+        lines.append(f"        dS[{i}, k] = Jp[{i}, e]{products}")
     return lines + [""]
-
-
-def influence(model: Model) -> np.ndarray:
-    """(n_states, n_parameters) booleans: whether a state's path can depend on a parameter (through
-    its right-hand side, initial value, or a dose's bioavailability or lag, and through every state
-    its right-hand side reads). The kernels carry only these sensitivities: a parameter that only
-    an observation function reads (a cytokine's baseline at quasi-steady state) or that acts on one
-    state (an immunoglobulin's baseline) costs no sensitivity of the other states."""
-    s = model.symbols
-    states = list(s["states"].values())
-    params = [s["params"][name] for name in model.parameter_names]
-    reaches = np.zeros((len(states), len(params)), dtype=bool)
-    for i, (rhs, initial) in enumerate(zip(s["rhs"], s["initial"])):
-        free = rhs.free_symbols | initial.free_symbols
-        reaches[i] = [q in free for q in params]
-    for d in s["dosing"]:
-        free = d["bioavailability"].free_symbols | d["lag"].free_symbols
-        reaches[d["state"]] |= np.array([q in free for q in params], dtype=bool)
-    reads = [[m for m, y in enumerate(states) if y in rhs.free_symbols] for rhs in s["rhs"]]
-    changed = True
-    while changed:  # to a fixed point: a state depends on what the states it reads depend on
-        changed = False
-        for i, read in enumerate(reads):
-            new = reaches[i] | reaches[read].any(axis=0) if read else reaches[i]
-            if (new != reaches[i]).any():
-                reaches[i], changed = new, True
-    return reaches
 
 
 def _source(model: Model) -> str:
@@ -726,8 +663,7 @@ def _source(model: Model) -> str:
         return ["@numba.njit(cache=True, error_model=\"numpy\", inline=\"always\")", f"def {name}({args}):",
                 *_body(assignments, names, printer, zero_first), ""]
 
-    src = [_HEADER, f"INFLUENCE = np.array({influence(model).astype(int).tolist()!r}, dtype=np.bool_)"
-                    f".reshape(({n}, {P}))", ""]
+    src = [_HEADER]
     src += fn("rhs", "t, y, p, c, out", [(f"out[{i}]", e) for i, e in enumerate(s["rhs"])])
     src += _sensitivity_function(s["rhs"], states, params, names, printer)
     # the state vector is reused from subject to subject: clear it
