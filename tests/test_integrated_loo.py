@@ -46,7 +46,7 @@ def test_integration_makes_subject_level_pareto_k_reliable(one_effect_fit):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plain = az.loo(one_effect_fit.tree, var_name="y_subject", pointwise=True)
-    loo, integrated = integrated_loo(one_effect_fit, draws=150, samples=200)
+    loo, integrated = integrated_loo(one_effect_fit, draws=150, samples=400)
     k = np.asarray(loo.pareto_k)
     assert k.shape == (len(one_effect_fit.cohort.subject_ids),)
     assert np.mean(k > 0.7) <= np.mean(np.asarray(plain.pareto_k) > 0.7)
@@ -74,7 +74,7 @@ def test_integrated_loo_agrees_with_exact_leave_one_subject_out_refits():
     cohort = simulate(model, ["3e8", "6e8"], n=3, seed=3)
     settings = dict(chains=2, draws=300, tune=300, seed=1, iiv=["cmax", "tmax"], progress=False)
     full = pkpd.fit(model, cohort, **settings)
-    loo, _ = integrated_loo(full, draws=200, samples=400)
+    loo, _ = integrated_loo(full, draws=200, samples=200)
     estimate = np.asarray(loo.elpd_i).ravel()
     exact = []
     for subject in cohort.subject_ids:
