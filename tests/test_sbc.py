@@ -2,6 +2,8 @@
 (and so in CI)."""
 
 import numpy as np
+import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from pkpd.cli import app
@@ -24,3 +26,24 @@ def test_reduced_sbc_is_uniform():
     p = result.summary["p_value"].to_numpy()
     assert np.all(p > 0.001), result.summary
     assert np.mean(p < 0.05) <= 0.3
+
+
+def test_sbc_checkpoint_resumes_and_refuses_other_settings(tmp_path):
+    checkpoint = tmp_path / "replicates.csv"
+    small = dict(subjects=4, draws=60, tune=60, seed=5, checkpoint=checkpoint)
+    first = sbc("multiphasic", replicates=2, **small)
+    assert len(pd.read_csv(checkpoint)) == 2
+    calls = []
+    resumed = sbc("multiphasic", replicates=3, progress=lambda done, total: calls.append(done), **small)
+    assert calls == [3]  # replicates 0 and 1 came from the checkpoint, only replicate 2 was fitted
+    pd.testing.assert_frame_equal(resumed.ranks.iloc[:2], first.ranks, check_dtype=False)
+    with pytest.raises(ValueError, match=r"other settings \(draws: 60 there, 80 now\)"):
+        sbc("multiphasic", replicates=3, **(small | {"draws": 80}))
+
+
+def test_sbc_replicate_time_cap_is_counted_not_hidden(tmp_path):
+    with pytest.raises(ValueError, match="only 0 of 2 SBC replicates finished within replicate_seconds"):
+        sbc("multiphasic", replicates=2, subjects=4, draws=60, tune=60, replicate_seconds=1e-3,
+            checkpoint=tmp_path / "r.csv")
+    table = pd.read_csv(tmp_path / "r.csv")
+    assert list(table["status"]) == ["timed out", "timed out"]

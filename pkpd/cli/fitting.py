@@ -132,9 +132,12 @@ def sbc_command(
         chains: Annotated[int, typer.Option(min=1, max=64, help="Chains per fit.")] = 2,
         draws: Annotated[int, typer.Option(min=10, max=100_000, help="Draws per chain.")] = 200,
         tune: Annotated[int, typer.Option(min=10, max=100_000, help="Warm-up draws per chain.")] = 200,
-        seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0) -> None:
+        seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+        replicate_seconds: Annotated[float | None, typer.Option(
+            min=1, help="Stop a replicate's sampling after this many seconds (counted and reported).")] = None) -> None:
     """Simulation-based calibration: rank statistics, a uniformity test per population parameter
-    and rank histograms."""
+    and rank histograms. Replicates are written to OUT/replicates.csv as they finish; running the
+    same command again resumes from it."""
     from rich.progress import Progress
 
     from .._files import atomic_path
@@ -147,16 +150,17 @@ def sbc_command(
         task = bar.add_task("SBC replicates", total=replicates)
         try:
             result = sbc(m, replicates=replicates, subjects=subjects, dose=dose, chains=chains, draws=draws,
-                         tune=tune, seed=seed, progress=lambda done, total: bar.update(task, completed=done))
+                         tune=tune, seed=seed, checkpoint=out / "replicates.csv", replicate_seconds=replicate_seconds,
+                         progress=lambda done, total: bar.update(task, completed=done))
         except ValueError as exc:
             fail(exc)
-    out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "ranks.csv") as tmp:
-        result.ranks.to_csv(tmp, index=False)
+        result.ranks.to_csv(tmp)
     with atomic_path(out / "summary.csv") as tmp:
         result.summary.to_csv(tmp, index=False)
     result.plot(out / "ranks.png")
-    table = Table(title=f"SBC of {m.name}: {replicates} replicates, ranks among {result.n_draws} draws")
+    stopped = f" ({len(result.timed_out)} more stopped at the time cap)" if result.timed_out else ""
+    table = Table(title=f"SBC of {m.name}: {len(result.ranks)} replicates{stopped}, ranks among {result.n_draws} draws")
     for col in ("parameter", "chi-square", "p-value", "uniform?"):
         table.add_column(col)
     for _, r in result.summary.iterrows():
