@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Mapping
 
 import numpy as np
@@ -80,6 +81,13 @@ class Cohort:
 
     def unit(self, analyte: str) -> str:
         return self.analytes[analyte].unit
+
+    @cached_property
+    def lloq(self) -> dict[str, float]:
+        """Each analyte's LLOQ as in the data (median over its records; analytes without one
+        are absent). Computed once: a cohort is not changed after it is made."""
+        median = self.observations.groupby("analyte", observed=True)["lloq"].median().dropna()
+        return {str(a): float(v) for a, v in median.items()}
 
     def analyte_observations(self, analyte: str) -> pd.DataFrame:
         """Rows of one analyte, excluded (MDV) records removed, sorted by subject and time."""

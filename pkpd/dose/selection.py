@@ -32,7 +32,7 @@ from ..predict.average import ModelAverage
 from ..predict.posterior import PosteriorDraws, predictions
 from ..simulate.compiled import Design
 from ..simulate.regimen import Regimen, parse_regimen
-from ..simulate.virtual import residual_draws, template_cohort
+from ..simulate.virtual import template_cohort, with_residual_error
 from ..units import time_factor
 from .targets import DEFAULT_TARGETS, Target, metric_kind, profile_metrics, window_of
 
@@ -235,19 +235,24 @@ def simulate_metrics(result, posterior, picks, patients, scenario, regimen, want
     draw = np.repeat(picks, patients)
     P = posterior.parameter_matrix(posterior.new_subjects(draw, posterior.covariates(template)[patient_donor], rng))
     pred = predictions(result, design, P)
-    names = np.asarray(design.analyte_names)[design.analyte]
-    # each record's residual SDs from its patient's posterior draw
-    sigma, additive = posterior.residual_of(draw[design.subject_index])
-    values = residual_draws(result.model, names, pred, rng, sigma=sigma, additive=additive)
-    lloq = _lloq(result)
-    dose_times = regimen.doses("x", 70.0, cohort.time_unit)["time"].to_numpy(float)
+    # each patient's residual SDs from its posterior draw
+    sigma, additive = posterior.residual_of(draw)
+    lloq = result.cohort.lloq
+    dose_times = regimen.dose_times(cohort.time_unit)
     k = time_factor(regimen.time_unit, cohort.time_unit) if regimen.time_unit else 1.0
     interval = regimen.interval * k if regimen.count > 1 else None
     out = {}
     T = len(times)
     for analyte in analytes:
-        rows = names == analyte
-        v = values[rows].reshape(M, T)
+        rows = design.analyte == design.analyte_names.index(analyte)
+        f = pred[rows].reshape(M, T)  # records of one analyte: patient-major, in time order
+        obs = result.model.observations.get(analyte)
+        if obs is None:  # an analyte without an error model is observed exactly
+            v = f
+        else:
+            s = sigma[analyte][:, None] if analyte in sigma else obs.sigma
+            a = additive[analyte][:, None] if analyte in additive else obs.additive
+            v = with_residual_error(obs.error, f, s, a, rng.standard_normal(f.shape))
         limit = lloq.get(analyte, 0.0)
         cens = v < limit
         v = np.where(cens, limit, v)
@@ -283,12 +288,6 @@ def _metrics_of_all(kind: str, names: set, times, values, censored, limits, wind
         baseline = values[:, pre][:, -1] if pre.any() else np.full(len(values), np.nan)
         return nadir_many(times[late], values[:, late], censored[:, late], limits[late], baseline)
     return None
-
-
-def _lloq(result: FitResult) -> dict[str, float]:
-    """Each analyte's LLOQ as in the fitted data (median over records)."""
-    obs = result.cohort.observations
-    return {a: float(g["lloq"].median()) for a, g in obs.groupby("analyte") if g["lloq"].notna().any()}
 
 
 def recommend(pta: pd.DataFrame, efficacy_level: float, safety_level: float) -> dict:

@@ -49,16 +49,25 @@ class Regimen:
     def label(self) -> str:
         return self.text
 
-    def doses(self, subject: str, weight: float, model_time_unit: str) -> pd.DataFrame:
-        """This regimen's dose rows for one subject, times in `model_time_unit` from t = 0."""
-        parsed = dose_unit(self.unit)
+    def _timed_amounts(self, model_time_unit: str) -> list[tuple[float, float]]:
+        """(time in `model_time_unit`, amount) of every dose, in time order."""
         k = time_factor(self.time_unit, model_time_unit) if self.time_unit else 1.0
         rows = []
         for i in range(self.count):
             for j, fraction in enumerate(self.fractions):
                 rows.append((k * (i * self.interval + j * self.split_interval), self.amount * fraction))
         rows += [(k * t, a) for t, a in self.extra]
-        rows = sorted((float(f"{t:.12g}"), a) for t, a in rows)  # unit conversions: no float noise
+        return sorted((float(f"{t:.12g}"), a) for t, a in rows)  # unit conversions: no float noise
+
+    def dose_times(self, model_time_unit: str) -> np.ndarray:
+        """Times of the regimen's doses in `model_time_unit` from t = 0."""
+        return np.array([t for t, _ in self._timed_amounts(model_time_unit)], float)
+
+    def doses(self, subject: str, weight: float, model_time_unit: str) -> pd.DataFrame:
+        """This regimen's dose rows for one subject, times in `model_time_unit` from t = 0."""
+        parsed = dose_unit(self.unit)
+        k = time_factor(self.time_unit, model_time_unit) if self.time_unit else 1.0
+        rows = self._timed_amounts(model_time_unit)
         amount = np.array([a for _, a in rows])
         duration = float(f"{k * self.duration:.12g}")
         return dose_frame(subject=[subject] * len(rows), time=[t for t, _ in rows], amount=amount,

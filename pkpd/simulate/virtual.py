@@ -147,26 +147,31 @@ def residual_draws(model: Model, analytes: np.ndarray, pred: np.ndarray, rng,
     model's."""
     out = np.array(pred, float)
     z = rng.standard_normal(len(out))
-    for analyte, obs in model.observations.items():
-        rows = analytes == analyte
-        if not rows.any():
+    codes, present = pd.factorize(np.asarray(analytes))  # one pass over the names, not one per analyte
+    for k, analyte in enumerate(present):
+        if analyte not in model.observations:
             continue
-        f = out[rows]
+        obs, rows = model.observations[analyte], codes == k
 
         def sd_of(table, default):
             value = np.asarray((table or {}).get(analyte, default), float)
             return value[rows] if value.ndim else value
 
-        s, a = sd_of(sigma, obs.sigma), sd_of(additive, obs.additive)
-        if obs.error == "log":
-            out[rows] = f * np.exp(s * z[rows])
-        elif obs.error == "proportional":
-            out[rows] = f * (1 + s * z[rows])
-        elif obs.error == "additive":
-            out[rows] = f + a * z[rows]
-        else:
-            out[rows] = f + np.sqrt(a**2 + (s * f) ** 2) * z[rows]
+        out[rows] = with_residual_error(obs.error, out[rows], sd_of(sigma, obs.sigma), sd_of(additive, obs.additive),
+                                        z[rows])
     return out
+
+
+def with_residual_error(error: str, f: np.ndarray, sigma, additive, z: np.ndarray) -> np.ndarray:
+    """Predictions f with one residual draw (standard normal z, same shape) of the error model
+    `error` (log, proportional, additive or combined) with SDs `sigma` and `additive`."""
+    if error == "log":
+        return f * np.exp(sigma * z)
+    if error == "proportional":
+        return f * (1 + sigma * z)
+    if error == "additive":
+        return f + additive * z
+    return f + np.sqrt(additive**2 + (sigma * f) ** 2) * z
 
 
 def observe(model: Model, template: Cohort, params: pd.DataFrame | None, rng, *, residual: bool = True,
