@@ -151,13 +151,13 @@ def select_dose(result: FitResult | ModelAverage, doses: Sequence[str | float | 
     n_draws = sum(len(picks) for _, _, picks in members)
     typical_weight = float(cohort.subjects["weight"].astype(float).fillna(70.0).median())
     pta_rows, exposure_rows, sample = [], [], []
+    wanted = {(t.analyte, t.metric) for t in usable} | set(exposure)
     for scenario in scenarios:
-        for regimen in regimens:
+        parts = [simulate_metrics(m, posterior, picks, patients, scenario, regimens, wanted, analytes, schedule, rng)
+                 for m, posterior, picks in members]
+        for j, regimen in enumerate(regimens):
             total = regimen.total() * (typical_weight if regimen.unit.endswith("/kg") else 1.0)
-            wanted = {(t.analyte, t.metric) for t in usable} | set(exposure)
-            parts = [simulate_metrics(m, posterior, picks, patients, scenario, regimen, wanted, analytes, schedule, rng)
-                     for m, posterior, picks in members]
-            metrics = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+            metrics = {key: np.concatenate([p[j][key] for p in parts]) for key in parts[0][j]}
             draw_of = np.repeat(np.arange(n_draws), patients)
             for target in usable:
                 hit = target.attained(metrics[(target.analyte, target.metric)])
@@ -207,45 +207,51 @@ def _exposure_summary(result: FitResult, analytes: list[str]) -> list[tuple[str,
     return out
 
 
-def simulate_metrics(result, posterior, picks, patients, scenario, regimen, wanted, analytes, times, rng) -> dict:
-    """{(analyte, metric): values of the len(picks) x `patients` virtual patients (draw-major)}:
-    new patients of posterior draws `picks` given `regimen` in `scenario`, their covariates
-    resampled from the fitted cohort, sampled at `times` with residual error and LLOQ censoring,
-    and the metrics `wanted` ((analyte, metric) pairs) computed by the NCA rules."""
+def simulate_metrics(result, posterior, picks, patients, scenario, regimens, wanted, analytes, times, rng) -> list[dict]:
+    """Per regimen, {(analyte, metric): values of the len(picks) x `patients` virtual patients
+    (draw-major)}: new patients of posterior draws `picks` given each of `regimens` in `scenario`,
+    their covariates resampled from the fitted cohort, sampled at `times` with residual error and
+    LLOQ censoring, and the metrics `wanted` ((analyte, metric) pairs) computed by the NCA rules.
+    The regimens are simulated together (one design, one call of the compiled solver), each with
+    its own patients."""
     cohort = result.cohort
     fitted = cohort.subjects
-    M = len(picks) * patients
-    donors = rng.integers(0, len(fitted), M)
-    # a virtual patient's design is its donor's (covariates, weight-based doses): the template
-    # cohort holds each donor drawn once, and the patients' design is selected from its arrays
+    R, M = len(regimens), len(picks) * patients
+    donors = rng.integers(0, len(fitted), R * M)
+    # a virtual patient's design is its donor's under its regimen (covariates, weight-based doses):
+    # the template cohort holds each donor drawn once per regimen, and the patients' design is
+    # selected from its arrays
     used, patient_donor = np.unique(donors, return_inverse=True)
+    U = len(used)
     weight = fitted["weight"].astype(float).fillna(70.0).to_numpy()[used]
-    ids = pd.Index([f"D{i + 1}" for i in used], name="subject", dtype=object)
-    subjects = fitted.iloc[used].copy()
-    subjects.index = ids
-    subjects["dose_level"] = pd.Series(regimen.label, index=ids, dtype=object)
+    subjects, dose_rows = [], []
+    for j, regimen in enumerate(regimens):
+        ids = pd.Index([f"D{i + 1}R{j + 1}" for i in used], name="subject", dtype=object)
+        part = fitted.iloc[used].copy()
+        part.index = ids
+        part["dose_level"] = pd.Series(regimen.label, index=ids, dtype=object)
+        subjects.append(part)
+        dose_rows.append(regimen.dose_table(ids, weight, cohort.time_unit))
+    subjects = pd.concat(subjects)
     if scenario.product is not None:
-        subjects["product"] = pd.Series(scenario.product, index=ids, dtype=object)
-        subjects["lymphodepletion"] = pd.Series(scenario.lymphodepletion, index=ids, dtype="boolean")
-    dose_rows = regimen.dose_table(ids, weight, cohort.time_unit)
-    template = template_cohort(result.model, subjects, dose_rows, times, analytes, source="dose selection",
-                               time_unit=cohort.time_unit)
+        subjects["product"] = pd.Series(scenario.product, index=subjects.index, dtype=object)
+        subjects["lymphodepletion"] = pd.Series(scenario.lymphodepletion, index=subjects.index, dtype="boolean")
+    template = template_cohort(result.model, subjects, pd.concat(dose_rows, ignore_index=True), times, analytes,
+                               source="dose selection", time_unit=cohort.time_unit)
+    template_index = np.repeat(np.arange(R), M) * U + patient_donor  # regimen-major, as `donors`
     design = Design(result.model, template, analytes=analytes).subset(
-        patient_donor, [f"V{i + 1}" for i in range(M)])
-    draw = np.repeat(picks, patients)
-    P = posterior.parameter_matrix(posterior.new_subjects(draw, posterior.covariates(template)[patient_donor], rng))
+        template_index, [f"V{i + 1}" for i in range(R * M)])
+    draw = np.tile(np.repeat(picks, patients), R)
+    P = posterior.parameter_matrix(posterior.new_subjects(draw, posterior.covariates(template)[template_index], rng))
     pred = predictions(result, design, P)
     # each patient's residual SDs from its posterior draw
     sigma, additive = posterior.residual_of(draw)
     lloq = result.cohort.lloq
-    dose_times = regimen.dose_times(cohort.time_unit)
-    k = time_factor(regimen.time_unit, cohort.time_unit) if regimen.time_unit else 1.0
-    interval = regimen.interval * k if regimen.count > 1 else None
-    out = {}
     T = len(times)
+    out = [{} for _ in regimens]
     for analyte in analytes:
         rows = design.analyte == design.analyte_names.index(analyte)
-        f = pred[rows].reshape(M, T)  # records of one analyte: patient-major, in time order
+        f = pred[rows].reshape(R * M, T)  # records of one analyte: patient-major, in time order
         obs = result.model.observations.get(analyte)
         if obs is None:  # an analyte without an error model is observed exactly
             v = f
@@ -260,17 +266,21 @@ def simulate_metrics(result, posterior, picks, patients, scenario, regimen, want
         mine = [(a, m) for a, m in wanted if a == analyte]
         windows = window_names(sorted({window_of(m) for _, m in mine if window_of(m)}), cohort.time_unit)
         for kind in {metric_kind(m) for _, m in mine}:
-            many = _metrics_of_all(kind, {m for _, m in mine if metric_kind(m) == kind}, times, v, cens, limits,
-                                   windows)
-            if many is not None:   # all patients at once (pkpd.nca: exposure_many, aplasia_many, nadir_many)
-                out.update({(a, m): np.asarray(many[m], float) for a, m in mine if metric_kind(m) == kind})
-                continue
-            per_patient = [profile_metrics(times, v[i], cens[i], limits, kind, windows, dose_times, interval)
-                           for i in range(M)]
-            for a, m in mine:
-                if metric_kind(m) == kind:
-                    out[(a, m)] = np.array([float(r[m]) if r[m] is not None and r[m] is not pd.NA else np.nan
-                                            for r in per_patient])
+            names = {m for _, m in mine if metric_kind(m) == kind}
+            many = _metrics_of_all(kind, names, times, v, cens, limits, windows)
+            for j, regimen in enumerate(regimens):
+                mine_j = slice(j * M, (j + 1) * M)
+                if many is not None:   # all patients at once (pkpd.nca: exposure_many, aplasia_many, nadir_many)
+                    out[j].update({(analyte, m): np.asarray(many[m], float)[mine_j] for m in names})
+                    continue
+                k = time_factor(regimen.time_unit, cohort.time_unit) if regimen.time_unit else 1.0
+                interval = regimen.interval * k if regimen.count > 1 else None
+                dose_times = regimen.dose_times(cohort.time_unit)
+                per_patient = [profile_metrics(times, v[i], cens[i], limits, kind, windows, dose_times, interval)
+                               for i in range(j * M, (j + 1) * M)]
+                for m in names:
+                    out[j][(analyte, m)] = np.array([float(r[m]) if r[m] is not None and r[m] is not pd.NA
+                                                     else np.nan for r in per_patient])
     return out
 
 

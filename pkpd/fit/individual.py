@@ -30,11 +30,11 @@ fails at the initial values) is reported in the result with the reason, not rais
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Mapping, Sequence
 
-import lmfit
 import numpy as np
 import pandas as pd
 import scipy.sparse as sparse
@@ -264,6 +264,8 @@ def _fit_in_rounds(model, cohort, estimate, subjects, start, steps, max_nfev, ro
 def _minimise(problem: _Problem, x0: np.ndarray, max_nfev: int) -> np.ndarray:
     """Joint least squares over all subjects of `problem` from log values x0 (N, k); returns x.
     The Jacobian is block-sparse: a subject's residuals depend only on its own parameters."""
+    import lmfit
+
     N, k = x0.shape
     params = lmfit.Parameters()
     for i in range(N):
@@ -285,7 +287,7 @@ def _minimise(problem: _Problem, x0: np.ndarray, max_nfev: int) -> np.ndarray:
         J = problem.evaluate(values(pars))[2]
         return aslinearoperator(sparse.csr_matrix((J.ravel(), (rows, cols)), shape=(n_obs, N * k)))
 
-    minimizer = _SparseJacobianMinimizer(residual, params, scale_covar=False, calc_covar=False)
+    minimizer = _sparse_jacobian_minimizer()(residual, params, scale_covar=False, calc_covar=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         out = minimizer.minimize(method="least_squares", jac=jacobian, tr_solver="lsmr",
@@ -367,19 +369,25 @@ def _solver_error(problem: _Problem, x: np.ndarray, pred: np.ndarray) -> np.ndar
     return error
 
 
-class _SparseJacobianMinimizer(lmfit.Minimizer):
-    """lmfit Minimizer that hands a user's Jacobian operator to scipy unchanged.
+@functools.cache
+def _sparse_jacobian_minimizer() -> type:
+    """lmfit's Minimizer, handing a user's Jacobian operator to scipy unchanged.
 
     lmfit 1.3 coerces a Jacobian to a dense float array before scipy sees it; a LinearOperator
     passes (with least_squares there is no bounds transformation to apply to the Jacobian). The
-    covariance is not lmfit's: `_assess` computes it per subject."""
+    covariance is not lmfit's: `_assess` computes it per subject. lmfit is imported here, when a
+    fit needs it: its import (about a second) would slow every command that does not fit."""
+    import lmfit
 
-    def _jacobian(self, fvars, apply_bounds_transformation=True):
-        pars = self.result.params
-        for ivar, name in enumerate(self.result.var_names):
-            pars[name].value = fvars[ivar]
-        pars.update_constraints()
-        return self.jacfcn(pars, *self.userargs, **self.userkws)
+    class SparseJacobianMinimizer(lmfit.Minimizer):
+        def _jacobian(self, fvars, apply_bounds_transformation=True):
+            pars = self.result.params
+            for ivar, name in enumerate(self.result.var_names):
+                pars[name].value = fvars[ivar]
+            pars.update_constraints()
+            return self.jacfcn(pars, *self.userargs, **self.userkws)
+
+    return SparseJacobianMinimizer
 
 
 def _dataset(model, cohort, estimate, subjects, start, reasons, result) -> xr.Dataset:

@@ -96,9 +96,8 @@ def predict_compiled(design: Design, P: np.ndarray, estimated: list[str] | None 
     workers = min(os.cpu_count() or 1, N // SUBJECTS_PER_THREAD)
     if workers <= 1:
         solve(0, N)
-    else:  # the kernel releases the GIL: one thread per core, taking blocks of subjects in turn
-        # (four blocks per thread: subjects' step counts differ, and equal halves finish apart)
-        bounds = np.linspace(0, N, 4 * workers + 1).astype(int)
+    else:  # the kernel releases the GIL: subjects in blocks, one thread per core
+        bounds = np.linspace(0, N, workers + 1).astype(int)
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(solve, bounds[:-1], bounds[1:]))
     return pred, dpred

@@ -162,11 +162,10 @@ def _pool(members, regimens, scenario, wanted, analytes, schedule, patients, tox
     metric's values (D, S, P), S the posterior draws (pooled across the members of an average)."""
     from ..dose.selection import simulate_metrics
 
-    per_dose = []
-    for regimen in regimens:
-        parts = [simulate_metrics(m, posterior, posterior.pick(n, rng), patients, scenario, regimen, wanted, analytes,
-                          schedule, rng) for m, posterior, n in members]
-        per_dose.append({key: np.concatenate([p[key] for p in parts]).reshape(-1, patients) for key in wanted})
+    parts = [simulate_metrics(m, posterior, posterior.pick(n, rng), patients, scenario, regimens, wanted, analytes,
+                              schedule, rng) for m, posterior, n in members]
+    per_dose = [{key: np.concatenate([p[j][key] for p in parts]).reshape(-1, patients) for key in wanted}
+                for j in range(len(regimens))]
     signal = np.stack([d[toxicity.signal] for d in per_dose])
     values = {t.name: np.stack([d[(t.analyte, t.metric)] for d in per_dose]) for t in outcomes}
     return _Pool(signal, values)
