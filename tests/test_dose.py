@@ -57,6 +57,29 @@ def test_pta_matches_the_log_normal_answer():
     assert cmax["median"] == pytest.approx(24000.0, rel=0.05)
 
 
+def test_regimens_simulated_in_groups_when_their_records_exceed_the_cap(monkeypatch):
+    # the regimens of a scenario share one design; past RECORDS_PER_CALL records they are split
+    # into groups, each regimen still judged on its own patients
+    import pkpd.dose.selection as selection_module
+
+    run = synthetic_run()
+    threshold = 24000.0 * math.exp(0.5 * OMEGA_CMAX)
+    target = Target("peak", "transgene", "cmax", ">=", threshold, "efficacy")
+    original, groups = selection_module.simulate_metrics, []
+
+    def counted(*args):
+        groups.append(len(args[5]))  # the regimens of this call
+        return original(*args)
+
+    monkeypatch.setattr(selection_module, "simulate_metrics", counted)
+    monkeypatch.setattr(selection_module, "RECORDS_PER_CALL", 1)  # one regimen per group
+    selection = select_dose(run, ["1e8", "3e8", "6e8"], targets=[target], draws=40, patients=250, seed=3)
+    assert groups == [3, 1, 1, 1]
+    assert list(selection.pta["dose_amount"]) == [1e8, 3e8, 6e8]
+    first = selection.pta[selection.pta["dose"] == "3e8"].iloc[0]
+    assert first["probability"] == pytest.approx(st.norm.sf(0.5), abs=0.02)
+
+
 def test_targets_on_unfitted_analytes_are_skipped_with_a_reason():
     run = synthetic_run()
     targets = [Target("peak", "transgene", "cmax", ">=", 1e3, "efficacy"),

@@ -207,6 +207,11 @@ def _exposure_summary(result: FitResult, analytes: list[str]) -> list[tuple[str,
     return out
 
 
+#: records simulated in one call (each array of them 8 bytes per record): regimens beyond it are
+#: simulated in groups
+RECORDS_PER_CALL = 20_000_000
+
+
 def simulate_metrics(result, posterior, picks, patients, scenario, regimens, wanted, analytes, times, rng) -> list[dict]:
     """Per regimen, {(analyte, metric): values of the len(picks) x `patients` virtual patients
     (draw-major)}: new patients of posterior draws `picks` given each of `regimens` in `scenario`,
@@ -214,9 +219,15 @@ def simulate_metrics(result, posterior, picks, patients, scenario, regimens, wan
     LLOQ censoring, and the metrics `wanted` ((analyte, metric) pairs) computed by the NCA rules.
     The regimens are simulated together (one design, one call of the compiled solver), each with
     its own patients."""
+    M = len(picks) * patients
+    group = max(1, RECORDS_PER_CALL // max(1, M * len(times) * len(analytes)))
+    if len(regimens) > group:  # memory: at most RECORDS_PER_CALL records in one design
+        return [metrics for k in range(0, len(regimens), group)
+                for metrics in simulate_metrics(result, posterior, picks, patients, scenario, regimens[k:k + group],
+                                                wanted, analytes, times, rng)]
     cohort = result.cohort
     fitted = cohort.subjects
-    R, M = len(regimens), len(picks) * patients
+    R = len(regimens)
     donors = rng.integers(0, len(fitted), R * M)
     # a virtual patient's design is its donor's under its regimen (covariates, weight-based doses):
     # the template cohort holds each donor drawn once per regimen, and the patients' design is
