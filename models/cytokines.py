@@ -95,6 +95,7 @@ cytokines_qss = Module(
     requires=("engaged",),
     observations=tuple(_observation(name, quasi_steady_state=True) for name in CYTOKINES),
     references=(SCIENCE,),
+    approximates="cytokines",
 )
 
 MODULES = (cytokines, cytokines_qss)

@@ -241,7 +241,7 @@ def test_fit_result_structure_and_provenance(quick_fit, tmp_path):
     assert {"median", "lower", "upper", "r_hat", "ess_bulk", "ess_tail", "cv_percent", "shrinkage_percent"} <= set(table.columns)
     assert set(table["kind"]) == {"typical", "iiv", "residual"}
     names = {d.name for d in result.diagnostics()}
-    assert names <= {"r_hat", "ess", "divergences", "bfmi", "solver", "modes"}
+    assert names <= {"r_hat", "ess", "divergences", "bfmi", "solver", "reduction", "modes"}
     folder = result.save(tmp_path / "run")
     back = FitResult.load(folder)
     np.testing.assert_allclose(back.posterior["mu"], result.posterior["mu"])

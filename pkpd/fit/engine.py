@@ -15,6 +15,7 @@ import xarray as xr
 from ..data.cohort import Cohort
 from ..models import Model, load
 from ..simulate.compiled import Tolerances, predict_compiled
+from ..simulate.reduction import check_reduction
 from ..simulate.solve import predict_reference
 from .compile import compile_model
 from .individual import fit_individual
@@ -77,12 +78,15 @@ def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 100
     sample_s = time.perf_counter() - t0
     tree = _complete(tree, spec, cohort, pieces)
     solver_error = _solver_error(spec, cohort, tree, pieces)
+    reduction = _reduction_check(spec, cohort, tree, pieces)
     tree.attrs.update(_provenance(spec, cohort, seed=rng_seed, chains=chains, draws=draws, tune=tune,
                                   target_accept=target_accept))
     tree.attrs.update(compile_seconds=compile_s, sampling_seconds=sample_s,
                       total_seconds=time.perf_counter() - started, solver_max_log_error=solver_error,
                       solver_tolerance=solver_tolerance(model), analytes=json.dumps(pieces["records"]["observed"]),
                       individual_modes=json.dumps(_modes(individual)))
+    if reduction is not None:
+        tree.attrs["reduction_check"] = json.dumps(reduction.to_dict())
     return FitResult(tree, model, spec, cohort)
 
 
@@ -155,6 +159,16 @@ def _solver_error(spec, cohort, tree, pieces, n_draws: int = 8) -> float:
         if ok.any():
             worst = max(worst, float(np.max(np.abs(np.log(fast[ok] / exact[ok])))))
     return worst
+
+
+def _reduction_check(spec, cohort, tree, pieces):
+    """A quasi-steady-state module checked against the ODEs it approximates, at the subjects'
+    posterior median parameters (pkpd.simulate.reduction); None for other models."""
+    if not any(m.approximates for m in spec.model.modules):
+        return None
+    theta = tree["posterior"]["theta"].median(("chain", "draw")).transpose("subject", "parameter").to_numpy()
+    return check_reduction(spec.model, cohort, pieces["predictions"].individual(theta),
+                           analytes=pieces["records"]["observed"])
 
 
 def data_hash(cohort: Cohort) -> str:

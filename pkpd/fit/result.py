@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..simulate.reduction import ReductionCheck
+
 if TYPE_CHECKING:
     from ..data.cohort import Cohort
     from ..models import Model
@@ -213,6 +215,10 @@ class FitResult:
             out.append(Diagnostic("solver", ok, f"compiled solver vs LSODA at posterior draws: max |log error| "
                                   f"{float(err):.1e} (tolerance {float(tol):.1e})" + ("" if ok else
                                   ": use tighter tolerances (steps=Tolerances(rtol=1e-6))")))
+        reduction = self.tree.attrs.get("reduction_check")
+        if reduction:  # a modelling approximation, not a failure of the sampler: a warning
+            check = ReductionCheck(**json.loads(reduction))
+            out.append(Diagnostic("reduction", check.ok, check.message(), warning=True))
         modes = json.loads(self.tree.attrs.get("individual_modes", "{}"))
         if modes:
             example = next(iter(modes.items()))
@@ -224,7 +230,8 @@ class FitResult:
         return tuple(out)
 
     def diagnostics(self) -> list[Diagnostic]:
-        """R-hat, ESS, divergences, BFMI, solver accuracy and modes, each with a clear message."""
+        """R-hat, ESS, divergences, BFMI, solver accuracy, a quasi-steady-state reduction's error
+        and modes, each with a clear message."""
         return list(self._diagnostics)
 
     @property

@@ -114,5 +114,31 @@ def load(spec: "str | Model | Module") -> Model:
     return Model.compose([m for m, _ in resolved], sources=[src for _, src in resolved])
 
 
+def full_form(model: Model) -> Model | None:
+    """`model` with each quasi-steady-state module replaced by the module it approximates
+    (`Module.approximates`, defined in the same file), or None when no module approximates one."""
+    if not any(m.approximates for m in model.modules):
+        return None
+    sources = {src.module: src for src in model.sources}
+    modules, new_sources = [], []
+    for m in model.modules:
+        src = sources.get(m.name)
+        if m.approximates:
+            if src is None:
+                raise ModelError(f"module {m.name} approximates {m.approximates!r}, but its source file is not "
+                                 "recorded: load the model with pkpd.models.load")
+            defined = _modules_in_text(src.text, src.file, f"pkpd_full_{hashlib.sha256(src.text.encode()).hexdigest()[:12]}")
+            if m.approximates not in defined:
+                raise ModelError(f"module {m.name} approximates {m.approximates!r}, which {src.file} does not define "
+                                 f"(it defines {', '.join(defined)})")
+            m, src = defined[m.approximates], ModelSource.of(m.approximates, src.file, src.text)
+        modules.append(m)
+        if src is not None:
+            new_sources.append(src)
+    full = Model.compose(modules, model.use_closed_forms, sources=new_sources)
+    kept = {k: v for k, v in model.overrides.items() if k in full.parameter_names}
+    return full.with_typical(**kept) if kept else full
+
+
 def list_models() -> list[Module]:
     return list(builtin_modules().values())

@@ -213,6 +213,9 @@ class Module:
     dose_unit: str = "cells"  # the unit of c.dose and of doses to `dosing` targets
     dosing: tuple[Dosing, ...] = ()  # states receiving doses; the first is the default target
     covariates: tuple[str, ...] = ()  # further covariates read as c.NAME (data columns)
+    # the module (same file, or built-in) whose fast states this one holds at quasi-steady state:
+    # a fit of a model with it checks the reduction against that module's ODEs
+    approximates: str | None = None
 
     def __post_init__(self):
         if self.time_unit not in TIME_UNITS:
