@@ -163,6 +163,9 @@ def test_models_commands():
     assert listing.exit_code == 0 and "antigen_driven" in listing.output and "immunoglobulins" in listing.output
     shown = runner.invoke(app, ["models", "show", "antigen_driven+cytokines"])
     assert shown.exit_code == 0 and "kkill" in shown.output and "Mackensen" in shown.output
+    reduced = runner.invoke(app, ["models", "show", "antigen_driven+cytokines_qss"])
+    assert reduced.exit_code == 0 and "cytokines_qss holds the states of cytokines at quasi-steady state" in \
+        " ".join(reduced.output.split())
     missing = runner.invoke(app, ["models", "show", "nope"])
     assert missing.exit_code == 2 and "unknown model" in missing.output
 

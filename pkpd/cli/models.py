@@ -60,6 +60,10 @@ def models_show(name: Annotated[str, typer.Argument(help="Model name, a composit
         obs.add_row(o.analyte, o.unit, o.describe(), "; ".join(priors), o.source)
     console.print(obs)
     console.print(f"states: {', '.join(model.states) or 'none (closed form)'}")
+    for module in model.modules:
+        if module.approximates:
+            console.print(f"{module.name} holds the states of {module.approximates} at quasi-steady state; every fit "
+                          f"checks it against their ODEs (the `reduction` diagnostic)", highlight=False)
     console.print("override priors with --prior NAME=LogNormal(MEDIAN,SD) (typical values, sigma_ANALYTE, "
                   "sigma_add_ANALYTE) or --prior omega_NAME=HalfNormal(SCALE)", highlight=False)
     for module in model.modules:
