@@ -37,6 +37,12 @@ def test_sbc_checkpoint_resumes_and_refuses_other_settings(tmp_path):
     resumed = sbc("multiphasic", replicates=3, progress=lambda done, total: calls.append(done), **small)
     assert calls == [3]  # replicates 0 and 1 came from the checkpoint, only replicate 2 was fitted
     pd.testing.assert_frame_equal(resumed.ranks.iloc[:2], first.ranks, check_dtype=False)
+    # a run killed while writing its last line: that replicate is fitted again
+    lines = checkpoint.read_text().splitlines()
+    checkpoint.write_text("\n".join(lines[:-1] + [lines[-1][:12]]))  # no final newline
+    calls.clear()
+    again = sbc("multiphasic", replicates=3, progress=lambda done, total: calls.append(done), **small)
+    assert calls == [3] and len(again.ranks) == 3
     with pytest.raises(ValueError, match=r"other settings \(draws: 60 there, 80 now\)"):
         sbc("multiphasic", replicates=3, **(small | {"draws": 80}))
 

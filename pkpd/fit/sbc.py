@@ -187,6 +187,9 @@ def _resume(checkpoint, settings) -> dict[int, tuple[str, np.ndarray | None]]:
                          + "); give another checkpoint or remove it to start afresh")
     table = pd.read_csv(checkpoint).drop_duplicates("replicate", keep="last")
     columns = [c for c in table.columns if c not in ("replicate", "status", "seconds")]
+    # a line cut short by a killed run is not a finished replicate: it is fitted again
+    complete = (table["status"] == "timed out") | ((table["status"] == "ok") & table[columns].notna().all(axis=1))
+    table = table[complete]
     return {int(r): (status, ranks if status == "ok" else None)
             for r, status, ranks in zip(table["replicate"], table["status"], table[columns].to_numpy(dtype=float))}
 
@@ -199,9 +202,12 @@ def _append(checkpoint, replicate, status, seconds, names, ranks):
     checkpoint = Path(checkpoint)
     new = not checkpoint.exists() or checkpoint.stat().st_size == 0
     values = [str(int(v)) for v in ranks] if ranks is not None else [""] * len(names)
+    cut = not new and checkpoint.read_bytes()[-1:] != b"\n"  # a line cut short by a killed run
     with open(checkpoint, "a", encoding="utf-8") as f:
         if new:
             f.write(",".join(["replicate", "status", "seconds", *names]) + "\n")
+        elif cut:
+            f.write("\n")
         f.write(",".join([str(replicate), status, f"{seconds:.1f}", *values]) + "\n")
 
 
