@@ -284,7 +284,7 @@ def _likelihood_case(code, seed=0):
     return pred, y, lloq, censored, np.full(n, code), np.full(n, 0.4), np.full(n, 0.5)
 
 
-@pytest.mark.parametrize("code", [0, 1, 2, 3])
+@pytest.mark.parametrize("code", [0, 1, 2, 3, 4])
 @pytest.mark.parametrize("m4", [False, True])
 def test_likelihood_kernel_matches_scipy_stats(code, m4):
     """Each record's log-likelihood against scipy.stats, written from the definitions."""
@@ -297,7 +297,8 @@ def test_likelihood_kernel_matches_scipy_stats(code, m4):
         density = dist.logpdf(v) - np.log(y)
         below = dist.logcdf(limit)
     else:
-        sd = sigma * pred if code == 1 else np.sqrt(additive ** 2 + (sigma * pred) ** 2) if code == 2 else additive
+        sd = {1: sigma * pred, 2: np.sqrt(additive ** 2 + (sigma * pred) ** 2), 3: additive,
+              4: additive + sigma * pred}[code]
         dist, v = st.norm(pred, sd), y
         density = dist.logpdf(v)
         below = np.log(dist.cdf(lloq) - dist.cdf(0)) - dist.logsf(0) if m4 else dist.logcdf(lloq)
@@ -314,7 +315,7 @@ def test_log_normal_cdf_is_accurate_in_both_tails():
         assert log_ndtr(z) == pytest.approx(sc.log_ndtr(z), rel=1e-9, abs=1e-300), z
 
 
-@pytest.mark.parametrize("code", [0, 1, 2, 3])
+@pytest.mark.parametrize("code", [0, 1, 2, 3, 4])
 @pytest.mark.parametrize("m4", [False, True])
 def test_likelihood_kernel_derivatives_match_finite_differences(code, m4):
     from pkpd.fit import likelihood
@@ -336,7 +337,7 @@ def test_likelihood_kernel_derivatives_match_finite_differences(code, m4):
     np.testing.assert_allclose(d_additive, fd_additive, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("code", [0, 1, 2, 3])
+@pytest.mark.parametrize("code", [0, 1, 2, 3, 4])
 def test_individual_fit_residual_derivatives_match_finite_differences(code):
     from pkpd.fit import likelihood
 
@@ -382,3 +383,28 @@ def test_the_cached_entry_points_agree_with_nutpies_own(small):
             np.testing.assert_allclose(ga, gb, rtol=1e-6, atol=1e-8 * np.abs(gb).max())
     x = np.zeros(ours.n_dim)
     assert call(ours.with_data(y_obs=y), x)[0] != call(ours, x)[0]
+
+
+def test_compiled_caches_follow_the_whole_source(tmp_path, monkeypatch):
+    """numba keys a cached function by its own file only: a cached log density kept an edited
+    likelihood's old code (numba issue #6845). pkpd's numba cache folder and the sampler's cache
+    keys follow a digest of every source file, so any edit invalidates them."""
+    import shutil
+
+    import numba
+
+    from pkpd import _cache
+
+    assert numba.config.CACHE_DIR.endswith(_cache.source_digest())
+    copy = tmp_path / "pkpd"
+    shutil.copytree(_cache.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(_cache, "PACKAGE", copy)
+    _cache.source_digest.cache_clear()
+    try:
+        before = _cache.source_digest()
+        edited = copy / "fit" / "likelihood.py"
+        edited.write_text(edited.read_text() + "\n# an edit\n")
+        _cache.source_digest.cache_clear()
+        assert _cache.source_digest() != before
+    finally:
+        _cache.source_digest.cache_clear()

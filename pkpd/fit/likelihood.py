@@ -3,7 +3,8 @@ and the individual fits.
 
 Per record: residual-error model 'log' (ln y ~ N(ln f, s), density on the y scale, so that
 models with different error models compare on one scale), 'proportional' (y ~ N(f, s*f)),
-'combined' (y ~ N(f, sqrt(a^2 + (s*f)^2))) or 'additive' (y ~ N(f, a)); below the LLOQ: M3
+'combined' (y ~ N(f, sqrt(a^2 + (s*f)^2)); nlmixr2's combined2), 'combined1' (y ~ N(f, a + s*f);
+Monolix's default combined error) or 'additive' (y ~ N(f, a)); below the LLOQ: M3
 (P(y < LLOQ)) or M4 (M3 conditioned on y > 0, for the normal error models; for 'log' M4 equals
 M3); above a limit (CENS = -1): P(y > limit). s and a are the record's proportional (or
 log-scale) and additive SDs; the kernel gives the derivatives with respect to both.
@@ -20,7 +21,7 @@ import numba
 import numpy as np
 import scipy.special as sc
 
-ERROR_CODE = {"log": 0, "proportional": 1, "combined": 2, "additive": 3}
+ERROR_CODE = {"log": 0, "proportional": 1, "combined": 2, "additive": 3, "combined1": 4}
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _SQRT_HALF = math.sqrt(0.5)
 _TINY = 1e-300  # predictions are clamped here (log of 0); below it they carry no gradient
@@ -83,6 +84,8 @@ def record_terms(pred, y, lloq, censored, error, sigma, additive, m4, out, d_pre
             elif code == 2:
                 sd = math.sqrt(a * a + s * s * f * f)
                 dsd_df, dsd_ds, dsd_da = s * s * f / sd, s * f * f / sd, a / sd
+            elif code == 4:
+                sd, dsd_df, dsd_ds, dsd_da = a + s * f, s, f, 1.0
             else:
                 sd, dsd_df, dsd_ds, dsd_da = a, 0.0, 0.0, 1.0
         if c == 0:
@@ -138,8 +141,8 @@ def standardise(pred, y, lloq, error, sigma, additive):
     model (log scale for 'log'), and that scale's SD."""
     f = np.maximum(pred, _TINY)
     is_log = error == 0
-    sd = np.select([is_log, error == 1, error == 2], [sigma, sigma * f, np.sqrt(np.square(additive) + np.square(sigma * f))],
-                   additive)
+    sd = np.select([is_log, error == 1, error == 2, error == 4],
+                   [sigma, sigma * f, np.sqrt(np.square(additive) + np.square(sigma * f)), additive + sigma * f], additive)
     mean = np.where(is_log, np.log(f), f)
     yy = np.where(is_log, np.log(np.maximum(y, _TINY)), y)
     limit = np.where(is_log, np.log(np.maximum(lloq, _TINY)), lloq)
@@ -165,8 +168,8 @@ def residual_derivatives(pred, dpred, y, lloq, censored, error, sigma, additive)
     z, z_lloq, sd = standardise(pred, y, lloq, error, sigma, additive)
     is_log = error == 0
     dmean = np.where(is_log, 1.0 / f, 1.0)
-    dsd = np.select([is_log, error == 1, error == 2],
-                    [0.0, sigma, np.square(sigma) * f / np.maximum(sd, _TINY)], 0.0)
+    dsd = np.select([is_log, error == 1, error == 2, error == 4],
+                    [0.0, sigma, np.square(sigma) * f / np.maximum(sd, _TINY), sigma], 0.0)
     r = residuals(pred, y, lloq, censored, error, sigma, additive)
     dz = -dmean / sd - z / sd * dsd  # d z / d pred
     dz_lloq = -dmean / sd - z_lloq / sd * dsd

@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-ERROR_MODELS = ("log", "proportional", "additive", "combined")
+ERROR_MODELS = ("log", "proportional", "additive", "combined", "combined1")
 COVARIATES = ("dose", "ld", "bcma", "cd20", "weight")
 TIME_UNITS = ("min", "h", "d", "w")
 
@@ -118,7 +118,8 @@ class Observation:
     error: 'log'          additive on the log scale: ln y ~ N(ln f, sigma)
            'proportional' y ~ N(f, sigma*f)
            'additive'     y ~ N(f, additive)                 (natural scale)
-           'combined'     y ~ N(f, sqrt(additive^2 + (sigma*f)^2))
+           'combined'     y ~ N(f, sqrt(additive^2 + (sigma*f)^2))   (nlmixr2's combined2, NONMEM's usual)
+           'combined1'    y ~ N(f, additive + sigma*f)               (Monolix's default 'combined1')
     sigma, additive: typical residual SDs; both are estimated by the population engine, each
     with a LogNormal prior (default: median the typical value, sigma 0.5).
     lloq: the assay's lower limit of quantification, used when simulating (default: the
@@ -150,12 +151,12 @@ class Observation:
     @property
     def has_sigma(self) -> bool:
         """A log-scale or proportional SD is part of the error model."""
-        return self.error in ("log", "proportional", "combined")
+        return self.error in ("log", "proportional", "combined", "combined1")
 
     @property
     def has_additive(self) -> bool:
         """An additive SD (in the analyte's unit) is part of the error model."""
-        return self.error in ("additive", "combined")
+        return self.error in ("additive", "combined", "combined1")
 
     @property
     def sigma_prior_or_default(self) -> LogNormal:
@@ -173,7 +174,9 @@ class Observation:
             return f"proportional, SD {self.sigma:g} (fraction of the prediction)"
         if self.error == "additive":
             return f"additive, SD {self.additive:g} {self.unit}"
-        return f"combined: additive SD {self.additive:g} {self.unit}, proportional SD {self.sigma:g}"
+        if self.error == "combined1":
+            return f"combined1: SD = {self.additive:g} {self.unit} + {self.sigma:g} x prediction"
+        return f"combined: SD = sqrt(({self.additive:g} {self.unit})^2 + ({self.sigma:g} x prediction)^2)"
 
 
 @dataclass(frozen=True)

@@ -164,13 +164,15 @@ def residual_draws(model: Model, analytes: np.ndarray, pred: np.ndarray, rng,
 
 def with_residual_error(error: str, f: np.ndarray, sigma, additive, z: np.ndarray) -> np.ndarray:
     """Predictions f with one residual draw (standard normal z, same shape) of the error model
-    `error` (log, proportional, additive or combined) with SDs `sigma` and `additive`."""
+    `error` (log, proportional, additive, combined or combined1) with SDs `sigma` and `additive`."""
     if error == "log":
         return f * np.exp(sigma * z)
     if error == "proportional":
         return f * (1 + sigma * z)
     if error == "additive":
         return f + additive * z
+    if error == "combined1":
+        return f + (additive + sigma * f) * z
     return f + np.sqrt(additive**2 + (sigma * f) ** 2) * z
 
 
