@@ -14,6 +14,10 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
+from ._cache import use_versioned_numba_cache
+
+use_versioned_numba_cache()  # before any numba function of pkpd is defined
+
 from . import analytes, units
 from .data import Cohort, DataError, Report, check_file, read_cohort, write_adam, write_cohort, write_nonmem
 from .nca import nca, summarize

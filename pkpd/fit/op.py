@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -30,6 +29,7 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
 
+from .._cache import source_digest
 from ..simulate.compiled import Design, Tolerances, predict_compiled, solver_call
 from .likelihood import record_terms
 
@@ -221,13 +221,6 @@ def _log_density_function(predictions, m4: bool):
     return log_density
 
 
-def _source_digest() -> str:
-    """This module's and the likelihood's source: a change to either invalidates cached log densities."""
-    here = Path(__file__).parent
-    text = b"".join((here / name).read_bytes() for name in ("op.py", "likelihood.py"))
-    return hashlib.sha256(text).hexdigest()[:16]
-
-
 class LogLikelihoodOp(Op):
     """log p(y | theta, residual SDs) of every record of the design, with its gradient.
 
@@ -245,7 +238,7 @@ class LogLikelihoodOp(Op):
                         "lloq": np.ascontiguousarray(records["lloq"], dtype=float),
                         "error": np.ascontiguousarray(records["error"], dtype=np.int64)}
         self.m4 = bool(m4)
-        self.key = f"{predictions.cache_key()}:m4={self.m4}:{_source_digest()}"
+        self.key = f"{predictions.cache_key()}:m4={self.m4}:{source_digest()}"
 
     def data(self) -> dict[str, np.ndarray]:
         """The design's and the records' arrays packed (`pack`): the Op's inputs after the first four."""

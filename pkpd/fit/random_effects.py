@@ -23,7 +23,6 @@ Cholesky factor follows Murray (2016), "Differentiation of the Cholesky decompos
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numba
 import numpy as np
@@ -32,6 +31,8 @@ from pytensor.gradient import DisconnectedType
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
+
+from .._cache import source_digest
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
@@ -223,8 +224,7 @@ class WhiteningGradOp(Op):
 def _cache_key(op) -> str:
     """The Op's kind and props and this module's source: what its compiled form depends on (for
     pytensor's numba cache, which keeps the sampler's compiled log density across processes)."""
-    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    return hashlib.sha256(f"{type(op).__qualname__}:{op.diagonal}:{source}".encode()).hexdigest()
+    return hashlib.sha256(f"{type(op).__qualname__}:{op.diagonal}:{source_digest()}".encode()).hexdigest()
 
 
 @register_funcify_and_cache_key(WhiteningOp)
