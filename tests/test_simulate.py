@@ -299,3 +299,17 @@ def test_sensitivities_of_a_composed_model_match_finite_differences():
     estimated = ["rho", "b0", "igg0", "kkillsl", "emax_il6"]
     pred, dpred = predict_compiled(design, P, estimated, Tolerances())
     _assert_log_sensitivities(model, cohort, design, P, estimated, pred, dpred)
+
+
+def test_sensitivity_pattern_follows_the_equations():
+    """The kernels carry only the sensitivities that can be nonzero: a parameter reaches a state
+    through its equation, its initial value or a dose into it, then every state reading it."""
+    from pkpd.models.compiled import sensitivity_pattern
+
+    model = load("antigen_driven+cytokines_qss+immunoglobulins")
+    pattern = pd.DataFrame(sensitivity_pattern(model), index=model.states, columns=model.parameter_names)
+    assert not pattern[["base_il6", "emax_il6", "emax_ifng"]].any().any()  # quasi-steady state: observed only
+    assert pattern["igg0"].sum() == 1 and pattern.loc["igg", "igg0"]  # a baseline acts on its own state
+    assert pattern["rho"].all()  # CAR-T expansion reaches B cells, plasma cells and antibodies
+    assert pattern["fblood"].all()  # through the infusion's bioavailability into the effector state
+    assert not pattern.loc[["E", "M", "B"], "kkillll"].any()  # long-lived plasma cells act downstream only

@@ -21,9 +21,10 @@ import numpy as np
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
+from .._cache import cache_root
 from .model import Model
 
-_HEADER = "import math\nimport numba\nimport numpy as np\n\nfrom pkpd.models._stack import stack_zeros as _zeros\n\n"
+_HEADER = "import math\nimport numba\nimport numpy as np\n\nfrom pkpd.models._stack import stack_indices as _indices, stack_zeros as _zeros\n\n"
 
 # The kernels below run without numba's reference counting (atomic increments and decrements
 # around every inlined helper call with array arguments: 2x a closed-form record's cost, 1.5x an
@@ -38,9 +39,9 @@ _HEADER = "import math\nimport numba\nimport numpy as np\n\nfrom pkpd.models._st
 # (the jump of the right-hand side times the shift of the event).
 _KERNEL = """
 @numba.njit(cache=True, error_model="numpy", inline="always")
-def _derivs(t, y, S, p, c, est, f, dS, Jp, rates, drates, infusing):
+def _derivs(t, y, S, p, c, est, hi, f, dS, Jp, rates, drates, infusing):
     if est.shape[0] > 0:
-        rhs_sens(t, y, S, p, c, est, f, dS, Jp)
+        rhs_sens(t, y, S, p, c, est, hi, f, dS, Jp)
     else:
         rhs(t, y, p, c, f)
     if infusing:
@@ -89,18 +90,21 @@ def _record_baseline(j, a, t, p, c, est, g, gp, pred, dpred):
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
-def _record(j, a, t, y, S, p, c, est, g, gy, gp, pred, dpred):
-    # A record after the first dose: the observation function and its chain-rule derivatives.
+def _record(j, a, t, y, S, p, c, est, col, g, gy, gp, pred, dpred):
+    # A record after the first dose: the observation function and its chain-rule derivatives
+    # (S's column k holds the sensitivities to estimated parameter col[k]).
     obs(a, t, y, p, c, g)
     pred[j] = g[0]
     if est.shape[0] > 0:
         obs_y(a, t, y, p, c, gy)
         obs_p(a, t, y, p, c, gp)
         for k in range(est.shape[0]):
-            acc = gp[est[k]]
+            dpred[j, k] = gp[est[k]]
+        for k in range(S.shape[1]):
+            acc = 0.0
             for m in range(y.shape[0]):
                 acc += gy[m] * S[m, k]
-            dpred[j, k] = acc
+            dpred[j, col[k]] += acc
 
 
 @numba.njit(cache=True, error_model="numpy", _nrt=False)
@@ -244,7 +248,7 @@ TABLEAUS = {
 # swapped an odd number of times (the caller then swaps its names too).
 _ADAPTIVE = """
 @numba.njit(cache=True, error_model="numpy", _nrt=False)
-def _integrate_@NAME@(t, target, y, S, p, c, est, rtol, atol, h_max, max_steps, control_sens, ctl,
+def _integrate_@NAME@(t, target, y, S, p, c, est, hi, rtol, atol, h_max, max_steps, control_sens, ctl,
                       yt, St, yn, Sn, peak, speak, f0, f1, Jp, rates, drates, infusing, @KARGS@):
     n = y.shape[0]
     K = est.shape[0]
@@ -261,7 +265,7 @@ def _integrate_@NAME@(t, target, y, S, p, c, est, rtol, atol, h_max, max_steps, 
     end = target - 1e-12 * max(1.0, abs(target))
     while not failed and t < end:
         if not have_k0:
-            _derivs(t, y, S, p, c, est, k0, kS0, Jp, rates, drates, infusing)
+            _derivs(t, y, S, p, c, est, hi, k0, kS0, Jp, rates, drates, infusing)
             have_k0 = True
         if h == 0.0:  # initial step (Hairer, Norsett & Wanner I, II.4)
             d0 = 0.0
@@ -304,7 +308,7 @@ def _integrate_@NAME@(t, target, y, S, p, c, est, rtol, atol, h_max, max_steps, 
             elif ea > 0.0:
                 err = max(err, ea / sc) if sc > 0.0 else math.inf
             if control_sens:  # on S and on the log-log sensitivity theta/y * S
-                for q in range(K):
+                for q in range(hi[m]):
                     th = abs(p[est[q]])
                     th = 1.0 / th if th > 0.0 else 1.0
                     sc = (rtol * (max(abs(S[m, q]), abs(Sn[m, q])) + th * abs(yn[m]))
@@ -319,7 +323,7 @@ def _integrate_@NAME@(t, target, y, S, p, c, est, rtol, atol, h_max, max_steps, 
             for m in range(n):
                 y[m] = yn[m]
                 peak[m] = max(peak[m], abs(y[m]))
-                for q in range(K):
+                for q in range(hi[m]):
                     S[m, q] = Sn[m, q]
                     speak[m, q] = max(speak[m, q], abs(S[m, q]))
 @ACCEPT@
@@ -359,7 +363,38 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
     N = P.shape[0]
     n_par = P.shape[1]
     n = n_states
-    K = est.shape[0]
+    # The sensitivities carried along the path: to the estimated parameters that some state
+    # depends on (SENSITIVE, structural); the others (a cytokine at quasi-steady state, a scale
+    # of an observation) reach the records through the observation functions alone. Columns in
+    # order of how many states depend on them, so that row m's nonzero entries lie in its first
+    # hi[m] columns: the loops over S skip the structural zeros and stay dense (an immunoglobulin's
+    # baseline acts on one state only; the CAR-T parameters on all).
+    sens_buffer = _indices((est.shape[0],))
+    col = _indices((est.shape[0],))
+    count = _indices((est.shape[0],))
+    K = 0
+    for q in range(est.shape[0]):
+        rows = 0
+        for m in range(n):
+            if SENSITIVE[m, est[q]]:
+                rows += 1
+        if rows > 0:  # insert, stable, in descending order of rows
+            r = K
+            while r > 0 and count[r - 1] < rows:
+                sens_buffer[r] = sens_buffer[r - 1]
+                col[r] = col[r - 1]
+                count[r] = count[r - 1]
+                r -= 1
+            sens_buffer[r] = est[q]
+            col[r] = q
+            count[r] = rows
+            K += 1
+    sens = sens_buffer[:K]
+    hi = _indices((n,))
+    for m in range(n):
+        for k in range(K):
+            if SENSITIVE[m, sens[k]]:
+                hi[m] = k + 1
     y = _zeros((n,)); S = _zeros((n, K))
     yt = _zeros((n,)); St = _zeros((n, K))
     yn = _zeros((n,)); Sn = _zeros((n, K))
@@ -405,7 +440,7 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
             ev_order[r + 1] = key
         sg = _segment(seg_start, seg_time, i, 0.0)
         c = C[sg]
-        _start(p, c, est, y, S, J0)
+        _start(p, c, sens, y, S, J0)
         for a in range(n):
             peak[a] = abs(y[a])
             for q in range(K):
@@ -429,7 +464,7 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
                         ending = q
             t_stop = min(min(t_rec, t_ev), min(t_seg, t_end))
             if t_stop > t:
-                t, parity = _integrate_@NAME@(t, t_stop, y, S, p, c, est, rtol, atol, h_max, max_steps,
+                t, parity = _integrate_@NAME@(t, t_stop, y, S, p, c, sens, hi, rtol, atol, h_max, max_steps,
                                               control_sens, ctl, yt, St, yn, Sn, peak, speak, f0, f1, Jp,
                                               rates, drates, infusing, @KCALL@)
 @SWAP16@
@@ -454,7 +489,7 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
                 e = e0 + slot
                 kind = ev_kind[e]
                 if kind >= 3:  # a reset, or the start of a steady state: initial states, no infusion
-                    _start(p, c, est, y, S, J0)
+                    _start(p, c, sens, y, S, J0)
                     for q in range(ne):
                         inf_on[q] = 0
                     infusing = _set_rates(ne, inf_on, inf_target, inf_rate, inf_drate, rates, drates)
@@ -478,11 +513,11 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
                                 S_cycle[m, q] = S[m, q]
                         ctl[0] = 0.0
                         ctl[2] = 0.0
-                        ts, parity = _integrate_@NAME@(t - interval, arrival, y, S, p, c, est, rtol, atol, h_max,
+                        ts, parity = _integrate_@NAME@(t - interval, arrival, y, S, p, c, sens, hi, rtol, atol, h_max,
                                                        max_steps, control_sens, ctl, yt, St, yn, Sn, peak, speak,
                                                        f0, f1, Jp, rates, drates, infusing, @KCALL@)
 @SWAP24@
-                        _give(arrival, d - e0, ev_kind[d], k, state, ev_amount[d], ev_length[d], True, p, c, est,
+                        _give(arrival, d - e0, ev_kind[d], k, state, ev_amount[d], ev_length[d], True, p, c, sens,
                               y, S, f0, f1, gpar, glag, inf_on, inf_end, inf_target, inf_rate, inf_drate, inf_dend,
                               rates, infusing)
                         infusing = _set_rates(ne, inf_on, inf_target, inf_rate, inf_drate, rates, drates)
@@ -490,7 +525,7 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
                         ctl[2] = 0.0
                         if infusing:
                             slot = d - e0
-                            ts, parity = _integrate_@NAME@(arrival, inf_end[slot], y, S, p, c, est, rtol, atol,
+                            ts, parity = _integrate_@NAME@(arrival, inf_end[slot], y, S, p, c, sens, hi, rtol, atol,
                                                            h_max, max_steps, control_sens, ctl, yt, St, yn, Sn,
                                                            peak, speak, f0, f1, Jp, rates, drates, infusing,
                                                            @KCALL@)
@@ -501,7 +536,7 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
                             infusing = _set_rates(ne, inf_on, inf_target, inf_rate, inf_drate, rates, drates)
                             ctl[0] = 0.0
                             ctl[2] = 0.0
-                        ts, parity = _integrate_@NAME@(ts, t, y, S, p, c, est, rtol, atol, h_max, max_steps,
+                        ts, parity = _integrate_@NAME@(ts, t, y, S, p, c, sens, hi, rtol, atol, h_max, max_steps,
                                                        control_sens, ctl, yt, St, yn, Sn, peak, speak, f0, f1, Jp,
                                                        rates, drates, infusing, @KCALL@)
 @SWAP24@
@@ -521,7 +556,7 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
                         break
                 elif kind != 3:
                     k = ev_target[e]
-                    _give(t, slot, kind, k, dose_state[k], ev_amount[e], ev_length[e], True, p, c, est, y, S, f0,
+                    _give(t, slot, kind, k, dose_state[k], ev_amount[e], ev_length[e], True, p, c, sens, y, S, f0,
                           f1, gpar, glag, inf_on, inf_end, inf_target, inf_rate, inf_drate, inf_dend, rates, infusing)
                     infusing = _set_rates(ne, inf_on, inf_target, inf_rate, inf_drate, rates, drates)
                     for a in range(n):
@@ -529,12 +564,12 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
                 ctl[0] = 0.0
                 ctl[2] = 0.0
             else:
-                _record(j, obs_analyte[j], t_rec, y, S, p, c, est, g, gy, gp, pred, dpred)
+                _record(j, obs_analyte[j], t_rec, y, S, p, c, est, col, g, gy, gp, pred, dpred)
                 j += 1
         n_steps[i] += int(ctl[6])
         while j < j_end:  # the solver failed: NaN from here on
             pred[j] = np.nan
-            for q in range(K):
+            for q in range(est.shape[0]):
                 dpred[j, q] = np.nan
             j += 1
 """
@@ -558,15 +593,15 @@ def _adaptive_source(method: str) -> str:
     for s in range(1, ns):
         stages += ["        for m in range(n):"]
         stages += _combination("yt[m]", "y[m]", A[s, :s], "k{r}[m]", " " * 12)
-        stages += ["            for q in range(K):"]
+        stages += ["            for q in range(hi[m]):"]
         stages += _combination("St[m, q]", "S[m, q]", A[s, :s], "kS{r}[m, q]", " " * 16)
-        stages += [f"        _derivs(t + {float(c[s])!r} * h, yt, St, p, c, est, k{s}, kS{s}, Jp, rates, drates, "
+        stages += [f"        _derivs(t + {float(c[s])!r} * h, yt, St, p, c, est, hi, k{s}, kS{s}, Jp, rates, drates, "
                    "infusing)"]
     stages += ["        # new solution (yn, Sn) and its error estimate (yt, St)",
                "        for m in range(n):"]
     stages += _combination("yn[m]", "y[m]", b, "k{r}[m]", " " * 12)
     stages += _combination("yt[m]", None, e, "k{r}[m]", " " * 12)
-    stages += ["            for q in range(K):"]
+    stages += ["            for q in range(hi[m]):"]
     stages += _combination("Sn[m, q]", "S[m, q]", b, "kS{r}[m, q]", " " * 16)
     stages += _combination("St[m, q]", None, e, "kS{r}[m, q]", " " * 16)
     last = ns - 1
@@ -594,7 +629,7 @@ class _Printer(PythonCodePrinter):
 
 
 def _cache_dir() -> Path:
-    root = Path(os.environ.get("PKPD_CACHE", Path.home() / ".cache" / "pkpd")) / "compiled"
+    root = cache_root() / "compiled"
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -636,13 +671,40 @@ def _sensitivity_function(rhs: list, states: list, params: list, names: dict, pr
                 terms[i].append((f"_jy_{i}_{m}", m))
     assignments += [(f"Jp[{i}, {k}]", sp.diff(e, q)) for i, e in enumerate(rhs) for k, q in enumerate(params)]
     lines = ["@numba.njit(cache=True, error_model=\"numpy\", inline=\"always\")",
-             "def rhs_sens(t, y, S, p, c, est, f, dS, Jp):",
-             *_body(assignments, names, printer, zero_first=False),
-             "    for k in range(est.shape[0]):", "        e = est[k]"]
-    for i in range(n):
+             "def rhs_sens(t, y, S, p, c, est, hi, f, dS, Jp):",
+             *_body(assignments, names, printer, zero_first=False)]
+    for i in range(n):  # columns hi[i] on are structurally zero in row i (see the kernel)
         products = "".join(f" + {name} * S[{m}, k]" for name, m in terms[i])
-        lines.append(f"        dS[{i}, k] = Jp[{i}, e]{products}")
+        lines += [f"    for k in range(hi[{i}]):", f"        dS[{i}, k] = Jp[{i}, est[k]]{products}"]
     return lines + [""]
+
+
+def sensitivity_pattern(model: Model) -> np.ndarray:
+    """(n_states, n_parameters) bool: which parameters each state can depend on, structurally.
+
+    A parameter reaches a state through its initial value, its right-hand side, or the
+    bioavailability or lag of a dose into it, and from there every state whose right-hand side
+    reads that state (to a fixed point). The kernels carry only these sensitivities: in a
+    composed model most are zero (a cytokine at quasi-steady state, an immunoglobulin's
+    baseline, act on one state or on none)."""
+    s = model.symbols
+    states = list(s["states"].values())
+    params = [s["params"][n] for n in model.parameter_names]
+    n = len(states)
+    pattern = np.zeros((n, len(params)), dtype=bool)
+    reads = np.zeros((n, n), dtype=bool)  # reads[i, j]: the right-hand side of state i reads state j
+    for i in range(n):
+        free = sp.sympify(s["rhs"][i]).free_symbols | sp.sympify(s["initial"][i]).free_symbols
+        pattern[i] = [q in free for q in params]
+        reads[i] = [y in free for y in states]
+    for d in s["dosing"]:
+        free = sp.sympify(d["bioavailability"]).free_symbols | sp.sympify(d["lag"]).free_symbols
+        pattern[d["state"]] |= [q in free for q in params]
+    while True:
+        grown = pattern | (reads.astype(int) @ pattern.astype(int) > 0)
+        if (grown == pattern).all():
+            return pattern
+        pattern = grown
 
 
 def _source(model: Model) -> str:
@@ -664,6 +726,8 @@ def _source(model: Model) -> str:
                 *_body(assignments, names, printer, zero_first), ""]
 
     src = [_HEADER]
+    pattern = sensitivity_pattern(model).astype(int).tolist()
+    src += [f"SENSITIVE = np.array({pattern}, dtype=np.bool_).reshape(({n}, {P}))", ""]
     src += fn("rhs", "t, y, p, c, out", [(f"out[{i}]", e) for i, e in enumerate(s["rhs"])])
     src += _sensitivity_function(s["rhs"], states, params, names, printer)
     # the state vector is reused from subject to subject: clear it
