@@ -348,7 +348,13 @@ def build_pymc_model(spec: PopulationSpec, cohort: Cohort, initial: Mapping[str,
 def initial_values(spec: PopulationSpec, individual) -> dict[str, np.ndarray]:
     """Starting point from individual fits (converged, or stopped by their evaluation budget):
     mu = median of log estimates, omega = their SD; and the centre of each subject's random
-    effects (its log estimates; `usable` marks the subjects that have them)."""
+    effects (its log estimates; `usable` marks the subjects that have them).
+
+    A subject whose individual fits found several equally good optima (`n_modes` > 1: a lag
+    time between two samples, an absorption rate the data do not bound) has no usable centre:
+    a Gaussian around one of its optima misdescribes it, and the random-effects map built on it
+    pins the subject near that optimum so tightly that chains which meet the other one stall
+    (the warfarin validation case: without this, one chain of four stalled with 738 divergences)."""
     estimated = spec.estimated
     N = individual.sizes["subject"]
     logs = np.full((N, len(estimated)), np.nan)
@@ -356,6 +362,7 @@ def initial_values(spec: PopulationSpec, individual) -> dict[str, np.ndarray]:
     # than the typical value (the joint fit of many subjects often stops there)
     usable = individual["converged"].to_numpy() | np.char.startswith(
         individual["reason"].to_numpy().astype(str), "optimiser did not converge")
+    single = individual["n_modes"].to_numpy() <= 1 if "n_modes" in individual else np.ones(N, bool)
     for k, name in enumerate(estimated):
         if name in individual["parameter"].values:
             values = individual["estimate"].sel(parameter=name).to_numpy()
@@ -372,7 +379,7 @@ def initial_values(spec: PopulationSpec, individual) -> dict[str, np.ndarray]:
         cols = [estimated.index(n) for n in spec.iiv]
         out["omega"] = np.clip(np.where(np.isfinite(sd[cols]), sd[cols], 0.3), 0.05, 1.5)
         centre = logs[:, cols]
-        out["usable"] = np.isfinite(centre).all(axis=1)
+        out["usable"] = np.isfinite(centre).all(axis=1) & single
         out["centre"] = np.where(np.isfinite(centre), centre, mu[cols][None, :])
     return out
 
