@@ -19,7 +19,7 @@ def test_every_validation_row_passes(tmp_path):
     print(done.stdout[-6000:])
     table = pd.read_csv(tmp_path / "validation.csv")
     assert set(table["case"]) == {"warfarin", "phenobarbital", "cart (simulated)"}
-    assert len(table) == 8 + 7 + 5 + 8  # warfarin typical + iiv, phenobarbital, CAR-T truth
+    assert len(table) == 8 + 7 + 3 + 5 + 8  # warfarin typical + iiv + residual, phenobarbital, CAR-T truth
     assert table["pass"].all(), table[~table["pass"]].to_string()
     assert done.returncode == 0, done.stderr[-3000:]
     # the CAR-T case's VPC and report rendered

@@ -52,7 +52,7 @@ warfarin_pkpd = Module(
     initial=initial, rhs=rhs, time_unit="h", dose_unit="mg",
     dosing=(Dosing("depot", lag=lambda p, c, m: p.tlag),),
     observations=(
-        Observation("warfarin", lambda t, s, p, c, x, m: s.central / p.v, "mg/L", error="combined",
+        Observation("warfarin", lambda t, s, p, c, x, m: s.central / p.v, "mg/L", error="combined1",
                     sigma=0.1, additive=0.3),
         Observation("pca", lambda t, s, p, c, x, m: s.pca, "%", error="additive", additive=4.0),
     ),
