@@ -18,15 +18,12 @@ from ..simulate.compiled import Tolerances, predict_compiled
 from ..simulate.reduction import check_reduction
 from ..simulate.solve import predict_reference
 from .compile import compile_model
-from .individual import fit_individual
+from .individual import fit_individual, solver_tolerance
 from .population import (PopulationSpec, build_pymc_model, initial_values, pointwise_loglik, spec_record)
 from .priors import Prior
 from .result import FitResult
 from .run import model_record
 
-#: the solver check flags a fit whose compiled predictions differ from LSODA by more than this
-#: fraction of the smallest residual SD (on the log scale)
-SOLVER_TOLERANCE = 0.1
 
 
 def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 1000, tune: int = 1000,
@@ -88,13 +85,6 @@ def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 100
     if reduction is not None:
         tree.attrs["reduction_check"] = json.dumps(reduction.to_dict())
     return FitResult(tree, model, spec, cohort)
-
-
-def solver_tolerance(model: Model) -> float:
-    """The largest log difference from LSODA a fit accepts: a tenth of the smallest log-scale or
-    proportional residual SD (0.1 when the error models are all additive)."""
-    sigmas = [o.sigma for o in model.observations.values() if o.has_sigma]
-    return SOLVER_TOLERANCE * min(sigmas + [1.0])
 
 
 def _modes(individual: xr.Dataset) -> dict[str, str]:

@@ -48,9 +48,16 @@ from ..simulate.solve import SolverError, predict_reference
 from . import likelihood
 
 PENALTY = 1e3  # residual given to every record while a trial step makes the ODE solver fail
-#: a subject's compiled predictions may differ from LSODA's by this fraction of the smallest
-#: residual SD (log scale) before its fit is not trusted
+#: compiled predictions may differ from LSODA's by this fraction of the smallest residual SD
+#: (log scale) before a fit, individual or population, is not trusted
 SOLVER_TOLERANCE = 0.1
+
+
+def solver_tolerance(model: Model) -> float:
+    """The largest log difference from LSODA a fit accepts: a tenth of the smallest log-scale or
+    proportional residual SD (0.1 when the error models are all additive)."""
+    sigmas = [o.sigma for o in model.observations.values() if o.has_sigma]
+    return SOLVER_TOLERANCE * min(sigmas + [1.0])
 #: another optimum within this much -2 log L of the best, elsewhere, is a second mode
 MODE_OFV = 2.0
 MODE_DISTANCE = 0.2  # |log ratio| of some parameter between modes
@@ -404,8 +411,7 @@ def _dataset(model, cohort, estimate, subjects, start, reasons, result) -> xr.Da
     n_modes = np.zeros(S, int)
     alternative = np.full((S, K), np.nan)
     if result is not None:
-        tolerance = SOLVER_TOLERANCE * min(min(o.sigma for o in model.observations.values() if o.has_sigma)
-                                           if any(o.has_sigma for o in model.observations.values()) else 1.0, 1.0)
+        tolerance = solver_tolerance(model)
         problem, x, pred = result["problem"], result["x"], result["pred"]
         contributions = problem.minus_two_log_lik(pred) if np.all(np.isfinite(pred)) else np.full(len(pred), np.nan)
         order = {s: i for i, s in enumerate(subjects)}
