@@ -52,15 +52,16 @@ PENALTY = 1e3  # residual given to every record while a trial step makes the ODE
 #: (log scale) before a fit, individual or population, is not trusted
 SOLVER_TOLERANCE = 0.1
 
+#: another optimum within this much -2 log L of the best, elsewhere, is a second mode
+MODE_OFV = 2.0
+MODE_DISTANCE = 0.2  # |log ratio| of some parameter between modes
+
 
 def solver_tolerance(model: Model) -> float:
     """The largest log difference from LSODA a fit accepts: a tenth of the smallest log-scale or
     proportional residual SD (0.1 when the error models are all additive)."""
     sigmas = [o.sigma for o in model.observations.values() if o.has_sigma]
     return SOLVER_TOLERANCE * min(sigmas + [1.0])
-#: another optimum within this much -2 log L of the best, elsewhere, is a second mode
-MODE_OFV = 2.0
-MODE_DISTANCE = 0.2  # |log ratio| of some parameter between modes
 
 
 def default_estimated(model: Model) -> list[str]:

@@ -1,9 +1,10 @@
-"""Zeroed float64 arrays on the calling kernel's stack (a numba intrinsic).
+"""Zeroed arrays on the calling kernel's stack (numba intrinsics: float64 `stack_zeros`, int64
+`stack_indices`).
 
 The generated solver kernels run without numba's reference counting (each inlined helper
 call with array arguments would otherwise cost atomic increments and decrements), so they
 cannot allocate with np.zeros; arrays on the stack also tell LLVM that no two of them alias,
-which heap buffers passed in as arguments do not. Call `stack_zeros` only at the top of a
+which heap buffers passed in as arguments do not. Call them only at the top of a
 kernel, never in a loop: each call grows the stack frame until the kernel returns.
 """
 
