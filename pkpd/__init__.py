@@ -7,13 +7,6 @@ pkpd.nca, pkpd.fit -> pkpd.compare -> pkpd.predict -> pkpd.dose -> pkpd.report.
 same names; import other names from the subpackages (`from pkpd.fit import fit_individual`).
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("cart-pkpd")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0+unknown"
-
 from ._cache import use_versioned_numba_cache
 
 use_versioned_numba_cache()  # before any numba function of pkpd is defined
@@ -26,8 +19,26 @@ from .models import load as load_model
 from .simulate import simulate, simulate_typical
 from .fit import fit, fit_individual, FitResult
 from .compare import compare
-from .predict import posterior_predictive
-from .dose import select_dose
+
+# Loaded on first use, not at import: matplotlib, scipy.stats and importlib.metadata cost a
+# second of every command's start, and most commands need none of them.
+_LAZY = {"posterior_predictive": ".predict", "select_dose": ".dose"}
+
+
+def __getattr__(name: str):
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("cart-pkpd")
+        except PackageNotFoundError:  # running from a source tree without installation
+            return "0+unknown"
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'pkpd' has no attribute {name!r}")
+
 
 __all__ = ["Cohort", "DataError", "FitResult", "Report", "analytes", "units", "check_file", "compare", "example_data",
            "fit", "fit_individual", "load_model", "nca", "posterior_predictive", "read_cohort", "select_dose",

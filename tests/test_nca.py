@@ -180,8 +180,27 @@ def test_nca_of_a_pk_cohort_in_hours(tmp_path):
     assert summary.loc[summary["metric"] == "auc_0_24h", "unit"].iloc[0] == "mg/L*h"
 
 
-def test_peak_metrics_of_many_profiles_equal_the_exposure_metrics_of_each():
-    from pkpd.nca import exposure_metrics, peak_metrics
+def exposure_by_the_rules(times, values, censored, windows=()):
+    """The exposure rules written out for one profile (a reference for pkpd.nca's compiled
+    rows): leading BLQ as 0, later BLQ and points after Tlast dropped, the first time of the
+    peak; None without a quantified value."""
+    quantified = (censored == 0) & np.isfinite(values)
+    if not quantified.any():
+        return None
+    q = np.flatnonzero(quantified)
+    first, last = q[0], q[-1]
+    kept = [k for k in range(last + 1) if quantified[k] or (k < first and censored[k] != 0)]
+    t, c = times[kept], np.where(quantified, values, 0.0)[kept]
+    peak = q[np.argmax(values[q])]
+    out = {"cmax": values[peak], "tmax": times[peak], "tlast": times[last], "clast": values[last],
+           "auc_last": auc_to(t, c, times[last]) if len(t) > 1 else 0.0}
+    for end, name in windows:
+        out[name] = auc_to(t, c, end) if end <= times[last] else out["auc_last"] if times[-1] >= end else np.nan
+    return out
+
+
+def test_peaks_of_many_profiles_follow_the_rules():
+    from pkpd.nca import exposure_many
 
     rng = np.random.default_rng(4)
     times = np.array([0.0, 1.0, 3.0, 7.0, 14.0, 28.0])
@@ -189,10 +208,10 @@ def test_peak_metrics_of_many_profiles_equal_the_exposure_metrics_of_each():
     values[::7, 2] = values[::7, 3]                     # ties: the first time of the peak
     censored = (rng.random(values.shape) < 0.3).astype(int)
     censored[::11] = 1                                  # profiles without a quantified value
-    cmax, tmax = peak_metrics(times, values, censored)
+    many = exposure_many(times, values, censored)
     for i in range(len(values)):
-        one = exposure_metrics(times, values[i], censored[i], terminal=False, windows=())
-        np.testing.assert_equal([cmax[i], tmax[i]], [one["cmax"], one["tmax"]])
+        one = exposure_by_the_rules(times, values[i], censored[i]) or {"cmax": np.nan, "tmax": np.nan}
+        np.testing.assert_equal([many["cmax"][i], many["tmax"][i]], [one["cmax"], one["tmax"]])
 
 
 def test_aplasia_and_nadir_of_many_profiles_equal_the_metrics_of_each():
@@ -219,7 +238,7 @@ def test_aplasia_and_nadir_of_many_profiles_equal_the_metrics_of_each():
                                 [low[k] for k in ("nadir", "t_nadir", "nadir_fold_change")])
 
 
-def test_exposure_of_many_profiles_equals_the_exposure_metrics_of_each():
+def test_exposure_of_many_profiles_follows_the_rules():
     from pkpd.nca import exposure_many
 
     rng = np.random.default_rng(6)
@@ -231,7 +250,10 @@ def test_exposure_of_many_profiles_equals_the_exposure_metrics_of_each():
     censored[1::19, -4:] = 1                                     # trailing BLQ before a window's end
     windows = [(28.0, "auc_0_28d"), (90.0, "auc_0_90d"), (10.0, "auc_0_10d"), (200.0, "auc_0_200d")]
     many = exposure_many(times, values, censored, windows)
+    keys = ("cmax", "tmax", "tlast", "clast", "auc_last", *(name for _, name in windows))
     for i in range(len(values)):
-        one = exposure_metrics(times, values[i], censored[i], terminal=False, windows=windows)
-        for key in ("cmax", "tmax", "tlast", "clast", "auc_last", *(name for _, name in windows)):
+        one = exposure_by_the_rules(times, values[i], censored[i], windows) or dict.fromkeys(keys, np.nan)
+        single = exposure_metrics(times, values[i], censored[i], terminal=False, windows=windows)
+        for key in keys:
             np.testing.assert_allclose(many[key][i], one[key], rtol=1e-12, err_msg=f"{key} of profile {i}")
+            np.testing.assert_equal(single[key], many[key][i])

@@ -78,11 +78,12 @@ def exposure_response_figure(selection: DoseSelection, observed: pd.DataFrame | 
     return fig
 
 
-def observed_metrics(cohort) -> pd.DataFrame:
-    """The observed subjects' NCA metrics in the virtual patients' column names."""
+def observed_metrics(cohort, analytes=None) -> pd.DataFrame:
+    """The observed subjects' NCA metrics (of `analytes`, default all) in the virtual patients'
+    column names."""
     from ..nca import nca
 
-    table = nca(cohort)
+    table = nca(cohort, [a for a in analytes if a in cohort.analytes] if analytes is not None else None)
     wide = {}
     for column in [c for c in table.columns if c in ("cmax", "aplasia_duration", "nadir") or c.startswith("auc_0_")]:
         if table[column].notna().any():
@@ -140,8 +141,9 @@ def dose_figures(selection: DoseSelection, cohort=None):
     """(name, Figure): pta, tradeoff, and exposure_response (with the observed subjects of `cohort`)."""
     yield "pta", pta_figure(selection)
     yield "tradeoff", tradeoff_figure(selection)
-    yield "exposure_response", exposure_response_figure(selection, observed_metrics(cohort) if cohort is not None
-                                                        else None)
+    simulated = set(selection.exposure["analyte"]) | {t["analyte"] for t in selection.settings.get("targets", [])}
+    yield "exposure_response", exposure_response_figure(
+        selection, observed_metrics(cohort, sorted(simulated)) if cohort is not None else None)
 
 
 def read_dose(folder: str | Path) -> DoseSelection:

@@ -258,11 +258,16 @@ def simulate_metrics(result, posterior, picks, patients, scenario, regimens, wan
     # each patient's residual SDs from its posterior draw
     sigma, additive = posterior.residual_of(draw)
     lloq = result.cohort.lloq
-    T = len(times)
+    T, A = len(times), len(analytes)
+    # every patient's records are the template's: T times x A analytes, time-major
+    layout = design.analyte[:T * A]
+    if design.n_obs != R * M * T * A or not (layout.reshape(T, A) == layout[:A]).all() \
+            or not (design.analyte.reshape(R * M, T * A) == layout).all():
+        raise RuntimeError("virtual patients' records are not on the common schedule")  # a bug, not an input
+    by_analyte = pred.reshape(R * M, T, A)
     out = [{} for _ in regimens]
     for analyte in analytes:
-        rows = design.analyte == design.analyte_names.index(analyte)
-        f = pred[rows].reshape(R * M, T)  # records of one analyte: patient-major, in time order
+        f = by_analyte[:, :, int(np.flatnonzero(layout[:A] == design.analyte_names.index(analyte))[0])]
         obs = result.model.observations.get(analyte)
         if obs is None:  # an analyte without an error model is observed exactly
             v = f

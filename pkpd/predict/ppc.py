@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import scipy.stats as st
 
 from ..fit.result import FitResult
 from ..simulate.compiled import Design
@@ -95,7 +94,9 @@ def posterior_predictive(result: FitResult | ModelAverage, *, replicates: int = 
         "ipred_hi": np.quantile(ipred_draws, hi, axis=0)})
     records = records.join(strata(cohort), on="subject")
     records["pit"] = pit(records["dv"].to_numpy(), records["censored"].to_numpy(), sims, sim_cens, rng)
-    records["npd"] = st.norm.ppf(records["pit"])
+    from scipy.special import ndtri  # the normal quantile; scipy.stats costs 0.5 s of every start
+
+    records["npd"] = ndtri(records["pit"])
     grid = np.concatenate(curve_draws)
     curves = pd.DataFrame({
         "subject": np.asarray(cohort.subject_ids)[curve_design.subject_index], "time": curve_design.data_time,

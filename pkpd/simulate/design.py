@@ -10,9 +10,34 @@ from ..models import Model
 from .events import Schedule, schedule
 
 
+class _Selected:
+    """A record array of a `Design.subset`, selected from the parent design's on first use: the
+    solver reads only times and analytes, and a virtual population of 10^5 patients would copy
+    the others (data values, LLOQs, ...) for nothing."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, design, owner=None):
+        if design is None:
+            return self
+        parent, rows = design._selected_from
+        value = getattr(parent, self.name)[rows]
+        value.setflags(write=False)
+        vars(design)[self.name] = value  # once: the instance attribute hides the descriptor
+        return value
+
+
 class Design:
     """The records of a cohort as arrays for the compiled solver: sorted by subject and time, in
     the model's time unit, t = 0 at each subject's first dose; with the events of `schedule`."""
+
+    #: record arrays a subset selects when they are first read
+    records = _Selected()
+    data_time = _Selected()
+    value = _Selected()
+    lloq = _Selected()
+    censored = _Selected()
 
     def __init__(self, model: Model, cohort: Cohort, analytes=None):
         converted = cohort.in_time_unit(model.time_unit)
@@ -98,8 +123,11 @@ class Design:
         out.subjects = names if names is not None else [f"{j}:{self.subjects[i]}" for j, i in enumerate(index)]
         rows, counts = _blocks(self.start, index)
         out.subject_index = np.repeat(np.arange(len(index)), counts)
-        for name in ("records", "time", "data_time", "analyte", "value", "lloq", "censored"):
-            setattr(out, name, getattr(self, name)[rows])
+        for name in ("records", "data_time", "value", "lloq", "censored"):
+            vars(out).pop(name, None)
+        out._selected_from = (self, rows)
+        out.time = self.time[rows]
+        out.analyte = self.analyte[rows]
         if hasattr(self, "grid_index"):
             out.grid_index = self.grid_index[rows]
         out.start = _offsets(counts)

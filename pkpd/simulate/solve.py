@@ -15,7 +15,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.integrate import odeint
 
 from ..models import Model, numpy_functions
 from ..models.spec import COVARIATES
@@ -254,6 +253,8 @@ def _steady_state(design, f, P1, C1, y1, i, e, t, rtol, atol, cycles: int = 1000
 def _lsoda(f, y0, t0, t1, P, C, rates, rtol, atol, name) -> np.ndarray:
     """States at t1 from y0 at t0 (n, G): odeint (LSODA) on the subject-major layout y[j*n + i],
     whose Jacobian is banded (each subject's n x n block on the diagonal)."""
+    from scipy.integrate import odeint  # here: scipy.integrate costs 0.4 s of every command's start
+
     n, G = y0.shape
     band = n - 1
     i, k = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
