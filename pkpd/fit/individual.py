@@ -37,8 +37,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sparse
-from scipy.sparse.linalg import aslinearoperator
 import xarray as xr
 
 from ..data.cohort import Cohort
@@ -282,6 +280,9 @@ def _minimise(problem: _Problem, x0: np.ndarray, max_nfev: int) -> np.ndarray:
             params.add(f"p{i}_{name}", value=float(np.clip(x0[i, g], math.log(lo), math.log(hi))),
                        min=math.log(lo), max=math.log(hi))
     n_obs = len(problem.obs)
+    from scipy.sparse import csr_matrix  # here: scipy.sparse costs 0.2 s of every command's start
+    from scipy.sparse.linalg import aslinearoperator
+
     rows = np.repeat(np.arange(n_obs), k)
     cols = (problem.s_index[:, None] * k + np.arange(k)[None, :]).ravel()
 
@@ -293,7 +294,7 @@ def _minimise(problem: _Problem, x0: np.ndarray, max_nfev: int) -> np.ndarray:
 
     def jacobian(pars, *args, **kwargs):
         J = problem.evaluate(values(pars))[2]
-        return aslinearoperator(sparse.csr_matrix((J.ravel(), (rows, cols)), shape=(n_obs, N * k)))
+        return aslinearoperator(csr_matrix((J.ravel(), (rows, cols)), shape=(n_obs, N * k)))
 
     minimizer = _sparse_jacobian_minimizer()(residual, params, scale_covar=False, calc_covar=False)
     with warnings.catch_warnings():
