@@ -9,6 +9,7 @@ converted into cells/uL by accident. Text written by labs ("copies/µg gDNA",
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -20,10 +21,13 @@ from ._cache import cache_root
 def _registry() -> pint.UnitRegistry:
     """pint's registry, its parsed definitions kept in pint's disk cache: parsing them costs 0.27 s
     of every start, loading them 0.05 s. pint writes the cache without locking: a process that
-    meets another's half-written file builds the registry from the definitions instead."""
+    meets another's half-written (or otherwise damaged) file builds the registry from the
+    definitions instead and removes the cache, which the next start writes again."""
+    folder = cache_root() / "pint"
     try:
-        return pint.UnitRegistry(cache_folder=cache_root() / "pint")
+        return pint.UnitRegistry(cache_folder=folder)
     except Exception:  # noqa: BLE001 - any failure of the cache: the uncached registry is the same registry
+        shutil.rmtree(folder, ignore_errors=True)
         return pint.UnitRegistry()
 
 

@@ -19,6 +19,15 @@ def run(*args):
     return result
 
 
+def test_the_command_line_starts_without_the_libraries_few_commands_need():
+    """scipy's integrate, stats, special and sparse and matplotlib cost over a second of every
+    command's start: they load when a command first needs them (pymc and dask as well)."""
+    heavy = ("matplotlib", "scipy.integrate", "scipy.stats", "scipy.special", "scipy.sparse", "pymc", "pytensor",
+             "dask.distributed")
+    code = f"import sys, pkpd.cli; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []
+
 @pytest.mark.parametrize("command", [[], ["data"], ["data", "check"], ["data", "convert"], ["nca"], ["demo"]])
 def test_every_command_has_help(command):
     result = run(*command, "--help")

@@ -161,6 +161,23 @@ def test_unit_strings_are_parsed_by_a_grammar_and_never_evaluated(text, wording)
     assert answer.startswith("UnitError") and wording in answer
 
 
+def test_a_damaged_pint_cache_falls_back_to_the_definitions(tmp_path, monkeypatch):
+    """pint's disk cache (parsed unit definitions) is written without locking: a file another
+    process left half-written must not stop pkpd from starting."""
+    from pkpd import units
+
+    monkeypatch.setenv("PKPD_CACHE", str(tmp_path))
+    assert units._registry()("mg/L").to("ug/mL").magnitude == pytest.approx(1.0)
+    cached = list((tmp_path / "pint").glob("*.pickle"))
+    assert cached
+    for path in cached:
+        path.write_bytes(path.read_bytes()[:40])
+    assert units._registry()("ng/mL").to("ug/L").magnitude == pytest.approx(1.0)
+    assert not (tmp_path / "pint").exists()                    # removed: the next start writes it again
+    units._registry()
+    assert list((tmp_path / "pint").glob("*.pickle"))
+
+
 def test_ordinary_units_still_parse():
     for text, magnitude in (("copies/µg gDNA", 1), ("10^9/L", 1e9), ("mg/(kg*h)", 1), ("m^2", 1), ("%", 1),
                             ("ng·h/mL", 1), ("1/h", 1)):

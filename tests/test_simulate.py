@@ -275,6 +275,14 @@ def test_a_design_subset_and_the_threaded_kernel_give_the_same_predictions(adapt
     np.testing.assert_array_equal(pred, full[rows])
     np.testing.assert_array_equal(dpred, dfull[rows])
     assert part.subjects[0] == f"0:{cohort.subject_ids[3]}" and len(part.subjects) == len(index)
+    # the record arrays the solver does not read are selected when first read, and read-only
+    for name in ("records", "data_time", "value", "lloq", "censored"):
+        assert name not in vars(part)
+        np.testing.assert_array_equal(getattr(part, name), getattr(design, name)[rows])
+        assert not getattr(part, name).flags.writeable
+    twice = part.subset(np.array([2, 0]))
+    np.testing.assert_array_equal(twice.value, design.value[np.concatenate(
+        [np.arange(design.start[i], design.start[i + 1]) for i in index[[2, 0]]])])
     assert np.array_equal(part.schedule.amount[part.schedule.start[3]:part.schedule.start[4]],
                           design.schedule.amount[design.schedule.start[11]:design.schedule.start[12]])
     monkeypatch.setattr(compiled, "SUBJECTS_PER_THREAD", 1)
