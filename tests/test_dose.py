@@ -65,16 +65,16 @@ def test_regimens_simulated_in_groups_when_their_records_exceed_the_cap(monkeypa
     run = synthetic_run()
     threshold = 24000.0 * math.exp(0.5 * OMEGA_CMAX)
     target = Target("peak", "transgene", "cmax", ">=", threshold, "efficacy")
-    original, groups = selection_module.simulate_metrics, []
+    original, groups = selection_module.VirtualPatients._simulate, []
 
-    def counted(*args):
-        groups.append(len(args[5]))  # the regimens of this call
-        return original(*args)
+    def counted(self, scenario, regimens, *args):
+        groups.append(list(regimens))  # the regimens of this call
+        return original(self, scenario, regimens, *args)
 
-    monkeypatch.setattr(selection_module, "simulate_metrics", counted)
+    monkeypatch.setattr(selection_module.VirtualPatients, "_simulate", counted)
     monkeypatch.setattr(selection_module, "RECORDS_PER_CALL", 1)  # one regimen per group
     selection = select_dose(run, ["1e8", "3e8", "6e8"], targets=[target], draws=40, patients=250, seed=3)
-    assert groups == [3, 1, 1, 1]
+    assert groups == [[0], [1], [2]]
     assert list(selection.pta["dose_amount"]) == [1e8, 3e8, 6e8]
     first = selection.pta[selection.pta["dose"] == "3e8"].iloc[0]
     assert first["probability"] == pytest.approx(st.norm.sf(0.5), abs=0.02)

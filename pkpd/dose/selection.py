@@ -146,15 +146,15 @@ def select_dose(result: FitResult | ModelAverage, doses: Sequence[str | float | 
         raise ValueError("no target can be evaluated: " + "; ".join(s["reason"] for s in skipped)
                          + "; give targets on the fitted analytes (--target NAME:ANALYTE:METRIC>=VALUE:KIND)")
     rng = np.random.default_rng(seed)
-    members = [(m, posterior, posterior.pick(n, rng)) for m, n in zip(average.members, average.allocate(draws))
+    members = [(VirtualPatients.build(m, posterior, scenarios, regimens, analytes, schedule), posterior.pick(n, rng))
+               for m, n in zip(average.members, average.allocate(draws))
                for posterior in [PosteriorDraws.from_result(m)] if n]
-    n_draws = sum(len(picks) for _, _, picks in members)
+    n_draws = sum(len(picks) for _, picks in members)
     typical_weight = float(cohort.subjects["weight"].astype(float).fillna(70.0).median())
     pta_rows, exposure_rows, sample = [], [], []
     wanted = {(t.analyte, t.metric) for t in usable} | set(exposure)
-    for scenario in scenarios:
-        parts = [simulate_metrics(m, posterior, picks, patients, scenario, regimens, wanted, analytes, schedule, rng)
-                 for m, posterior, picks in members]
+    for k, scenario in enumerate(scenarios):
+        parts = [virtual.metrics(k, picks, patients, wanted, rng) for virtual, picks in members]
         for j, regimen in enumerate(regimens):
             total = regimen.total() * (typical_weight if regimen.unit.endswith("/kg") else 1.0)
             metrics = {key: np.concatenate([p[j][key] for p in parts]) for key in parts[0][j]}
@@ -212,92 +212,118 @@ def _exposure_summary(result: FitResult, analytes: list[str]) -> list[tuple[str,
 RECORDS_PER_CALL = 20_000_000
 
 
-def simulate_metrics(result, posterior, picks, patients, scenario, regimens, wanted, analytes, times, rng) -> list[dict]:
-    """Per regimen, {(analyte, metric): values of the len(picks) x `patients` virtual patients
-    (draw-major)}: new patients of posterior draws `picks` given each of `regimens` in `scenario`,
-    their covariates resampled from the fitted cohort, sampled at `times` with residual error and
-    LLOQ censoring, and the metrics `wanted` ((analyte, metric) pairs) computed by the NCA rules.
-    The regimens are simulated together (one design, one call of the compiled solver), each with
-    its own patients."""
-    M = len(picks) * patients
-    group = max(1, RECORDS_PER_CALL // max(1, M * len(times) * len(analytes)))
-    if len(regimens) > group:  # memory: at most RECORDS_PER_CALL records in one design
-        return [metrics for k in range(0, len(regimens), group)
-                for metrics in simulate_metrics(result, posterior, picks, patients, scenario, regimens[k:k + group],
-                                                wanted, analytes, times, rng)]
-    cohort = result.cohort
-    fitted = cohort.subjects
-    R = len(regimens)
-    donors = rng.integers(0, len(fitted), R * M)
-    # a virtual patient's design is its donor's under its regimen (covariates, weight-based doses):
-    # the template cohort holds each donor drawn once per regimen, and the patients' design is
-    # selected from its arrays
-    used, patient_donor = np.unique(donors, return_inverse=True)
-    U = len(used)
-    weight = fitted["weight"].astype(float).fillna(70.0).to_numpy()[used]
-    subjects, dose_rows = [], []
-    for j, regimen in enumerate(regimens):
-        ids = pd.Index([f"D{i + 1}R{j + 1}" for i in used], name="subject", dtype=object)
-        part = fitted.iloc[used].copy()
-        part.index = ids
-        part["dose_level"] = pd.Series(regimen.label, index=ids, dtype=object)
-        subjects.append(part)
-        dose_rows.append(regimen.dose_table(ids, weight, cohort.time_unit))
-    subjects = pd.concat(subjects)
-    if scenario.product is not None:
-        subjects["product"] = pd.Series(scenario.product, index=subjects.index, dtype=object)
-        subjects["lymphodepletion"] = pd.Series(scenario.lymphodepletion, index=subjects.index, dtype="boolean")
-    template = template_cohort(result.model, subjects, pd.concat(dose_rows, ignore_index=True), times, analytes,
-                               source="dose selection", time_unit=cohort.time_unit)
-    template_index = np.repeat(np.arange(R), M) * U + patient_donor  # regimen-major, as `donors`
-    design = Design(result.model, template, analytes=analytes).subset(
-        template_index, [f"V{i + 1}" for i in range(R * M)])
-    draw = np.tile(np.repeat(picks, patients), R)
-    P = posterior.parameter_matrix(posterior.new_subjects(draw, posterior.covariates(template)[template_index], rng))
-    pred = predictions(result, design, P)
-    # each patient's residual SDs from its posterior draw
-    sigma, additive = posterior.residual_of(draw)
-    lloq = result.cohort.lloq
-    T, A = len(times), len(analytes)
-    # every patient's records are the template's: T times x A analytes, time-major
-    layout = design.analyte[:T * A]
-    if design.n_obs != R * M * T * A or not (layout.reshape(T, A) == layout[:A]).all() \
-            or not (design.analyte.reshape(R * M, T * A) == layout).all():
-        raise RuntimeError("virtual patients' records are not on the common schedule")  # a bug, not an input
-    by_analyte = pred.reshape(R * M, T, A)
-    out = [{} for _ in regimens]
-    for analyte in analytes:
-        f = by_analyte[:, :, int(np.flatnonzero(layout[:A] == design.analyte_names.index(analyte))[0])]
-        obs = result.model.observations.get(analyte)
-        if obs is None:  # an analyte without an error model is observed exactly
-            v = f
-        else:
-            s = sigma[analyte][:, None] if analyte in sigma else obs.sigma
-            a = additive[analyte][:, None] if analyte in additive else obs.additive
-            v = with_residual_error(obs.error, f, s, a, rng.standard_normal(f.shape))
-        limit = lloq.get(analyte, 0.0)
-        cens = v < limit
-        v = np.where(cens, limit, v)
-        limits = np.full(T, limit)
-        mine = [(a, m) for a, m in wanted if a == analyte]
-        windows = window_names(sorted({window_of(m) for _, m in mine if window_of(m)}), cohort.time_unit)
-        for kind in {metric_kind(m) for _, m in mine}:
-            names = {m for _, m in mine if metric_kind(m) == kind}
-            many = _metrics_of_all(kind, names, times, v, cens, limits, windows)
+@dataclass(frozen=True, eq=False)
+class VirtualPatients:
+    """One fit's virtual patients: every fitted subject (a donor of covariates and weight) under
+    every candidate regimen in every scenario, as one template design built once (subjects
+    scenario-major, then regimen, then donor); each `metrics` call selects new patients from it
+    (`Design.subset`) instead of building cohorts in pandas again."""
+
+    result: FitResult
+    posterior: PosteriorDraws
+    scenarios: tuple
+    regimens: tuple
+    analytes: tuple
+    times: np.ndarray
+    design: Design
+    covariates: np.ndarray  # covariate rows of the template subjects (PosteriorDraws.covariates)
+
+    @classmethod
+    def build(cls, result: FitResult, posterior: PosteriorDraws, scenarios: Sequence[Scenario],
+              regimens: Sequence[Regimen], analytes: Sequence[str], times: np.ndarray) -> "VirtualPatients":
+        cohort = result.cohort
+        fitted = cohort.subjects
+        weight = fitted["weight"].astype(float).fillna(70.0).to_numpy()
+        ids = [[pd.Index([f"D{i + 1}R{j + 1}S{k + 1}" for i in range(len(fitted))], name="subject", dtype=object)
+                for j in range(len(regimens))] for k in range(len(scenarios))]
+        subjects = []
+        for k, scenario in enumerate(scenarios):
             for j, regimen in enumerate(regimens):
-                mine_j = slice(j * M, (j + 1) * M)
-                if many is not None:   # all patients at once (pkpd.nca: exposure_many, aplasia_many, nadir_many)
-                    out[j].update({(analyte, m): np.asarray(many[m], float)[mine_j] for m in names})
-                    continue
-                k = time_factor(regimen.time_unit, cohort.time_unit) if regimen.time_unit else 1.0
-                interval = regimen.interval * k if regimen.count > 1 else None
-                dose_times = regimen.dose_times(cohort.time_unit)
-                per_patient = [profile_metrics(times, v[i], cens[i], limits, kind, windows, dose_times, interval)
-                               for i in range(j * M, (j + 1) * M)]
-                for m in names:
-                    out[j][(analyte, m)] = np.array([float(r[m]) if r[m] is not None and r[m] is not pd.NA
-                                                     else np.nan for r in per_patient])
-    return out
+                part = fitted.copy()
+                part.index = ids[k][j]
+                part["dose_level"] = pd.Series(regimen.label, index=part.index, dtype=object)
+                if scenario.product is not None:
+                    part["product"] = pd.Series(scenario.product, index=part.index, dtype=object)
+                    part["lymphodepletion"] = pd.Series(scenario.lymphodepletion, index=part.index, dtype="boolean")
+                subjects.append(part)
+        doses = [regimen.dose_table(pd.Index(np.concatenate([ids[k][j] for k in range(len(scenarios))]),
+                                             name="subject", dtype=object),
+                                    np.tile(weight, len(scenarios)), cohort.time_unit)
+                 for j, regimen in enumerate(regimens)]
+        template = template_cohort(result.model, pd.concat(subjects), pd.concat(doses, ignore_index=True), times,
+                                   analytes, source="dose selection", time_unit=cohort.time_unit)
+        return cls(result, posterior, tuple(scenarios), tuple(regimens), tuple(analytes), np.asarray(times, float),
+                   Design(result.model, template, analytes=analytes), posterior.covariates(template))
+
+    def metrics(self, scenario: int, picks: np.ndarray, patients: int, wanted, rng) -> list[dict]:
+        """Per regimen, {(analyte, metric): values of the len(picks) x `patients` virtual
+        patients (draw-major)}: new patients of posterior draws `picks` given each regimen in
+        scenario number `scenario`, their covariates resampled from the fitted cohort, sampled at
+        the times with residual error and LLOQ censoring, and the metrics `wanted` ((analyte,
+        metric) pairs) computed by the NCA rules. The regimens are simulated together (one
+        design, one call of the compiled solver), each with its own patients."""
+        M = len(picks) * patients
+        group = max(1, RECORDS_PER_CALL // max(1, M * len(self.times) * len(self.analytes)))
+        R = len(self.regimens)
+        # memory: at most RECORDS_PER_CALL records in one design
+        return [metrics for first in range(0, R, group)
+                for metrics in self._simulate(scenario, range(first, min(R, first + group)), picks, patients, wanted,
+                                              rng)]
+
+    def _simulate(self, scenario: int, regimens: range, picks, patients, wanted, rng) -> list[dict]:
+        result, posterior, times, analytes = self.result, self.posterior, self.times, self.analytes
+        cohort = result.cohort
+        M, R, N = len(picks) * patients, len(regimens), len(cohort.subjects)
+        # a virtual patient's design is its donor's under its regimen in the scenario
+        donors = rng.integers(0, N, R * M)
+        template_index = (scenario * len(self.regimens) + np.repeat(np.asarray(regimens), M)) * N + donors
+        design = self.design.subset(template_index, [f"V{i + 1}" for i in range(R * M)])
+        draw = np.tile(np.repeat(picks, patients), R)
+        P = posterior.parameter_matrix(posterior.new_subjects(draw, self.covariates[template_index], rng))
+        pred = predictions(result, design, P)
+        # each patient's residual SDs from its posterior draw
+        sigma, additive = posterior.residual_of(draw)
+        lloq = cohort.lloq
+        T, A = len(times), len(analytes)
+        # every patient's records are the template's: T times x A analytes, time-major
+        layout = design.analyte[:T * A]
+        if design.n_obs != R * M * T * A or not (layout.reshape(T, A) == layout[:A]).all() \
+                or not (design.analyte.reshape(R * M, T * A) == layout).all():
+            raise RuntimeError("virtual patients' records are not on the common schedule")  # a bug, not an input
+        by_analyte = pred.reshape(R * M, T, A)
+        out = [{} for _ in regimens]
+        for analyte in analytes:
+            f = by_analyte[:, :, int(np.flatnonzero(layout[:A] == design.analyte_names.index(analyte))[0])]
+            obs = result.model.observations.get(analyte)
+            if obs is None:  # an analyte without an error model is observed exactly
+                v = f
+            else:
+                s = sigma[analyte][:, None] if analyte in sigma else obs.sigma
+                a = additive[analyte][:, None] if analyte in additive else obs.additive
+                v = with_residual_error(obs.error, f, s, a, rng.standard_normal(f.shape))
+            limit = lloq.get(analyte, 0.0)
+            cens = v < limit
+            v = np.where(cens, limit, v)
+            limits = np.full(T, limit)
+            mine = [(a, m) for a, m in wanted if a == analyte]
+            windows = window_names(sorted({window_of(m) for _, m in mine if window_of(m)}), cohort.time_unit)
+            for kind in {metric_kind(m) for _, m in mine}:
+                names = {m for _, m in mine if metric_kind(m) == kind}
+                many = _metrics_of_all(kind, names, times, v, cens, limits, windows)
+                for j, regimen in enumerate(self.regimens[r] for r in regimens):
+                    mine_j = slice(j * M, (j + 1) * M)
+                    if many is not None:   # all patients at once (pkpd.nca: exposure_many, aplasia_many, nadir_many)
+                        out[j].update({(analyte, m): np.asarray(many[m], float)[mine_j] for m in names})
+                        continue
+                    k = time_factor(regimen.time_unit, cohort.time_unit) if regimen.time_unit else 1.0
+                    interval = regimen.interval * k if regimen.count > 1 else None
+                    dose_times = regimen.dose_times(cohort.time_unit)
+                    per_patient = [profile_metrics(times, v[i], cens[i], limits, kind, windows, dose_times, interval)
+                                   for i in range(j * M, (j + 1) * M)]
+                    for m in names:
+                        out[j][(analyte, m)] = np.array([float(r[m]) if r[m] is not None and r[m] is not pd.NA
+                                                         else np.nan for r in per_patient])
+        return out
 
 
 def _metrics_of_all(kind: str, names: set, times, values, censored, limits, windows) -> dict | None:

@@ -2,7 +2,7 @@
 fitted PK/PD model, each assessed for DLT within the window by a toxicity model.
 
 Per scenario (product x lymphodepletion) and dose, a pool of virtual patients is simulated once,
-vectorised through the compiled solver (pkpd.dose.selection.simulate_metrics: posterior draws x
+vectorised through the compiled solver (pkpd.dose.selection.VirtualPatients: posterior draws x
 new random effects, covariates resampled from the fitted cohort, the trial's sampling schedule,
 residual error, LLOQ censoring). Each simulated trial takes one posterior draw (its "true"
 population) and one draw of the toxicity parameters, so the operating characteristics carry
@@ -66,7 +66,7 @@ def simulate_trials(result, design, doses, *, toxicity: ToxicityModel | None = N
     cohort `events` (default: the fitted cohort) carries graded records of its event and the
     model was not fitted already; otherwise they stay at their priors, and the settings say so."""
     from ..dose import DEFAULT_TARGETS, scenarios_for
-    from ..dose.selection import data_schedule
+    from ..dose.selection import VirtualPatients, data_schedule
     from ..predict.average import ModelAverage
     from ..predict.posterior import PosteriorDraws
     from ..simulate.regimen import parse_regimen
@@ -100,10 +100,11 @@ def simulate_trials(result, design, doses, *, toxicity: ToxicityModel | None = N
     schedule = np.asarray(times if times is not None else data_schedule(first), float)
     scenarios = list(scenarios) if scenarios else list(dict.fromkeys(s for m in average.members for s in scenarios_for(m)))
     rng = np.random.default_rng(seed)
-    members = [(m, PosteriorDraws.from_result(m), n) for m, n in zip(average.members, average.allocate(draws)) if n]
+    members = [(VirtualPatients.build(m, PosteriorDraws.from_result(m), scenarios, regimens, analytes, schedule), n)
+               for m, n in zip(average.members, average.allocate(draws)) if n]
     oc_rows, summary_rows = [], []
-    for scenario in scenarios:
-        pool = _pool(members, regimens, scenario, wanted, analytes, schedule, patients, toxicity, outcomes, rng)
+    for k, scenario in enumerate(scenarios):
+        pool = _pool(members, len(regimens), k, wanted, patients, toxicity, outcomes, rng)
         outcome = _trials(design, pool, toxicity, outcomes, trials, window, stagger, accrual_per_month, expansion,
                           rng, client)
         labels = [r.label for r in regimens]
@@ -157,15 +158,13 @@ def _check(design, doses, trials, window, stagger, accrual, expansion, draws) ->
                              "accrual_per_month > 0, expansion a whole number >= 0, draws >= 10)")
 
 
-def _pool(members, regimens, scenario, wanted, analytes, schedule, patients, toxicity, outcomes, rng):
-    """Virtual patients of every dose for one scenario: the signal (D, S, P) and each outcome
-    metric's values (D, S, P), S the posterior draws (pooled across the members of an average)."""
-    from ..dose.selection import simulate_metrics
-
-    parts = [simulate_metrics(m, posterior, posterior.pick(n, rng), patients, scenario, regimens, wanted, analytes,
-                              schedule, rng) for m, posterior, n in members]
+def _pool(members, n_regimens, scenario, wanted, patients, toxicity, outcomes, rng):
+    """Virtual patients of every dose for scenario number `scenario`: the signal (D, S, P) and
+    each outcome metric's values (D, S, P), S the posterior draws (pooled across the members of
+    an average: (VirtualPatients, draws) pairs)."""
+    parts = [virtual.metrics(scenario, virtual.posterior.pick(n, rng), patients, wanted, rng) for virtual, n in members]
     per_dose = [{key: np.concatenate([p[j][key] for p in parts]).reshape(-1, patients) for key in wanted}
-                for j in range(len(regimens))]
+                for j in range(n_regimens)]
     signal = np.stack([d[toxicity.signal] for d in per_dose])
     values = {t.name: np.stack([d[(t.analyte, t.metric)] for d in per_dose]) for t in outcomes}
     return _Pool(signal, values)
