@@ -20,8 +20,8 @@ from .simulate import simulate, simulate_typical
 from .fit import fit, fit_individual, FitResult
 from .compare import compare
 
-# Loaded on first use, not at import: matplotlib, scipy.stats and importlib.metadata cost a
-# second of every command's start, and most commands need none of them.
+# Loaded on first use, not at import: matplotlib and scipy.stats cost a second of every
+# command's start, and most commands need neither (nor the package's version).
 _LAZY = {"posterior_predictive": ".predict", "select_dose": ".dose"}
 
 

@@ -49,7 +49,8 @@ DEFAULT_APLASIA_THRESHOLD = 5.0  # cells/uL: the clinical definition of B-cell a
 
 # --- building blocks on arrays ----------------------------------------------------------
 # Compiled: dose selection applies them to 10^5 virtual patients' profiles (numpy's vectorised
-# form of the same rules made a dozen passes over each (patients x times) array, 6x slower).
+# form of the same rules made a dozen passes over each (patients x times) array: 61 ms against
+# 12 ms for 28,000 profiles of 22 times, equal within 2e-14).
 @numba.njit(cache=True, error_model="numpy")
 def segment_auc(t1: float, c1: float, t2: float, c2: float) -> float:
     """Area of one interval: log trapezoid when falling between positive levels, else linear."""
