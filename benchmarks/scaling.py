@@ -13,11 +13,13 @@ factor for each 4x step in subjects (4.0 = linear).
 
 Simulation throughput: `--patients` virtual patients of `antigen_driven` (their designs selected
 from 20 donors, as dose selection and trial simulation build them), predicted at the trials'
-schedule to day 365 (transgene, B cells), all cores; patient-years of follow-up per second.
+schedule to day 365 (transgene, B cells), all cores; patient-years of follow-up per second, at
+the tolerances dose selection and trial simulation solve virtual patients with
+(`pkpd.dose.selection.VIRTUAL_RTOL`, after their check against the fit's) and at a fit's.
 
 The last line is machine-readable:
-    scaling: multiphasic_growth_4x=G1 antigen_driven_growth_4x=G2 patient_years_per_s=Y
-(the growth factors of the larger step)
+    scaling: multiphasic_growth_4x=G1 antigen_driven_growth_4x=G2 patient_years_per_s=Y fit_tolerance_patient_years_per_s=Z
+(the growth factors of the larger step; Y at the virtual patients' tolerance)
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from pkpd.fit.op import LogLikelihoodOp, Predictions
 from pkpd.fit.population import PopulationSpec, record_arrays
 from pkpd.models import load
 from pkpd.simulate import draw_parameters, simulate
-from pkpd.simulate.compiled import Design
+from pkpd.dose.selection import VIRTUAL_RTOL
+from pkpd.simulate.compiled import Design, Tolerances
 
 CASES = {"multiphasic": ("multiphasic", ["transgene"]), "antigen_driven": ("antigen_driven", ["transgene", "bcells"])}
 
@@ -81,8 +84,9 @@ def growth(rows: list[tuple[int, int, float]]) -> list[float]:
     return [(b[2] / a[2]) * 4 / (b[0] / a[0]) for a, b in zip(rows, rows[1:])]
 
 
-def throughput(patients: int) -> tuple[float, float]:
-    """(patient-years per second, seconds) of antigen_driven predictions for `patients` virtual patients."""
+def throughput(patients: int, steps=None) -> tuple[float, float]:
+    """(patient-years per second, seconds) of antigen_driven predictions for `patients` virtual
+    patients, solved with `steps` (default: a fit's tolerances)."""
     from pkpd.simulate.compiled import predict_compiled
 
     model = load("antigen_driven")
@@ -92,9 +96,9 @@ def throughput(patients: int) -> tuple[float, float]:
     design = donors.subset(pick)
     params = draw_parameters(model, patients, np.random.default_rng(2))  # the model's variability
     P = np.ascontiguousarray(params[model.parameter_names].to_numpy(float))
-    predict_compiled(donors, P[:20])  # compile
+    predict_compiled(donors, P[:20], steps=steps)  # compile
     t0 = time.perf_counter()
-    pred, _ = predict_compiled(design, P)
+    pred, _ = predict_compiled(design, P, steps=steps)
     seconds = time.perf_counter() - t0
     years = (design.time.max() - 0.0) / 365.25
     assert np.isfinite(pred).all()
@@ -118,11 +122,16 @@ def main(argv: list[str]) -> None:
         print("growth per 4x subjects: " + ", ".join(f"{a}->{b}: {g:.2f}" for (a, b), g in
                                                     zip(zip(args.subjects, args.subjects[1:]), factors)))
         largest[case] = max(factors) if factors else float("nan")
-    rate, seconds = throughput(args.patients)
-    print(f"\n== simulation: {args.patients} virtual patients of antigen_driven to day 365 in {seconds:.2f} s: "
+    virtual = Tolerances(rtol=VIRTUAL_RTOL)
+    rate, seconds = throughput(args.patients, virtual)
+    fit_rate, fit_seconds = throughput(args.patients)
+    print(f"\n== simulation: {args.patients} virtual patients of antigen_driven to day 365")
+    print(f"   at the virtual patients' tolerance (rtol {virtual.rtol:g}): {seconds:.2f} s, "
           f"{rate:,.0f} patient-years per second")
+    print(f"   at a fit's tolerance (rtol {Tolerances().rtol:g}): {fit_seconds:.2f} s, "
+          f"{fit_rate:,.0f} patient-years per second")
     print("scaling: " + " ".join(f"{case}_growth_4x={g:.2f}" for case, g in largest.items())
-          + f" patient_years_per_s={rate:.0f}")
+          + f" patient_years_per_s={rate:.0f} fit_tolerance_patient_years_per_s={fit_rate:.0f}")
 
 
 if __name__ == "__main__":

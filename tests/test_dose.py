@@ -80,6 +80,42 @@ def test_regimens_simulated_in_groups_when_their_records_exceed_the_cap(monkeypa
     assert first["probability"] == pytest.approx(st.norm.sf(0.5), abs=0.02)
 
 
+def test_virtual_patients_are_solved_looser_only_where_the_check_allows(monkeypatch):
+    # virtual patients carry residual error: their ODEs are solved at rtol VIRTUAL_RTOL when the
+    # template's predictions above the LLOQ stay within VIRTUAL_DIFFERENCE of the fit's tolerance
+    from types import SimpleNamespace
+
+    import pkpd.dose.selection as selection_module
+    from pkpd.simulate import draw_parameters
+    from pkpd.simulate.compiled import Design, Tolerances, predict_compiled
+
+    model = load("antigen_driven")
+    cohort = simulate(model, ["1e6/kg"], n=30, seed=4, analytes=["transgene", "bcells"])
+    design = Design(model, cohort)
+    P = draw_parameters(model, 30, np.random.default_rng(5))[model.parameter_names].to_numpy(float)
+    fit = SimpleNamespace(spec=SimpleNamespace(steps=Tolerances()), cohort=cohort)
+    steps, difference = selection_module.virtual_steps(fit, design, P)
+    assert steps == Tolerances(rtol=selection_module.VIRTUAL_RTOL)
+    assert 0 < difference <= selection_module.VIRTUAL_DIFFERENCE
+    exact, _ = predict_compiled(design, P)
+    quick, _ = predict_compiled(design, P, steps=steps)
+    lloq = np.array([cohort.lloq.get(a, 0.0) for a in design.analyte_names])[design.analyte]
+    above = exact > lloq
+    assert np.max(np.abs(quick[above] / exact[above] - 1)) == pytest.approx(difference)
+    # a stricter limit than the difference found: the fit's own tolerances
+    monkeypatch.setattr(selection_module, "VIRTUAL_DIFFERENCE", difference / 2)
+    assert selection_module.virtual_steps(fit, design, P) == (Tolerances(), difference)
+    # a fit already looser than VIRTUAL_RTOL keeps its own
+    loose = SimpleNamespace(spec=SimpleNamespace(steps=Tolerances(rtol=1e-2)), cohort=cohort)
+    assert selection_module.virtual_steps(loose, design, P) == (Tolerances(rtol=1e-2), 0.0)
+    # what was used is recorded with the selection
+    run = synthetic_run()
+    selection = select_dose(run, ["3e8"], targets=[Target("peak", "transgene", "cmax", ">=", 1e3, "efficacy")],
+                            draws=10, patients=5)
+    note = selection.settings["solver"][0]
+    assert note["model"] == "multiphasic" and note["fit_rtol"] == Tolerances().rtol and "largest_relative_difference" in note
+
+
 def test_targets_on_unfitted_analytes_are_skipped_with_a_reason():
     run = synthetic_run()
     targets = [Target("peak", "transgene", "cmax", ">=", 1e3, "efficacy"),

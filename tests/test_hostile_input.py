@@ -353,6 +353,45 @@ def test_the_compiled_code_cache_never_imports_a_planted_file(tmp_path, monkeypa
     compiled.compiled_functions.cache_clear()
 
 
+def test_the_compiled_code_index_skips_generation_and_is_verified_before_import(tmp_path, monkeypatch):
+    """A model generated before is found by its expressions without generating the source again;
+    an index naming an edited module, or a damaged index, makes it generate afresh."""
+    import sys
+    from pathlib import Path
+
+    from pkpd.models import compiled, load
+
+    monkeypatch.setenv("PKPD_CACHE", str(tmp_path))
+    model = load("multiphasic")
+    generate = compiled._source
+
+    def fresh():
+        compiled.compiled_functions.cache_clear()
+        for name in [n for n in sys.modules if n.startswith("pkpd_compiled_")]:
+            monkeypatch.delitem(sys.modules, name)
+        return compiled.compiled_functions(model)
+
+    source = compiled._source(model)
+    module = fresh()
+    index = tmp_path / "compiled" / f"key_{compiled.expressions_key(model)}.txt"
+    generated = Path(module.__file__)
+    assert generated.read_text() == source and index.read_text() in generated.name
+
+    def no_generation(model):
+        raise AssertionError("the source was generated again")
+
+    monkeypatch.setattr(compiled, "_source", no_generation)
+    assert hasattr(fresh(), "predict_all_cashkarp")  # found through the index
+    generated.write_text(source + "\nraise RuntimeError('edited code ran')\n")
+    with pytest.raises(AssertionError, match="generated again"):
+        fresh()  # the edited module is not imported: its text no longer matches the digest
+    monkeypatch.setattr(compiled, "_source", generate)
+    for damage in ("", "../../../etc/passwd", "\xff\xfe"):
+        index.write_bytes(damage.encode("latin-1"))
+        assert hasattr(fresh(), "predict_all_cashkarp") and generated.read_text() == source
+    compiled.compiled_functions.cache_clear()
+
+
 def test_unexpected_errors_print_one_line_and_debug_shows_the_traceback(tmp_path):
     import subprocess
     import sys

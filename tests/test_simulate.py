@@ -129,6 +129,27 @@ def test_predict_matches_the_noise_free_simulation():
     np.testing.assert_allclose(pred, noise_free.observations["value"], rtol=1e-9)
 
 
+def test_simulate_with_the_compiled_solver_matches_lsoda():
+    # steps=Tolerances(): the fits' compiled solver instead of LSODA, through a split dose and a
+    # re-infusion; the same random draws, the same censoring
+    from pkpd.simulate import SolverError
+    from pkpd.simulate.compiled import Tolerances
+
+    model = load("antigen_driven")
+    regimens = ["3e8 split 10/30/60 q1d + 3e8 at 90d", "1e6/kg"]
+    reference = simulate(model, regimens, n=20, seed=8)
+    compiled = simulate(model, regimens, n=20, seed=8, steps=Tolerances())
+    a, b = reference.observations, compiled.observations
+    assert (a["censored"] == b["censored"]).all() and (a["time"] == b["time"]).all()
+    quantified = a["censored"] == 0
+    np.testing.assert_allclose(b.loc[quantified, "value"], a.loc[quantified, "value"], rtol=1e-3)
+    params = simulate(model, regimens, n=20, seed=8, return_parameters=True)[1]
+    with pytest.raises(ValueError, match="options of the reference solver"):
+        predict(model, reference, params, Tolerances(), rtol=1e-8)
+    with pytest.raises(SolverError, match="no finite prediction for subject"):
+        predict(model, reference, params, Tolerances(max_steps=3))
+
+
 def test_typical_curves_are_noise_free_on_a_fine_grid():
     model = load("multiphasic")
     typical = simulate_typical(model, ["3e8", "6e8"])
@@ -151,6 +172,13 @@ def test_simulate_command(tmp_path):
     assert {"ID", "TIME", "DV", "ANALYTE", "EVID", "CENS"} <= set(frame.columns)
     cohort = read_cohort(out)
     assert len(cohort.subjects) == 4 and set(cohort.subjects["dose_level"]) == {"3.0e8 cells", "1.0e6 cells/kg"}
+    fast = tmp_path / "compiled.csv"
+    result = runner.invoke(app, ["simulate", "antigen_driven", "--dose", "3e8", "--dose", "1e6/kg", "--n", "2",
+                                 "--seed", "1", "--product", "CD19/CD20", "--no-lymphodepletion", "--compiled",
+                                 "-o", str(fast)])
+    assert result.exit_code == 0, result.output
+    quick = read_cohort(fast).observations
+    np.testing.assert_allclose(quick["value"], cohort.observations["value"], rtol=1e-3)
     typical = tmp_path / "typical.csv"
     result = runner.invoke(app, ["simulate", "multiphasic", "--typical", "-o", str(typical)])
     assert result.exit_code == 0 and read_cohort(typical).observations["time"].nunique() > 300

@@ -82,10 +82,12 @@ def simulate_command(
         lymphodepletion: Annotated[bool, typer.Option("--lymphodepletion/--no-lymphodepletion", help="Flu/Cy before infusion.")] = True,
         weight: Annotated[float, typer.Option(min=0.001, max=1000.0, help="Body weight (kg) for per-kg doses.")] = 70.0,
         disease: Annotated[str, typer.Option(help="Disease label of the virtual subjects.")] = "SLE",
-        typical: Annotated[bool, typer.Option("--typical", help="The typical subject's noise-free predictions on a fine grid.")] = False) -> None:
+        typical: Annotated[bool, typer.Option("--typical", help="The typical subject's noise-free predictions on a fine grid.")] = False,
+        compiled: Annotated[bool, typer.Option("--compiled", help="Solve with the compiled solver the fits use (faster for many subjects) instead of LSODA.")] = False) -> None:
     """Simulate a virtual trial (or the typical curves) and write NONMEM-style rows."""
     from ..data import write_nonmem
     from ..simulate import SolverError, simulate, simulate_typical
+    from ..simulate.compiled import Tolerances
 
     m = load_model(model)
     if out.is_dir():
@@ -99,10 +101,10 @@ def simulate_command(
     try:
         if typical:
             cohort = simulate_typical(m, regimens, product=product, lymphodepletion=lymphodepletion, weight=weight,
-                                      times=grid)
+                                      times=grid, steps=Tolerances() if compiled else None)
         else:
             cohort = simulate(m, regimens, n, seed=seed, product=product, lymphodepletion=lymphodepletion,
-                              weight=weight, disease=disease, times=grid)
+                              weight=weight, disease=disease, times=grid, steps=Tolerances() if compiled else None)
     except (ValueError, SolverError) as exc:
         fail(exc)
     if cohort.observations.empty:

@@ -30,6 +30,8 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 # (a non-breaking space from Excel); line and paragraph separators are not among them
 _EDGE_SPACE = " \t\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
 _INVISIBLE = {"Cc", "Cf", "Zl", "Zp", "Co", "Cs", "Cn"}
+#: a character no cell may hold unseen: anything but printable ASCII and line breaks
+_NOT_PLAIN = re.compile(r"[^\x20-\x7e\r\n]")
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,8 @@ def read_raw_table(path: str | Path, report: Report, comment: str | None = None)
     if columns is None:
         return None
 
+    # most files are plain printable ASCII: then no cell needs the per-character check
+    plain = _NOT_PLAIN.search(text) is None
     rows, line_numbers = [], []
     skipped_blank, skipped_comment, hashed = [], [], []
     for record in records:
@@ -196,7 +200,7 @@ def read_raw_table(path: str | Path, report: Report, comment: str | None = None)
                        f"has {len(columns)}{span}.", "make every row have one value per column (quote "
                        "values that contain the delimiter).", line=record.line)
             continue
-        for name, cell in zip(columns, cells):
+        for name, cell in zip(columns, () if plain else cells):
             what = invisible_character(cell, allow_line_breaks=True)
             if what:
                 report.add("error", "invisible-character", f"the cell holds the invisible character {what}.",

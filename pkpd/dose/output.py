@@ -83,7 +83,8 @@ def observed_metrics(cohort, analytes=None) -> pd.DataFrame:
     column names."""
     from ..nca import nca
 
-    table = nca(cohort, [a for a in analytes if a in cohort.analytes] if analytes is not None else None)
+    table = nca(cohort, [a for a in analytes if a in cohort.analytes] if analytes is not None else None,
+                terminal=False)
     wide = {}
     for column in [c for c in table.columns if c in ("cmax", "aplasia_duration", "nadir") or c.startswith("auc_0_")]:
         if table[column].notna().any():

@@ -772,18 +772,55 @@ def _source(model: Model) -> str:
     return "\n".join(src)
 
 
-@lru_cache(maxsize=32)
-def compiled_functions(model: Model):
-    """The module of numba functions for `model` (generated once, cached on disk)."""
-    source = _source(model)
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+def expressions_key(model: Model) -> str:
+    """Digest of what the generated module is made from: the model's expressions (right-hand
+    sides, initial values, observations, dosing) in their order, with pkpd's source and sympy's
+    version (the generator and its printer)."""
+    from .._cache import source_digest
+
+    s = model.symbols
+    parts = [sp.__version__, source_digest(), model.parameter_names, model.covariate_names, list(s["states"]),
+             list(model.analytes), [sp.srepr(e) for e in (*s["rhs"], *s["initial"])],
+             [(sp.srepr(s["observe"][a]), sp.srepr(s["baseline_observe"][a])) for a in model.analytes],
+             [(d["state"], sp.srepr(d["bioavailability"]), sp.srepr(d["lag"])) for d in s["dosing"]]]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def _generated_file(model: Model) -> tuple[Path, str]:
+    """(path, digest) of the generated module of `model`, its text verified against its digest.
+
+    Generating the source (symbolic derivatives, common subexpressions) takes 0.3-3 s, so an
+    index file per expressions key names the module generated before; a missing or damaged
+    index or module, or one whose text no longer matches its digest, is generated again."""
+    index = _cache_dir() / f"key_{expressions_key(model)}.txt"
+    try:
+        digest = index.read_text(encoding="ascii").strip()
+        path = _cache_dir() / f"pkpd_{digest}.py"
+        if re.fullmatch(r"[0-9a-f]{16}", digest) and hashlib.sha256(path.read_bytes()).hexdigest()[:16] == digest:
+            return path, digest
+    except (OSError, UnicodeDecodeError):
+        pass
+    source = _source(model).encode()
+    digest = hashlib.sha256(source).hexdigest()[:16]
     path = _cache_dir() / f"pkpd_{digest}.py"
     # import only the code generated here: a file at the cache path whose text differs (edited,
     # truncated or planted) is written over before the import
-    if not path.is_file() or path.read_bytes() != source.encode():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(source.encode())
-        os.replace(tmp, path)
+    if not path.is_file() or path.read_bytes() != source:
+        _write_atomically(path, source)
+    _write_atomically(index, digest.encode())
+    return path, digest
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(content)
+    os.replace(tmp, path)
+
+
+@lru_cache(maxsize=32)
+def compiled_functions(model: Model):
+    """The module of numba functions for `model` (generated once, cached on disk)."""
+    path, digest = _generated_file(model)
     name = f"pkpd_compiled_{digest}"
     if name in sys.modules:
         return sys.modules[name]

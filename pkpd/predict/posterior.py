@@ -16,7 +16,7 @@ import numpy as np
 from ..data.cohort import Cohort
 from ..fit.population import covariate_design
 from ..fit.result import FitResult
-from ..simulate.compiled import Design, predict_compiled
+from ..simulate.compiled import Design, Tolerances, predict_compiled
 
 
 def _stacked(post, name: str, *dims: str) -> np.ndarray:
@@ -104,8 +104,9 @@ class PosteriorDraws:
         return sigma, additive
 
 
-def predictions(result: FitResult, design: Design, P: np.ndarray) -> np.ndarray:
-    """Predictions at the design's records for parameter rows P (one row per design subject)."""
-    pred, _ = predict_compiled(design, P, [], result.spec.steps)
+def predictions(result: FitResult, design: Design, P: np.ndarray, steps: Tolerances | None = None) -> np.ndarray:
+    """Predictions at the design's records for parameter rows P (one row per design subject),
+    solved with `steps` (default: the fit's tolerances)."""
+    pred, _ = predict_compiled(design, P, [], steps or result.spec.steps)
     return pred
 

@@ -16,6 +16,7 @@ from ..data.cohort import Cohort, DOSE_COLUMNS, EVENT_COLUMNS, OBSERVATION_COLUM
 from ..data.read import PRODUCTS, format_dose
 from ..models import Model
 from ..units import time_factor
+from .compiled import Tolerances
 from .predict import predict
 from .regimen import Regimen, parse_regimen
 
@@ -177,10 +178,11 @@ def with_residual_error(error: str, f: np.ndarray, sigma, additive, z: np.ndarra
 
 
 def observe(model: Model, template: Cohort, params: pd.DataFrame | None, rng, *, residual: bool = True,
-            lloq: Mapping[str, float] | None = None) -> Cohort:
-    """Fill a template's values: predictions, residual error, and censoring below the LLOQ."""
+            lloq: Mapping[str, float] | None = None, steps: Tolerances | None = None) -> Cohort:
+    """Fill a template's values: predictions (`steps`: as in `predict`), residual error, and
+    censoring below the LLOQ."""
     obs = template.observations.copy()
-    pred = predict(model, template, params).to_numpy()
+    pred = predict(model, template, params, steps).to_numpy()
     values = residual_draws(model, obs["analyte"].to_numpy(), pred, rng) if residual else pred
     limits = {}
     for a in template.analytes:
@@ -204,7 +206,7 @@ def simulate(model: Model, doses: Sequence[str | float | Regimen] = ("1e6/kg",),
              omega: Mapping[str, float] | None = None,
              correlation: Mapping[tuple[str, str], float] | None = None,
              typical: Mapping[str, float] | None = None, lloq: Mapping[str, float] | None = None,
-             return_parameters: bool = False):
+             steps: Tolerances | None = None, return_parameters: bool = False):
     """A virtual trial: `n` subjects per regimen, observed on `times` (model time unit; default
     `default_schedule`), with inter-individual variability, residual error and censoring below
     each analyte's LLOQ.
@@ -212,6 +214,8 @@ def simulate(model: Model, doses: Sequence[str | float | Regimen] = ("1e6/kg",),
     doses: regimens (pkpd.simulate.regimen): '3e8', '1e6/kg' (with `weight`), '100 mg x6 q12h',
     '3e8 split 10/30/60 q1d + 3e8 at 90d', ...; amounts without a unit are in the model's dose
     unit. product/lymphodepletion/disease: the CAR-T covariates (product None: not recorded).
+    steps: None solves with the reference solver (LSODA); `Tolerances()` with the compiled one
+    the fits use (for large virtual populations: 20-40x faster, within about 1e-4 of LSODA).
     Returns a Cohort in the model's time unit (and the individual parameters when
     `return_parameters`)."""
     if n < 1:
@@ -242,7 +246,7 @@ def simulate(model: Model, doses: Sequence[str | float | Regimen] = ("1e6/kg",),
     params = draw_parameters(model, len(ids), rng, iiv=iiv, omega=omega, correlation=correlation,
                              typical=typical)
     params.index = pd.Index(ids, name="subject")
-    cohort = observe(model, template, params, rng, residual=residual, lloq=lloq)
+    cohort = observe(model, template, params, rng, residual=residual, lloq=lloq, steps=steps)
     return (cohort, params) if return_parameters else cohort
 
 

@@ -66,7 +66,7 @@ def simulate_trials(result, design, doses, *, toxicity: ToxicityModel | None = N
     cohort `events` (default: the fitted cohort) carries graded records of its event and the
     model was not fitted already; otherwise they stay at their priors, and the settings say so."""
     from ..dose import DEFAULT_TARGETS, scenarios_for
-    from ..dose.selection import VirtualPatients, data_schedule
+    from ..dose.selection import VirtualPatients, data_schedule, solver_note
     from ..predict.average import ModelAverage
     from ..predict.posterior import PosteriorDraws
     from ..simulate.regimen import parse_regimen
@@ -115,7 +115,7 @@ def simulate_trials(result, design, doses, *, toxicity: ToxicityModel | None = N
                 "expansion": expansion, "draws": int(sum(n for *_, n in members)), "patients_per_draw": patients,
                 "toxicity": toxicity.describe() + toxicity_note, "toxicity_fitted": toxicity.fitted,
                 "outcomes": [t.label for t in outcomes], "scenarios": [s.label for s in scenarios],
-                "model": average.label}
+                "model": average.label, "solver": [solver_note(virtual) for virtual, _ in members]}
     return TrialSimulation(pd.DataFrame(oc_rows), pd.DataFrame(summary_rows), settings)
 
 
