@@ -104,7 +104,7 @@ class Cohort:
     def select_analytes(self, analytes) -> "Cohort":
         """The cohort restricted to observations of `analytes` (ValueError if one is absent)."""
         wanted = list(analytes)
-        missing = sorted(set(wanted) - set(self.observations["analyte"]))
+        missing = sorted(set(wanted) - set(self.observations["analyte"].unique()))
         if missing:
             raise ValueError(f"the cohort has no observations of {', '.join(missing)}")
         obs = self.observations[self.observations["analyte"].isin(wanted)].reset_index(drop=True)

@@ -40,7 +40,7 @@ def predict(model: Model, cohort: Cohort, params: pd.DataFrame | Mapping | None 
     populations)."""
     obs = cohort.observations
     out = pd.Series(np.nan, index=obs.index, name="pred")
-    if obs.empty or not set(model.analytes) & set(obs["analyte"]):
+    if obs.empty or not set(model.analytes) & set(obs["analyte"].unique()):  # unique: not a loop over rows
         return out
     design = Design(model, cohort)
     P = individual_matrix(model, cohort, params)

@@ -192,7 +192,8 @@ def observe(model: Model, template: Cohort, params: pd.DataFrame | None, rng, *,
         natural = a in model.observations and model.observations[a].error != "log"
         limit = dict(lloq or {}).get(a, declared if declared is not None else known)
         limits[a] = limit if limit else (0.0 if natural and residual else np.nan)
-    obs["lloq"] = obs["analyte"].map(limits).astype(float)
+    codes, names = pd.factorize(obs["analyte"])  # a lookup per analyte, not per row
+    obs["lloq"] = np.array([limits.get(a, np.nan) for a in names] + [np.nan], float)[codes]
     below = values < obs["lloq"].to_numpy()
     obs["censored"] = below.astype(int)
     obs["value"] = np.where(below, obs["lloq"], values)
