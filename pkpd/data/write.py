@@ -75,12 +75,18 @@ def _covariates(cohort: Cohort, rows: pd.DataFrame, names: dict[str, str], ld_va
     time-varying values of the events table."""
     subj = cohort.subjects
     out = pd.DataFrame(index=rows.index)
+    # each row's subject as a position in cohort.subjects: one take per column instead of a
+    # lookup of every row's subject (pandas 3's string columns look up row by row in Python)
+    position = subj.index.get_indexer(rows["subject"])
     for column in subj.columns:
         if subj[column].isna().all() and column in names:
             continue  # a standard role the file never had
-        values = rows["subject"].map(subj[column])
+        per_subject = subj[column]
         if column == "lymphodepletion":
-            values = values.map(lambda v: pd.NA if pd.isna(v) else (ld_values[0] if v else ld_values[1]))
+            per_subject = pd.Series([pd.NA if pd.isna(v) else (ld_values[0] if v else ld_values[1])
+                                     for v in per_subject], index=subj.index, dtype=object)
+        values = per_subject.take(position).set_axis(rows.index) if (position >= 0).all() \
+            else rows["subject"].map(per_subject)  # a row of a subject without a subjects entry
         if column in rows.columns and column not in ("subject", "time"):
             event_value = rows[column]
             is_event = rows["kind"] == "event"
@@ -126,11 +132,11 @@ def to_nonmem_frame(cohort: Cohort) -> pd.DataFrame:
     frame["EVID"] = rows["evid"].astype(int)
     # observations: the analyte's code; doses: the receiving state as written ('.' = the model's default)
     dose_cmt = rows["cmt"].where(is_dose & (rows["cmt"].astype(str) != ""), pd.NA) if "cmt" in rows else pd.NA
-    frame["CMT"] = pd.Series(rows["analyte"].map(codes).where(is_obs), dtype=object).where(is_obs, dose_cmt)
-    frame["CMT"] = frame["CMT"].map(lambda v: v if pd.isna(v) or isinstance(v, str) else int(v))
-    frame["DVID"] = rows["analyte"].map(codes).where(is_obs).astype("Int64")
+    dvid = rows["analyte"].map(codes).where(is_obs).astype("Int64")
+    frame["CMT"] = dvid.astype(object).where(is_obs, dose_cmt)
+    frame["DVID"] = dvid
     frame["ANALYTE"] = rows["analyte"].where(is_obs)
-    frame["UNIT"] = rows["analyte"].map(lambda a: cohort.analytes[a].unit if isinstance(a, str) else pd.NA)
+    frame["UNIT"] = rows["analyte"].map({name: analyte.unit for name, analyte in cohort.analytes.items()})
     frame["CENS"] = rows["censored"].where(is_obs).fillna(0).astype(int)
     frame["LLOQ"] = rows["lloq"].where(is_obs)
     if cohort.observations["limit"].notna().any():
@@ -150,10 +156,10 @@ def to_adam_frame(cohort: Cohort) -> pd.DataFrame:
         "RRLTU": TIME_UNIT_NAMES[cohort.time_unit], "EVID": rows["evid"].astype(int),
         "AMT": rows["amount"].where(is_dose), "DOSEU": rows["unit"].where(is_dose),
         **{name: _regimen_values(rows, column, is_dose) for column, name in _regimen_columns(cohort)},
-        "PARAMCD": analyte.map(lambda a: cohort.analytes[a].paramcd if isinstance(a, str) else pd.NA),
-        "PARAM": analyte.map(lambda a: cohort.analytes[a].label if isinstance(a, str) else pd.NA),
+        "PARAMCD": analyte.map({name: a.paramcd for name, a in cohort.analytes.items()}),
+        "PARAM": analyte.map({name: a.label for name, a in cohort.analytes.items()}),
         "AVAL": rows["value"].where(is_obs & ~left),
-        "AVALU": analyte.map(lambda a: cohort.analytes[a].unit if isinstance(a, str) else pd.NA),
+        "AVALU": analyte.map({name: a.unit for name, a in cohort.analytes.items()}),
         "ALLOQ": rows["lloq"].where(is_obs),
         "BLQFL": np.where(left, "Y", np.where(is_obs, "N", "")),
         "BLQFN": pd.Series(np.where(left, 1, 0), index=rows.index).where(is_obs).astype("Int64"),
