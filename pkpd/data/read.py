@@ -248,7 +248,7 @@ class _Builder:
                          f"use one of {', '.join(TIME_UNITS)} (--time-unit h for hours).")
         if "time_unit" in self.col:
             written = self.text("time_unit").str.strip()
-            units = written.map(lambda u: time_unit(u) if u else option)
+            units = written.map({u: time_unit(u) if u else option for u in written.unique()})
             bad = np.flatnonzero((units.isna() & (written != "")).to_numpy())
             self.add("error", "time-unit", lambda i: f"unknown time unit {written.iloc[i]!r}.",
                      "use HOURS, DAYS, MINUTES or WEEKS.", bad, self.col["time_unit"])
@@ -258,7 +258,7 @@ class _Builder:
                      blank, self.col["time_unit"])
             known = units.dropna()
             self.cohort_time_unit = known.mode().iloc[0] if len(known) else (option or "d")
-            factor = units.map(lambda u: time_factor(u, self.cohort_time_unit) if isinstance(u, str) and u else np.nan).to_numpy(float)
+            factor = units.map({u: time_factor(u, self.cohort_time_unit) for u in known.unique() if u}).to_numpy(float)
             if known.nunique() > 1:
                 self.report.add("note", "time-unit", f"rows give times in {', '.join(sorted(known.unique()))}; "
                                 f"all were converted to {self.cohort_time_unit}.", "", column=self.col["time_unit"])
@@ -525,8 +525,12 @@ class _Builder:
         column = self.col[source_role]
         values = self.f[column].to_numpy()[rows]
         labels = self.text("analyte_label")
-        for k, (i, v) in enumerate(zip(rows, values)):
-            names[k] = self._analyte_name(v, source_role, None if labels is None else labels.iloc[i])
+        labels = labels.to_numpy(object)[rows] if labels is not None else np.full(len(rows), None, dtype=object)
+        named = {}  # one lookup per distinct (value, label), in order of first appearance
+        for k, key in enumerate(zip(values, labels)):
+            if key not in named:
+                named[key] = self._analyte_name(key[0], source_role, key[1])
+            names[k] = named[key]
         bad = np.flatnonzero(pd.isna(names))
         code_fix = (f"name the analyte of a {column} code: --analyte-code CODE=NAME --unit NAME=UNIT "
                     "(analyte_codes={CODE: NAME}, units={NAME: UNIT} in Python), or use a known analyte "
@@ -760,7 +764,7 @@ class _Builder:
                      "yes or no.", "write Y/N (or 1/0).", bad, column)
             return out
         if role == "product":
-            out = raw.map(_product)
+            out = raw.map({value: _product(value) for value in raw.unique()})
             unknown = np.flatnonzero(~out.isin(PRODUCTS) & (raw != "").to_numpy())
             first = {}
             for i in unknown:
