@@ -36,8 +36,8 @@ def predict(model: Model, cohort: Cohort, params: pd.DataFrame | Mapping | None 
     """Predicted value at every observation record of `cohort` (index aligned with
     `cohort.observations`); NaN for analytes the model does not predict and for excluded (MDV)
     records. steps None: the reference solver (LSODA through every event; `solver`: rtol,
-    atol); a `Tolerances`: the compiled solver the fits use (10-50x faster on large virtual
-    populations)."""
+    atol); a `Tolerances`: the compiled solver the fits use (for large virtual populations:
+    10,000 antigen_driven subjects in 1.6 s against 10.5 s through `simulate`)."""
     obs = cohort.observations
     out = pd.Series(np.nan, index=obs.index, name="pred")
     if obs.empty or not set(model.analytes) & set(obs["analyte"].unique()):  # unique: not a loop over rows

@@ -216,7 +216,8 @@ def simulate(model: Model, doses: Sequence[str | float | Regimen] = ("1e6/kg",),
     '3e8 split 10/30/60 q1d + 3e8 at 90d', ...; amounts without a unit are in the model's dose
     unit. product/lymphodepletion/disease: the CAR-T covariates (product None: not recorded).
     steps: None solves with the reference solver (LSODA); `Tolerances()` with the compiled one
-    the fits use (for large virtual populations: 20-40x faster, within about 1e-4 of LSODA).
+    the fits use (for large virtual populations: 10,000 antigen_driven subjects in 1.6 s against
+    10.5 s, predictions within about 1e-4 of LSODA).
     Returns a Cohort in the model's time unit (and the individual parameters when
     `return_parameters`)."""
     if n < 1:
