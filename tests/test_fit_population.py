@@ -362,7 +362,7 @@ def test_the_cached_entry_points_agree_with_nutpies_own(small):
     from pkpd.fit.compile import compile_model
 
     *_, pm_model, pieces = small
-    ours, theirs = compile_model(pm_model), nutpie.compile_pymc_model(pm_model)
+    (ours, _), theirs = compile_model(pm_model), nutpie.compile_pymc_model(pm_model)
     assert "shared_0" in ours.shared_data
 
     def call(compiled, x):

@@ -113,8 +113,8 @@ def fit_command(
                       "--fixed-effect NAME or --iiv NAME", highlight=False)
     lines = print_diagnostics(result)
     attrs = result.tree.attrs
-    summary = (f"{chains} chains x ({tune} warm-up + {draws} draws): compile {attrs['compile_seconds']:.0f} s, "
-               f"sampling {attrs['sampling_seconds']:.0f} s, total {attrs['total_seconds']:.0f} s; "
+    summary = (f"{chains} chains x ({tune} warm-up + {draws} draws): compile {attrs['compile_seconds']:.0f} s "
+               f"({attrs.get('compiled', 'compiled')}), sampling {attrs['sampling_seconds']:.0f} s, total {attrs['total_seconds']:.0f} s; "
                f"{result.steps_per_draw():.0f} leapfrog steps per draw")
     console.print(summary)
     write_text(out / "diagnostics.txt", "\n".join(lines + [summary]) + "\n")

@@ -9,14 +9,27 @@ text that reads nutpie's user-data record at fixed offsets, compiled with `cache
 key made of the log density's own cache key and the entry's source, so an unchanged model
 fitted again to data of the same shape loads everything and starts sampling within seconds.
 Where a piece of the log density cannot be cached (an Op without a key), nutpie compiles as usual.
+
+A fit samples with code loaded from the cache, never with code compiled in its own process. The
+two are not the same to the last bit: in a process that has just compiled the log density, its
+gradient with respect to the variability SDs differed from a process that loaded the same cached
+code, by about 1e-15 relative at 14 of 300 points of a small multiphasic fit (with pytensor's
+fastmath on or off), and NUTS trajectories grow such differences, so the first fit of a model
+(empty caches) drew differently from every later run with the same seed. When the cache lacks
+the entry points, a fresh process (`pkpd.fit.precompile`) builds the same PyMC model from
+`build` and compiles it, and this one loads the result.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+from typing import Callable
 
 import numba
 import numpy as np
+from numba.core import sigutils
+from numba.core.ccallback import CFunc
 
 #: the C signatures nutpie calls: logp(dim, x, gradient out, logp out, user data) and
 #: expand(dim, expanded, x, values out, user data)
@@ -28,9 +41,22 @@ _EXPAND_SIGNATURE = numba.types.int64(numba.types.uint64, numba.types.uint64,
                                       numba.types.CPointer(numba.types.double), numba.types.voidptr)
 
 
-def compile_model(pm_model):
-    """nutpie.compile_pymc_model(pm_model) (numba backend, support-point initialisation), its C
-    entry points cached on disk when the log density is cacheable."""
+#: where a sampler's entry points came from (`compile_model`'s second value)
+FROM_CACHE = "loaded from the cache"
+FROM_CHILD = "compiled in a separate process, then loaded from the cache"
+HERE = "compiled in this process"
+
+
+def compile_model(pm_model, build: tuple[Callable, tuple] | None = None):
+    """(nutpie's compiled model, where its entry points came from): nutpie.compile_pymc_model(pm_model)
+    (numba backend, support-point initialisation) with its C entry points cached on disk when the
+    log density is cacheable.
+
+    build: (function, arguments), a module-level function and picklable arguments that make the
+    same PyMC model in another process. When the entry points are not in the cache, that process
+    compiles them and this one loads them (see the module's docstring: code compiled here would
+    sample differently from every later run); without `build` (or when that process fails) they
+    are compiled here, and the fit says so."""
     import nutpie
     from nutpie import compile_pymc as nc
     from pymc.initial_point import make_initial_point_fn
@@ -45,7 +71,7 @@ def compile_model(pm_model):
     logp_fn, expand_fn = logp_pt.vm.jit_fn, expand_pt.vm.jit_fn
     keys = [CACHED_SRC_FUNCTIONS.get(getattr(f, "py_func", None)) for f in (logp_fn, expand_fn)]
     if None in keys:  # a piece without a cache key: nutpie's own (uncached) entry points
-        return nutpie.compile_pymc_model(pm_model, default_initialization_strategy="support_point")
+        return nutpie.compile_pymc_model(pm_model, default_initialization_strategy="support_point"), HERE
 
     shared = list(dict.fromkeys([*logp_pt.get_shared(), *expand_pt.get_shared()]))
     # nutpie names the shared variables by random keys; here by position, so that the record's
@@ -59,13 +85,33 @@ def compile_model(pm_model):
                     shared_data, user_data.dtype)
     expand_c = _entry("expand", expand_fn, keys[1], n_dim, n_expanded,
                       [shared_var_keys[v] for v in expand_pt.get_shared()], shared_data, user_data.dtype)
+    entries = (logp_c, expand_c)
+    elsewhere = False
+    if build is not None and not all(_in_cache(e) for e in entries):
+        from .precompile import compile_elsewhere
+
+        elsewhere = compile_elsewhere(*build)
+    for entry in entries:
+        entry.compile()  # from the cache where it is there
+    origin = (FROM_CHILD if elsewhere else FROM_CACHE) if all(e._cache_hits for e in entries) else HERE
     dims, coords = nc._prepare_dims_and_coords(pm_model, shape_info, reparameterized)
     return nc.CompiledPyMCModel(
         _n_dim=n_dim, dims=dims, _coords=coords,
         _shapes={name: tuple(shape) for name, _, shape in zip(*shape_info)},
         compiled_logp_func=logp_c, compiled_expand_func=expand_c, initial_point_func=initial,
         shared_data=shared_data, shared_var_keys=shared_var_keys, user_data=user_data, n_expanded=n_expanded,
-        shape_info=shape_info, logp_func=logp_pt, expand_func=expand_pt, reparameterized_names=reparameterized)
+        shape_info=shape_info, logp_func=logp_pt, expand_func=expand_pt, reparameterized_names=reparameterized), origin
+
+
+def _in_cache(entry: CFunc) -> bool:
+    """Whether numba's cache holds `entry` for this machine (its index names a data file that exists)."""
+    cache = entry._cache
+    try:
+        key = cache._index_key(entry._sig, entry._targetdescr.target_context.codegen())
+        name = cache._cache_file._load_index().get(key)
+        return name is not None and os.path.isfile(cache._cache_file._data_path(name))
+    except (AttributeError, OSError, TypeError, ValueError):  # another numba's internals: treated as absent
+        return False
 
 
 def _offsets(record: np.dtype, key: str) -> tuple[int, int, list[int]]:
@@ -79,7 +125,8 @@ def _offsets(record: np.dtype, key: str) -> tuple[int, int, list[int]]:
 
 def _entry(kind: str, function, function_key: str, n_dim: int, n_expanded: int | None, keys: list[str],
            shared_data: dict, record: np.dtype):
-    """The cached numba.cfunc entry point `kind` ("logp" or "expand") around `function`."""
+    """The numba.cfunc entry point `kind` ("logp" or "expand") around `function`, cached on
+    disk, not yet compiled (`compile()` loads it from the cache or compiles it)."""
     from pytensor.link.numba.cache import compile_numba_function_src
 
     arrays = []
@@ -126,4 +173,6 @@ def _entry(kind: str, function, function_key: str, n_dim: int, n_expanded: int |
     python = compile_numba_function_src(
         source, f"{kind}_entry", globals() | {"function": function, "address_as_void_pointer": address_as_void_pointer},
         cache_key=key)
-    return numba.cfunc(signature, cache=True)(python)
+    entry = CFunc(python, sigutils.normalize_signature(signature), locals={}, options={})
+    entry.enable_caching()
+    return entry

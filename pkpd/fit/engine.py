@@ -19,10 +19,11 @@ from ..simulate.reduction import check_reduction
 from ..simulate.solve import predict_reference
 from .compile import compile_model
 from .individual import fit_individual, solver_tolerance
-from .population import (PopulationSpec, build_pymc_model, initial_values, pointwise_loglik, spec_record)
+from .population import (PopulationSpec, build_pymc_model, initial_values, pointwise_loglik, spec_from_record,
+                         spec_record)
 from .priors import Prior
 from .result import FitResult
-from .run import model_record
+from .run import model_record, rebuild_model
 
 
 
@@ -65,7 +66,7 @@ def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 100
     init = initial_values(spec, individual)
     pm_model, pieces = build_pymc_model(spec, cohort, init)
     t0 = time.perf_counter()
-    compiled = compile_model(pm_model)
+    compiled, compiled_from = compile_model(pm_model, population_build(spec, cohort, init))
     compile_s = time.perf_counter() - t0
     rng_seed = int(np.random.SeedSequence(seed).generate_state(1)[0]) if seed is None else int(seed)
     t0 = time.perf_counter()
@@ -78,13 +79,28 @@ def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 100
     reduction = _reduction_check(spec, cohort, tree, pieces)
     tree.attrs.update(_provenance(spec, cohort, seed=rng_seed, chains=chains, draws=draws, tune=tune,
                                   target_accept=target_accept))
-    tree.attrs.update(compile_seconds=compile_s, sampling_seconds=sample_s,
+    tree.attrs.update(compile_seconds=compile_s, compiled=compiled_from, sampling_seconds=sample_s,
                       total_seconds=time.perf_counter() - started, solver_max_log_error=solver_error,
                       solver_tolerance=solver_tolerance(model), analytes=json.dumps(pieces["records"]["observed"]),
                       individual_modes=json.dumps(_modes(individual)))
     if reduction is not None:
         tree.attrs["reduction_check"] = json.dumps(reduction.to_dict())
     return FitResult(tree, model, spec, cohort)
+
+
+def population_build(spec: PopulationSpec, cohort: Cohort, initial):
+    """(function, arguments) that make `build_pymc_model(spec, cohort, initial)`'s PyMC model in
+    another process (`pkpd.fit.compile.compile_model`'s `build`), or None for a model built in
+    Python (without source files, it cannot be rebuilt there)."""
+    if not spec.model.sources:
+        return None
+    return population_model, (model_record(spec.model), spec_record(spec), cohort, initial)
+
+
+def population_model(model_attrs: dict, spec_attrs: dict, cohort: Cohort, initial):
+    """The PyMC model of `build_pymc_model`, from the records of the model and the specification."""
+    model = rebuild_model(model_attrs, "the model handed to the compile process")
+    return build_pymc_model(spec_from_record(model, spec_attrs), cohort, initial)[0]
 
 
 def _modes(individual: xr.Dataset) -> dict[str, str]:

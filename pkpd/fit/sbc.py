@@ -26,6 +26,7 @@ from ..models import Model, load
 from ..simulate import simulate
 from ..simulate.compiled import Tolerances, predict_compiled
 from .compile import compile_model
+from .engine import population_build
 from .individual import fit_individual
 from ..simulate.virtual import residual_draws
 from .population import PopulationSpec, build_pymc_model, initial_values, random_effect_centres, record_sds
@@ -91,7 +92,7 @@ def sbc(model: Model | str, *, replicates: int = 100, subjects: int = 8, dose: s
     spec = PopulationSpec.default(model)
     template = simulate(model, [dose], n=subjects, seed=seed)
     pm_model, pieces = build_pymc_model(spec, template)
-    compiled = compile_model(pm_model)
+    compiled, _ = compile_model(pm_model, population_build(spec, template, None))
     design, predictions, records = pieces["design"], pieces["predictions"], pieces["records"]
     estimated, iiv_cols = spec.estimated, [spec.estimated.index(n) for n in spec.iiv]
     residual_priors = [spec.residual_prior(a) for a in records["sigma_analytes"]] + \

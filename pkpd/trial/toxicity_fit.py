@@ -52,6 +52,20 @@ def toxicity_data(toxicity: ToxicityModel, cohort) -> tuple[pd.DataFrame, list[s
     return data[data["signal"].notna()].reset_index(drop=True), notes
 
 
+def ordered_logistic(means: np.ndarray, sds: np.ndarray, slope: tuple[float, float], x: np.ndarray,
+                     grade: np.ndarray):
+    """The PyMC model: P(grade >= g) = logistic(slope x + a_g) = logistic(eta - c_{g-1}) with
+    increasing cutpoints c = -a, priors Normal(means, sds) on a and Normal(*slope) on the slope."""
+    import pymc as pm
+
+    with pm.Model() as model:
+        cutpoints = pm.Normal("cutpoints", mu=-means, sigma=sds, shape=len(means),
+                              transform=pm.distributions.transforms.ordered, initval=-means)
+        slope_ = pm.Normal("slope", mu=slope[0], sigma=slope[1])
+        pm.OrderedLogistic("grade", eta=slope_ * x, cutpoints=cutpoints, observed=grade)
+    return model
+
+
 def fit_toxicity(toxicity: ToxicityModel, cohort, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
                  seed: int = 0) -> ToxicityModel:
     """The toxicity model with its grade intercepts and slope fitted to the cohort's
@@ -59,7 +73,6 @@ def fit_toxicity(toxicity: ToxicityModel, cohort, *, draws: int = 1000, tune: in
     prior: it needs DLT records of other causes). ValueError when there are too few subjects."""
     import arviz as az
     import nutpie
-    import pymc as pm
 
     data, notes = toxicity_data(toxicity, cohort)
     if len(data) < MIN_SUBJECTS:
@@ -71,13 +84,8 @@ def fit_toxicity(toxicity: ToxicityModel, cohort, *, draws: int = 1000, tune: in
     sds = np.array([sd for _, sd in toxicity.intercepts])
     x = np.log10(np.maximum(data["signal"].to_numpy(), toxicity.reference / 100) / toxicity.reference)
     grade = np.minimum(data["grade"].to_numpy(), G)      # the top grade threshold takes every grade above it
-    with pm.Model() as model:
-        # P(grade >= g) = logistic(slope x + a_g) = logistic(eta - c_{g-1}) with cutpoints c = -a, increasing
-        cutpoints = pm.Normal("cutpoints", mu=-means, sigma=sds, shape=G,
-                              transform=pm.distributions.transforms.ordered, initval=-means)
-        slope = pm.Normal("slope", mu=toxicity.slope[0], sigma=toxicity.slope[1])
-        pm.OrderedLogistic("grade", eta=slope * x, cutpoints=cutpoints, observed=grade)
-    compiled = compile_model(model)
+    arguments = (means, sds, tuple(toxicity.slope), x, grade)
+    compiled, _ = compile_model(ordered_logistic(*arguments), (ordered_logistic, arguments))
     tree = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed, cores=1, progress_bar=False)
     post = tree["posterior"].to_dataset() if hasattr(tree, "children") else tree.posterior
     cut = post["cutpoints"].transpose("chain", "draw", ...).to_numpy()
