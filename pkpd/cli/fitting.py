@@ -114,8 +114,8 @@ def fit_command(
     lines = print_diagnostics(result)
     attrs = result.tree.attrs
     summary = (f"{chains} chains x ({tune} warm-up + {draws} draws): compile {attrs['compile_seconds']:.0f} s "
-               f"({attrs.get('compiled', 'compiled')}), sampling {attrs['sampling_seconds']:.0f} s, total {attrs['total_seconds']:.0f} s; "
-               f"{result.steps_per_draw():.0f} leapfrog steps per draw")
+               f"({attrs.get('compiled', 'compiled')}), sampling {attrs['sampling_seconds']:.0f} s, "
+               f"total {attrs['total_seconds']:.0f} s; {result.steps_per_draw():.0f} leapfrog steps per draw")
     console.print(summary)
     write_text(out / "diagnostics.txt", "\n".join(lines + [summary]) + "\n")
     console.print(f"wrote the run folder {out} (posterior.nc, data.csv, parameters.csv, diagnostics, model/)")

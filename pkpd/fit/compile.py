@@ -17,7 +17,9 @@ code, by about 1e-15 relative at 14 of 300 points of a small multiphasic fit (wi
 fastmath on or off), and NUTS trajectories grow such differences, so the first fit of a model
 (empty caches) drew differently from every later run with the same seed. When the cache lacks
 the entry points, a fresh process (`pkpd.fit.precompile`) builds the same PyMC model from
-`build` and compiles it, and this one loads the result.
+`build` and compiles it, and this one loads the result. Not covered: a process that compiled
+pytensor's pieces itself before (a model built in Python, a PyMC model compiled directly) still
+draws as such a process does.
 """
 
 from __future__ import annotations

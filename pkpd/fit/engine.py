@@ -90,9 +90,9 @@ def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 100
 
 def population_build(spec: PopulationSpec, cohort: Cohort, initial):
     """(function, arguments) that make `build_pymc_model(spec, cohort, initial)`'s PyMC model in
-    another process (`pkpd.fit.compile.compile_model`'s `build`), or None for a model built in
-    Python (without source files, it cannot be rebuilt there)."""
-    if not spec.model.sources:
+    another process (`pkpd.fit.compile.compile_model`'s `build`), or None for a model with a
+    module built in Python (without its source file, it cannot be rebuilt there)."""
+    if {s.module for s in spec.model.sources} != {m.name for m in spec.model.modules}:
         return None
     return population_model, (model_record(spec.model), spec_record(spec), cohort, initial)
 
