@@ -13,10 +13,10 @@ factor for each 4x step in subjects (4.0 = linear).
 
 Simulation throughput: `--patients` virtual patients of `antigen_driven` (their designs selected
 from 20 donors, as dose selection and trial simulation build them), predicted at the trials'
-schedule to day 365 (transgene, B cells), all cores; patient-years of follow-up per second, at
-the tolerances dose selection and trial simulation solve virtual patients with
-(`pkpd.dose.selection.VIRTUAL_RTOL` and `VIRTUAL_ATOL`, after their check against the fit's)
-and at a fit's.
+schedule to day 365 (transgene, B cells), all cores; patient-years of follow-up per second, with
+the settings dose selection and trial simulation solve virtual patients with after their check
+against the fit's (`pkpd.dose.selection.loose_steps`: VIRTUAL_RTOL, VIRTUAL_ATOL, records
+interpolated within steps) and at a fit's.
 
 The last line is machine-readable:
     scaling: multiphasic_growth_4x=G1 antigen_driven_growth_4x=G2 patient_years_per_s=Y fit_tolerance_patient_years_per_s=Z
@@ -35,7 +35,7 @@ from pkpd.fit.op import LogLikelihoodOp, Predictions
 from pkpd.fit.population import PopulationSpec, record_arrays
 from pkpd.models import load
 from pkpd.simulate import draw_parameters, simulate
-from pkpd.dose.selection import VIRTUAL_ATOL, VIRTUAL_RTOL
+from pkpd.dose.selection import loose_steps
 from pkpd.simulate.compiled import Design, Tolerances
 
 CASES = {"multiphasic": ("multiphasic", ["transgene"]), "antigen_driven": ("antigen_driven", ["transgene", "bcells"])}
@@ -123,11 +123,12 @@ def main(argv: list[str]) -> None:
         print("growth per 4x subjects: " + ", ".join(f"{a}->{b}: {g:.2f}" for (a, b), g in
                                                     zip(zip(args.subjects, args.subjects[1:]), factors)))
         largest[case] = max(factors) if factors else float("nan")
-    virtual = Tolerances(rtol=VIRTUAL_RTOL, atol=VIRTUAL_ATOL)
+    virtual = loose_steps(Tolerances())
     rate, seconds = throughput(args.patients, virtual)
     fit_rate, fit_seconds = throughput(args.patients)
     print(f"\n== simulation: {args.patients} virtual patients of antigen_driven to day 365")
-    print(f"   at the virtual patients' tolerances (rtol {virtual.rtol:g}, atol {virtual.atol:g}): {seconds:.2f} s, "
+    print(f"   at the virtual patients' tolerances (rtol {virtual.rtol:g}, atol {virtual.atol:g}, records "
+          f"interpolated): {seconds:.2f} s, "
           f"{rate:,.0f} patient-years per second")
     print(f"   at a fit's tolerance (rtol {Tolerances().rtol:g}): {fit_seconds:.2f} s, "
           f"{fit_rate:,.0f} patient-years per second")

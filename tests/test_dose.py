@@ -95,7 +95,8 @@ def test_virtual_patients_are_solved_looser_only_where_the_check_allows(monkeypa
     P = draw_parameters(model, 30, np.random.default_rng(5))[model.parameter_names].to_numpy(float)
     fit = SimpleNamespace(spec=SimpleNamespace(steps=Tolerances()), cohort=cohort)
     steps, difference = selection_module.virtual_steps(fit, design, P)
-    assert steps == Tolerances(rtol=selection_module.VIRTUAL_RTOL, atol=selection_module.VIRTUAL_ATOL)
+    assert steps == Tolerances(rtol=selection_module.VIRTUAL_RTOL, atol=selection_module.VIRTUAL_ATOL,
+                              interpolate=True)
     assert 0 < difference <= selection_module.VIRTUAL_DIFFERENCE
     exact, _ = predict_compiled(design, P)
     quick, _ = predict_compiled(design, P, steps=steps)
@@ -105,15 +106,17 @@ def test_virtual_patients_are_solved_looser_only_where_the_check_allows(monkeypa
     # a stricter limit than the difference found: the fit's own tolerances
     monkeypatch.setattr(selection_module, "VIRTUAL_DIFFERENCE", difference / 2)
     assert selection_module.virtual_steps(fit, design, P) == (Tolerances(), difference)
-    # a fit already looser keeps its own
-    loose = SimpleNamespace(spec=SimpleNamespace(steps=Tolerances(rtol=1e-2, atol=1e-5)), cohort=cohort)
-    assert selection_module.virtual_steps(loose, design, P) == (Tolerances(rtol=1e-2, atol=1e-5), 0.0)
+    # a fit already looser (and interpolating records) keeps its own
+    loose = Tolerances(rtol=1e-2, atol=1e-5, interpolate=True)
+    assert selection_module.virtual_steps(SimpleNamespace(spec=SimpleNamespace(steps=loose), cohort=cohort), design,
+                                          P) == (loose, 0.0)
     # what was used is recorded with the selection
     run = synthetic_run()
     selection = select_dose(run, ["3e8"], targets=[Target("peak", "transgene", "cmax", ">=", 1e3, "efficacy")],
                             draws=10, patients=5)
     note = selection.settings["solver"][0]
     assert note["model"] == "multiphasic" and note["fit_rtol"] == Tolerances().rtol and "largest_relative_difference" in note
+    assert note["interpolate"] is True
 
 
 def test_targets_on_unfitted_analytes_are_skipped_with_a_reason():

@@ -8,6 +8,7 @@ match the superposition of one-compartment solutions.
 """
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -94,11 +95,11 @@ def test_the_dataset_reads_with_its_dosing_columns(case):
     assert design.schedule.events_of(2)["kind"].tolist() == ["infusion (duration)", "infusion (rate)"]
 
 
-@pytest.mark.parametrize("solver", ["compiled", "reference"])
+@pytest.mark.parametrize("solver", ["compiled", "compiled, records interpolated", "reference"])
 def test_predictions_match_the_closed_form(case, solver):
     model, _, design, P = case
-    if solver == "compiled":
-        pred, _ = predict_compiled(design, P, [], TIGHT)
+    if solver.startswith("compiled"):
+        pred, _ = predict_compiled(design, P, [], replace(TIGHT, interpolate="interpolated" in solver))
     else:
         pred = predict_reference(design, P.T, rtol=1e-10, atol=1e-14)
     for i in range(4):
@@ -106,11 +107,12 @@ def test_predictions_match_the_closed_form(case, solver):
         np.testing.assert_allclose(pred[mine], exact(i + 1, P[i]), rtol=1e-6, atol=1e-7, err_msg=f"subject {i + 1}")
 
 
-def test_sensitivities_cross_every_event_exactly(case):
+@pytest.mark.parametrize("interpolate", [False, True])
+def test_sensitivities_cross_every_event_exactly(case, interpolate):
     """d pred / d theta of the kernel (lag, bioavailability, steady state, infusions) against
-    central differences of the closed form."""
+    central differences of the closed form; also with the records between events interpolated."""
     model, _, design, P = case
-    _, dpred = predict_compiled(design, P, model.parameter_names, TIGHT)
+    _, dpred = predict_compiled(design, P, model.parameter_names, replace(TIGHT, interpolate=interpolate))
     for k, name in enumerate(model.parameter_names):
         for i in range(4):
             h = 1e-6 * P[i, k]

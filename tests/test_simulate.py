@@ -259,6 +259,27 @@ def _assert_log_sensitivities(model, cohort, design, P, estimated, pred, dpred) 
         assert np.abs(exact).max() > 1e-3, name
 
 
+def test_records_interpolated_within_steps_need_fewer_steps_at_the_same_accuracy(adaptive_case):
+    # Tolerances(interpolate=True), as virtual patients are solved: the steps land on events and
+    # each subject's last record only, the records between are interpolated in the step passing them
+    from dataclasses import replace
+
+    from pkpd.simulate.compiled import Tolerances, predict_compiled
+
+    model, cohort, design, _, P = adaptive_case
+    exact = _lsoda(model, cohort, design, P)
+    ok = exact > 1e-8
+    estimated = ["rho", "alpha", "fblood", "b0", "kkill", "kexh"]
+    for method in ("cashkarp", "dopri5"):  # the derivative at the step's end computed, or the last stage's
+        landed = Tolerances(method=method)
+        landed_steps, steps = (np.zeros(len(cohort.subject_ids), dtype=np.int64) for _ in range(2))
+        predict_compiled(design, P, [], landed, n_steps=landed_steps)
+        pred, dpred = predict_compiled(design, P, estimated, replace(landed, interpolate=True), n_steps=steps)
+        assert steps.sum() < 0.85 * landed_steps.sum(), method
+        assert np.max(np.abs(np.log(pred[ok] / exact[ok]))) < 2e-3, method
+    _assert_log_sensitivities(model, cohort, design, P, estimated, pred, dpred)
+
+
 def test_adaptive_solver_gives_up_with_nan_instead_of_looping(adaptive_case):
     from pkpd.simulate.compiled import Tolerances, predict_compiled
 

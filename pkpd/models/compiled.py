@@ -107,6 +107,31 @@ def _record(j, a, t, y, S, p, c, est, col, g, gy, gp, pred, dpred):
             dpred[j, col[k]] += acc
 
 
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _dense_records(j, j_lim, t0, t1, y0, S0, f0, fS0, y1, S1, f1, fS1, hi, obs_time, obs_analyte, p, c, est, col,
+                   g, gy, gp, pred, dpred, y_at, S_at):
+    # The records j.. (before j_lim) that the step from t0 to t1 passes: states and sensitivities by
+    # cubic Hermite interpolation from their values and derivatives at both ends of the step
+    # (fourth order in the step length). Returns the next record.
+    h = t1 - t0
+    while j < j_lim and obs_time[j] <= t1:
+        u = (obs_time[j] - t0) / h
+        w = u * (u - 1.0)
+        for m in range(y0.shape[0]):
+            d = y1[m] - y0[m]
+            y_at[m] = y0[m] + u * d + w * ((1.0 - 2.0 * u) * d + (u - 1.0) * h * f0[m] + u * h * f1[m])
+            for q in range(S0.shape[1]):
+                if q < hi[m]:
+                    d = S1[m, q] - S0[m, q]
+                    S_at[m, q] = S0[m, q] + u * d + w * ((1.0 - 2.0 * u) * d + (u - 1.0) * h * fS0[m, q]
+                                                         + u * h * fS1[m, q])
+                else:  # not carried along the path: constant
+                    S_at[m, q] = S1[m, q]
+        _record(j, obs_analyte[j], obs_time[j], y_at, S_at, p, c, est, col, g, gy, gp, pred, dpred)
+        j += 1
+    return j
+
+
 @numba.njit(cache=True, error_model="numpy", _nrt=False)
 def _closed_all(P, C, seg_start, seg_time, est, obs_subject_start, obs_time, obs_analyte, pred, dpred, g, gp, y):
     # A model of closed forms only: each record is its observation function, nothing to step
@@ -238,7 +263,8 @@ TABLEAUS = {
 # rtol*max(|y|, |y_new|) + atol*peak (peak: the largest |y| of that state so far on the subject's
 # path), so small states (B cells in aplasia) keep relative accuracy down to atol/rtol of their
 # peak. PI step-size controller, Hairer's initial step guess (again after every event), steps at
-# most h_max long and clipped to land exactly on every record and event. A subject needing more
+# most h_max long and clipped to land exactly on every record and event (with `interpolate`: on
+# every event and each subject's last record, the records between interpolated). A subject needing more
 # than max_steps step attempts (or a step below 1e-12) gets NaN predictions and derivatives from
 # that record on, instead of looping forever. n_steps[i] += accepted steps of subject i.
 #
@@ -246,10 +272,10 @@ TABLEAUS = {
 # (h, err_old, have_k0, rejected, attempts, failed, accepted steps) so that it carries over
 # between calls. It returns the time reached and whether the FSAL buffers k0 and k_last were
 # swapped an odd number of times (the caller then swaps its names too).
-_ADAPTIVE = """
+_INTEGRATE = """
 @numba.njit(cache=True, error_model="numpy", _nrt=False)
-def _integrate_@NAME@(t, target, y, S, p, c, est, hi, rtol, atol, h_max, max_steps, control_sens, ctl,
-                      yt, St, yn, Sn, peak, speak, f0, f1, Jp, rates, drates, infusing, @KARGS@):
+def _integrate@VARIANT@_@NAME@(t, target, y, S, p, c, est, hi, rtol, atol, h_max, max_steps, control_sens, ctl,
+                      yt, St, yn, Sn, peak, speak, f0, f1, Jp, rates, drates, infusing,@RECPARAMS@ @KARGS@):
     n = y.shape[0]
     K = est.shape[0]
     order = @ORDER@
@@ -319,7 +345,9 @@ def _integrate_@NAME@(t, target, y, S, p, c, est, hi, rtol, atol, h_max, max_ste
                     elif ea > 0.0:
                         err = max(err, ea / sc) if sc > 0.0 else math.inf
         if err <= 1.0:
-            t = target if landing else t + h
+            t_new = target if landing else t + h
+@DENSE@
+            t = t_new
             for m in range(n):
                 y[m] = yn[m]
                 peak[m] = max(peak[m], abs(y[m]))
@@ -348,13 +376,17 @@ def _integrate_@NAME@(t, target, y, S, p, c, est, hi, rtol, atol, h_max, max_ste
     ctl[3] = 1.0 if rejected else 0.0
     ctl[4] = attempts
     ctl[5] = 1.0 if failed else 0.0
-    return t, parity
+    return t, parity@RETURN@
+"""
 
-
+# `_integrate_dense_<pair>` also interpolates the records jr.. (before j_lim) that its steps pass
+# (records between events, `Tolerances.interpolate`) and returns the next record as well; a
+# variant of its own, so that the fits' integrator stays as small and fast as it was.
+_ADAPTIVE = """
 @numba.njit(cache=True, error_model="numpy", _nrt=False, nogil=True)
 def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_time, obs_analyte,
                        ev_start, ev_time, ev_kind, ev_target, ev_amount, ev_length, ev_ss, dose_state,
-                       rtol, atol, h_max, max_steps, control_sens, n_states, pred, dpred, n_steps,
+                       rtol, atol, h_max, max_steps, control_sens, interpolate, n_states, pred, dpred, n_steps,
                        ev_order, ev_tau, inf_on, inf_end, inf_target, inf_rate, inf_drate, inf_dend):
     if n_states == 0:
         _closed_all(P, C, seg_start, seg_time, est, obs_subject_start, obs_time, obs_analyte, pred, dpred,
@@ -400,6 +432,7 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
     yn = _zeros((n,)); Sn = _zeros((n, K))
     peak = _zeros((n,)); speak = _zeros((n, K))
     y_cycle = _zeros((n,)); S_cycle = _zeros((n, K))
+    y_at = _zeros((n,)); S_at = _zeros((n, K))
 @ALLOC@
     f0 = _zeros((n,)); f1 = _zeros((n,))
     Jp = _zeros((n, n_par)); J0 = _zeros((n, n_par))
@@ -462,6 +495,24 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
                     if inf_on[q] and inf_end[q] < t_end:
                         t_end = inf_end[q]
                         ending = q
+            t_hard = min(min(t_ev, obs_time[j_end - 1]), min(t_seg, t_end))
+            if interpolate and t_rec < t_hard:
+                # records before the next event, covariate change or the last record: the steps do
+                # not land on them; each is interpolated in the step that passes it
+                if t_rec <= t:
+                    _record(j, obs_analyte[j], t_rec, y, S, p, c, est, col, g, gy, gp, pred, dpred)
+                    j += 1
+                    continue
+                j_lim = j + 1
+                while j_lim < j_end and obs_time[j_lim] < t_hard:
+                    j_lim += 1
+                t, parity, j = _integrate_dense_@NAME@(t, t_hard, y, S, p, c, sens, hi, rtol, atol, h_max,
+                                                       max_steps, control_sens, ctl, yt, St, yn, Sn, peak, speak, f0,
+                                                       f1, Jp, rates, drates, infusing, j, j_lim, @RECORDS@, @KCALL@)
+@SWAP16@
+                if ctl[5] > 0.0:
+                    break
+                continue
             t_stop = min(min(t_rec, t_ev), min(t_seg, t_end))
             if t_stop > t:
                 t, parity = _integrate_@NAME@(t, t_stop, y, S, p, c, sens, hi, rtol, atol, h_max, max_steps,
@@ -606,16 +657,38 @@ def _adaptive_source(method: str) -> str:
     stages += _combination("St[m, q]", None, e, "kS{r}[m, q]", " " * 16)
     last = ns - 1
     if fsal:  # the last stage is f at the new point: the next step's first
+        f_new, f_keep, k_new = [], [], f"k{last}, kS{last}"
         accept = [f"            k0, k{last} = k{last}, k0", f"            kS0, kS{last} = kS{last}, kS0",
                   "            parity = not parity"]
+        accept_dense = accept
         swap = lambda indent: "\n".join([f"{indent}if parity:", f"{indent}    k0, k{last} = k{last}, k0",
                                          f"{indent}    kS0, kS{last} = kS{last}, kS0"])
-    else:
-        accept = ["            have_k0 = False"]
+    else:  # f at the new point, computed for the interpolation, is the next step's first stage
+        f_new = ["                _derivs(t_new, yn, Sn, p, c, est, hi, k1, kS1, Jp, rates, drates, infusing)"]
+        f_keep = ["                for m in range(n):", "                    k0[m] = k1[m]",
+                  "                    for q in range(hi[m]):", "                        kS0[m, q] = kS1[m, q]",
+                  "                fresh = True"]
+        k_new = "k1, kS1"
+        accept, accept_dense = ["            have_k0 = False"], ["            have_k0 = fresh"]
         swap = lambda indent: f"{indent}pass"
-    source = (_ADAPTIVE.replace("@NAME@", method).replace("@ORDER@", repr(float(order)))
-            .replace("@ALLOC@", "\n".join(alloc)).replace("@STAGES@", "\n".join(stages))
-            .replace("@ACCEPT@", "\n".join(accept)).replace("@KARGS@", kargs).replace("@KCALL@", kargs))
+    dense = ["            fresh = False",
+             "            if jr < j_lim and obs_time[jr] <= t_new:  # records this step passes", *f_new,
+             f"                jr = _dense_records(jr, j_lim, t, t_new, y, S, k0, kS0, yn, Sn, {k_new}, hi, obs_time,",
+             "                                    obs_analyte, p, c, est_rec, col, g, gy, gp, pred, dpred, y_at, S_at)",
+             *f_keep]
+
+    def integrator(variant: str, block: list[str], accepted: list[str], parameters: str, returned: str) -> str:
+        return (_INTEGRATE.replace("@VARIANT@", variant).replace("@RECPARAMS@", parameters)
+                .replace("@DENSE@\n", "".join(line + "\n" for line in block))
+                .replace("@ACCEPT@", "\n".join(accepted)).replace("@RETURN@", returned))
+
+    records = "obs_time, obs_analyte, est, col, g, gy, gp, pred, dpred, y_at, S_at"
+    source = (integrator("", [], accept, "", "")
+              + integrator("_dense", dense, accept_dense, " jr, j_lim, " + records.replace("est,", "est_rec,") + ",",
+                           ", jr") + _ADAPTIVE)
+    source = (source.replace("@NAME@", method).replace("@ORDER@", repr(float(order)))
+              .replace("@ALLOC@", "\n".join(alloc)).replace("@STAGES@", "\n".join(stages))
+              .replace("@KARGS@", kargs).replace("@KCALL@", kargs).replace("@RECORDS@", records))
     return re.sub(r"@SWAP(\d+)@", lambda m: swap(" " * int(m.group(1))), source)
 
 

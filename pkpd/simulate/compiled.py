@@ -32,7 +32,11 @@ class Tolerances:
     that state so far on the subject's path: relative accuracy (predictions are fitted on the log
     scale) down to atol/rtol of the peak (B cells in aplasia). `control_sensitivities` puts the
     sensitivities under the same control. Steps are at most `max_step` days and land exactly on
-    every observation time; a subject needing more than `max_steps` step attempts gets NaN
+    every observation time, or with `interpolate` only on events, covariate changes and each
+    subject's last record, the records between them interpolated (cubic Hermite from the states,
+    sensitivities and their derivatives at both ends of the step that passes them: fewer steps
+    where records are dense, an interpolation error of the order of the tolerance; used for
+    virtual patients after their check against the fit's own tolerances); a subject needing more than `max_steps` step attempts gets NaN
     predictions (which the likelihood rejects) rather than an endless loop.
 
     The defaults keep antigen_driven(+immunoglobulins) predictions within 5e-4 of LSODA on the
@@ -46,6 +50,7 @@ class Tolerances:
     max_step: float = 30.0
     max_steps: int = 20000
     control_sensitivities: bool = False
+    interpolate: bool = False
 
     def __post_init__(self):
         if self.method not in TABLEAUS:
@@ -112,4 +117,4 @@ def solver_call(design: Design, steps: Tolerances):
     fns = compiled_functions(design.model)
     return getattr(fns, f"predict_all_{steps.method}"), (
         float(steps.rtol), float(steps.atol), float(steps.max_step), int(steps.max_steps),
-        bool(steps.control_sensitivities))
+        bool(steps.control_sensitivities), bool(steps.interpolate))
