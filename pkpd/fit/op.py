@@ -44,15 +44,14 @@ def _design_arrays(design: Design, fixed: np.ndarray) -> dict[str, np.ndarray]:
 
 
 @lru_cache(maxsize=64)
-def _prediction_function(kernel, rtol, atol, max_step, max_steps, control_sens, interpolate, n_states,
-                         est_tuple):
+def _prediction_function(kernel, rtol, atol, max_step, max_steps, control_sens, n_states, est_tuple):
     """A numba function (log_theta, fixed, *design arrays) -> (pred, d pred / d log theta) of one model's
     kernel at fixed solver settings and estimated parameters (their indices `est_tuple`)."""
     est = np.array(est_tuple, dtype=np.int64)
     # integers and flags through arrays: a captured scalar would reach the kernel as a literal
     # type, and a kernel already compiled (and cached) for the individual fits would compile again
     counts = np.array([max_steps, n_states], dtype=np.int64)
-    flags = np.array([control_sens, interpolate])
+    flags = np.array([control_sens])
 
     @numba.njit
     def predictions(log_theta, fixed, covariates, seg_start, seg_time, start, time, analyte, subject_index,
@@ -71,7 +70,7 @@ def _prediction_function(kernel, rtol, atol, max_step, max_steps, control_sens, 
         jac = np.zeros((n_obs, K))
         kernel(P, covariates, seg_start, seg_time, est, start, time, analyte, ev_start, ev_time, ev_kind,
                ev_target, ev_amount, ev_length, ev_ss, dose_state, rtol, atol, max_step, counts[0], flags[0],
-               flags[1], counts[1], pred, jac, np.zeros(N, dtype=np.int64), np.zeros(n_events, np.int64),
+               counts[1], pred, jac, np.zeros(N, dtype=np.int64), np.zeros(n_events, np.int64),
                np.zeros(n_events), np.zeros(n_events, np.int64), np.zeros(n_events), np.zeros(n_events, np.int64),
                np.zeros(n_events), np.zeros((n_events, K)), np.zeros((n_events, K)))
         for j in range(n_obs):

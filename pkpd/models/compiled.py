@@ -380,13 +380,14 @@ def _integrate@VARIANT@_@NAME@(t, target, y, S, p, c, est, hi, rtol, atol, h_max
 """
 
 # `_integrate_dense_<pair>` also interpolates the records jr.. (before j_lim) that its steps pass
-# (records between events, `Tolerances.interpolate`) and returns the next record as well; a
-# variant of its own, so that the fits' integrator stays as small and fast as it was.
+# (records between events, `Tolerances.interpolate`) and returns the next record as well. A
+# variant of its own, in a kernel of its own (`predict_all_dense_<pair>`), so that the fits'
+# kernel stays as it was: as fast, and as quick to compile.
 _ADAPTIVE = """
 @numba.njit(cache=True, error_model="numpy", _nrt=False, nogil=True)
-def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_time, obs_analyte,
+def predict_all@VARIANT@_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_time, obs_analyte,
                        ev_start, ev_time, ev_kind, ev_target, ev_amount, ev_length, ev_ss, dose_state,
-                       rtol, atol, h_max, max_steps, control_sens, interpolate, n_states, pred, dpred, n_steps,
+                       rtol, atol, h_max, max_steps, control_sens, n_states, pred, dpred, n_steps,
                        ev_order, ev_tau, inf_on, inf_end, inf_target, inf_rate, inf_drate, inf_dend):
     if n_states == 0:
         _closed_all(P, C, seg_start, seg_time, est, obs_subject_start, obs_time, obs_analyte, pred, dpred,
@@ -432,7 +433,7 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
     yn = _zeros((n,)); Sn = _zeros((n, K))
     peak = _zeros((n,)); speak = _zeros((n, K))
     y_cycle = _zeros((n,)); S_cycle = _zeros((n, K))
-    y_at = _zeros((n,)); S_at = _zeros((n, K))
+@DENSE_ALLOC@
 @ALLOC@
     f0 = _zeros((n,)); f1 = _zeros((n,))
     Jp = _zeros((n, n_par)); J0 = _zeros((n, n_par))
@@ -495,29 +496,12 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
                     if inf_on[q] and inf_end[q] < t_end:
                         t_end = inf_end[q]
                         ending = q
-            t_hard = min(min(t_ev, obs_time[j_end - 1]), min(t_seg, t_end))
-            if interpolate and t_rec < t_hard:
-                # records before the next event, covariate change or the last record: the steps do
-                # not land on them; each is interpolated in the step that passes it
-                if t_rec <= t:
-                    _record(j, obs_analyte[j], t_rec, y, S, p, c, est, col, g, gy, gp, pred, dpred)
-                    j += 1
-                    continue
-                j_lim = j + 1
-                while j_lim < j_end and obs_time[j_lim] < t_hard:
-                    j_lim += 1
-                t, parity, j = _integrate_dense_@NAME@(t, t_hard, y, S, p, c, sens, hi, rtol, atol, h_max,
-                                                       max_steps, control_sens, ctl, yt, St, yn, Sn, peak, speak, f0,
-                                                       f1, Jp, rates, drates, infusing, j, j_lim, @RECORDS@, @KCALL@)
-@SWAP16@
-                if ctl[5] > 0.0:
-                    break
-                continue
+@BETWEEN@
             t_stop = min(min(t_rec, t_ev), min(t_seg, t_end))
             if t_stop > t:
-                t, parity = _integrate_@NAME@(t, t_stop, y, S, p, c, sens, hi, rtol, atol, h_max, max_steps,
+                t, parity@J@ = _integrate@VARIANT@_@NAME@(t, t_stop, y, S, p, c, sens, hi, rtol, atol, h_max, max_steps,
                                               control_sens, ctl, yt, St, yn, Sn, peak, speak, f0, f1, Jp,
-                                              rates, drates, infusing, @KCALL@)
+                                              rates, drates, infusing, @LANDING@@KCALL@)
 @SWAP16@
                 if ctl[5] > 0.0:
                     break
@@ -564,9 +548,9 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
                                 S_cycle[m, q] = S[m, q]
                         ctl[0] = 0.0
                         ctl[2] = 0.0
-                        ts, parity = _integrate_@NAME@(t - interval, arrival, y, S, p, c, sens, hi, rtol, atol, h_max,
+                        ts, parity@J@ = _integrate@VARIANT@_@NAME@(t - interval, arrival, y, S, p, c, sens, hi, rtol, atol, h_max,
                                                        max_steps, control_sens, ctl, yt, St, yn, Sn, peak, speak,
-                                                       f0, f1, Jp, rates, drates, infusing, @KCALL@)
+                                                       f0, f1, Jp, rates, drates, infusing, @LANDING@@KCALL@)
 @SWAP24@
                         _give(arrival, d - e0, ev_kind[d], k, state, ev_amount[d], ev_length[d], True, p, c, sens,
                               y, S, f0, f1, gpar, glag, inf_on, inf_end, inf_target, inf_rate, inf_drate, inf_dend,
@@ -576,10 +560,10 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
                         ctl[2] = 0.0
                         if infusing:
                             slot = d - e0
-                            ts, parity = _integrate_@NAME@(arrival, inf_end[slot], y, S, p, c, sens, hi, rtol, atol,
+                            ts, parity@J@ = _integrate@VARIANT@_@NAME@(arrival, inf_end[slot], y, S, p, c, sens, hi, rtol, atol,
                                                            h_max, max_steps, control_sens, ctl, yt, St, yn, Sn,
                                                            peak, speak, f0, f1, Jp, rates, drates, infusing,
-                                                           @KCALL@)
+                                                           @LANDING@@KCALL@)
 @SWAP28@
                             inf_on[slot] = 0
                             for q in range(K):
@@ -587,9 +571,9 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
                             infusing = _set_rates(ne, inf_on, inf_target, inf_rate, inf_drate, rates, drates)
                             ctl[0] = 0.0
                             ctl[2] = 0.0
-                        ts, parity = _integrate_@NAME@(ts, t, y, S, p, c, sens, hi, rtol, atol, h_max, max_steps,
+                        ts, parity@J@ = _integrate@VARIANT@_@NAME@(ts, t, y, S, p, c, sens, hi, rtol, atol, h_max, max_steps,
                                                        control_sens, ctl, yt, St, yn, Sn, peak, speak, f0, f1, Jp,
-                                                       rates, drates, infusing, @KCALL@)
+                                                       rates, drates, infusing, @LANDING@@KCALL@)
 @SWAP24@
                         if ctl[5] > 0.0:
                             break
@@ -623,6 +607,28 @@ def predict_all_@NAME@(P, C, seg_start, seg_time, est, obs_subject_start, obs_ti
             for q in range(est.shape[0]):
                 dpred[j, q] = np.nan
             j += 1
+"""
+
+# `predict_all_dense_<pair>` (Tolerances.interpolate): records before the next event, covariate
+# change or the subject's last record are interpolated in the step that passes them; its other
+# calls integrate with `_integrate_dense` too (no records to pass: one integrator per kernel,
+# which keeps its compile time near the landing kernel's)
+_BETWEEN = """            t_hard = min(min(t_ev, obs_time[j_end - 1]), min(t_seg, t_end))
+            if t_rec < t_hard:
+                if t_rec <= t:
+                    _record(j, obs_analyte[j], t_rec, y, S, p, c, est, col, g, gy, gp, pred, dpred)
+                    j += 1
+                    continue
+                j_lim = j + 1
+                while j_lim < j_end and obs_time[j_lim] < t_hard:
+                    j_lim += 1
+                t, parity, j = _integrate_dense_@NAME@(t, t_hard, y, S, p, c, sens, hi, rtol, atol, h_max,
+                                                       max_steps, control_sens, ctl, yt, St, yn, Sn, peak, speak, f0,
+                                                       f1, Jp, rates, drates, infusing, j, j_lim, @RECORDS@, @KCALL@)
+@SWAP16@
+                if ctl[5] > 0.0:
+                    break
+                continue
 """
 
 
@@ -682,10 +688,16 @@ def _adaptive_source(method: str) -> str:
                 .replace("@DENSE@\n", "".join(line + "\n" for line in block))
                 .replace("@ACCEPT@", "\n".join(accepted)).replace("@RETURN@", returned))
 
+    def kernel(dense: bool) -> str:
+        return (_ADAPTIVE.replace("@VARIANT@", "_dense" if dense else "").replace("@J@", ", _" if dense else "")
+                .replace("@LANDING@", "j, j, @RECORDS@, " if dense else "")  # the empty range of records
+                .replace("@BETWEEN@\n", _BETWEEN if dense else "")
+                .replace("@DENSE_ALLOC@\n", "    y_at = _zeros((n,)); S_at = _zeros((n, K))\n" if dense else ""))
+
     records = "obs_time, obs_analyte, est, col, g, gy, gp, pred, dpred, y_at, S_at"
     source = (integrator("", [], accept, "", "")
               + integrator("_dense", dense, accept_dense, " jr, j_lim, " + records.replace("est,", "est_rec,") + ",",
-                           ", jr") + _ADAPTIVE)
+                           ", jr") + kernel(False) + kernel(True))
     source = (source.replace("@NAME@", method).replace("@ORDER@", repr(float(order)))
               .replace("@ALLOC@", "\n".join(alloc)).replace("@STAGES@", "\n".join(stages))
               .replace("@KARGS@", kargs).replace("@KCALL@", kargs).replace("@RECORDS@", records))

@@ -115,6 +115,6 @@ def solver_call(design: Design, steps: Tolerances):
     if not isinstance(steps, Tolerances):
         raise TypeError(f"steps must be pkpd.simulate.compiled.Tolerances, not {type(steps).__name__}")
     fns = compiled_functions(design.model)
-    return getattr(fns, f"predict_all_{steps.method}"), (
-        float(steps.rtol), float(steps.atol), float(steps.max_step), int(steps.max_steps),
-        bool(steps.control_sensitivities), bool(steps.interpolate))
+    kernel = f"predict_all{'_dense' if steps.interpolate else ''}_{steps.method}"
+    return getattr(fns, kernel), (float(steps.rtol), float(steps.atol), float(steps.max_step), int(steps.max_steps),
+                                  bool(steps.control_sensitivities))
