@@ -36,8 +36,9 @@ class Tolerances:
     subject's last record, the records between them interpolated (cubic Hermite from the states,
     sensitivities and their derivatives at both ends of the step that passes them: fewer steps
     where records are dense, an interpolation error of the order of the tolerance; used for
-    virtual patients after their check against the fit's own tolerances); a subject needing more than `max_steps` step attempts gets NaN
-    predictions (which the likelihood rejects) rather than an endless loop.
+    virtual patients after their check against the fit's own tolerances). A subject needing more
+    than `max_steps` step attempts gets NaN predictions (which the likelihood rejects) rather than
+    an endless loop.
 
     The defaults keep antigen_driven(+immunoglobulins) predictions within 5e-4 of LSODA on the
     log scale at random individual parameters, with ~110 steps per subject (Cash-Karp needed
