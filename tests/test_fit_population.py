@@ -205,6 +205,23 @@ def test_numba_and_python_implementations_of_the_op_agree(small):
     assert np.isfinite(fast[0]) and np.abs(fast[1]).max() > 0
 
 
+def test_the_sampler_calls_the_kernel_the_individual_fits_compiled(small):
+    """The design's arrays reach the solver kernel typed alike from Python (the individual fits,
+    read-only) and from the sampler's compiled log density (pytensor's inputs, made read-only), so
+    a new model's kernel compiles once, not again in the sampler's compile process (20-30 s)."""
+    from pkpd.simulate.compiled import solver_call
+
+    predictions = small[4]["predictions"]
+    kernel, _ = solver_call(predictions.design, predictions.steps)
+    log_theta = np.log(predictions.fixed[:, predictions.est]) + 0.05
+    from_python, d_python = predictions.values(log_theta)
+    signatures = set(kernel.signatures)
+    from_numba, d_numba = predictions.compiled()(log_theta)
+    assert set(kernel.signatures) == signatures, "the sampler's log density needs a kernel of its own"
+    np.testing.assert_array_equal(from_numba, from_python)
+    np.testing.assert_array_equal(d_numba, d_python)
+
+
 def test_bad_specifications_are_clear_errors():
     model = load("antigen_driven")
     with pytest.raises(ValueError, match="no parameter"):

@@ -165,7 +165,9 @@ def _set_rates(n_ev, inf_on, inf_target, inf_rate, inf_drate, rates, drates):
         rates[m] = 0.0
         for q in range(drates.shape[1]):
             drates[m, q] = 0.0
-    running = False
+    # a bool, not the literal False: typed as a literal, it reaches the integrator during type
+    # inference and compiles it once more for that type (6-7 s of each kernel's compile)
+    running = n_ev < 0
     for e in range(n_ev):
         if inf_on[e]:
             running = True

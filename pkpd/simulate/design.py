@@ -155,7 +155,8 @@ class Design:
 
 def _freeze(design: Design) -> None:
     """Make the design's arrays read-only: they are values; and the sampler's compiled log density
-    holds them as read-only constants, so the kernels are compiled for one signature, not two."""
+    hands its (writable) copies to the kernel typed read-only (`pkpd.fit.op._read_only`), so the
+    kernels are compiled for one signature, not two."""
     arrays = [v for v in vars(design).values() if isinstance(v, np.ndarray)]
     arrays += [v for v in vars(design.schedule).values() if isinstance(v, np.ndarray)]
     for array in arrays:
