@@ -172,6 +172,10 @@ monoexp = Module(
 ''')
     model = load(str(path))
     assert model.name == "monoexp" and model.is_closed_form
+    # a file name with dots (a version number) is the file, not a shorter name
+    versioned = tmp_path / "monoexp_v1.2.py"
+    versioned.write_text(path.read_text())
+    assert load(str(versioned)).name == load(f"{versioned}:monoexp").name == "monoexp"
     values = solve(model, [0.0, 10.0], parameter_matrix(model, None, 1), covariate_matrix(1)).values
     np.testing.assert_allclose(values["transgene"][:, 0], [1000.0, 1000.0 * math.exp(-1.0)])
 

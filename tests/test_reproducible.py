@@ -14,13 +14,14 @@ import operator
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from pkpd.fit.compile import FROM_CACHE, FROM_CHILD
 from pkpd.fit.engine import population_build
 from pkpd.fit.population import PopulationSpec
-from pkpd.fit.precompile import compile_elsewhere
+from pkpd.fit.precompile import compile_elsewhere, start
 from pkpd.models import Model, load
 from pkpd.simulate import simulate
 
@@ -66,3 +67,16 @@ def test_a_failed_compile_process_is_a_warning_naming_its_error():
         assert compile_elsewhere(operator.truediv, (1, 0)) is False
     with pytest.warns(UserWarning, match="could not be handed"):
         assert compile_elsewhere(lambda: None, ()) is False
+
+
+def test_a_held_compile_process_compiles_only_when_released_and_stops_when_cancelled():
+    """A fit starts its sampler's compile process beside the individual fits, held until its
+    own process has compiled the solver kernel: released, it goes on (here to the error of a
+    payload that is no PyMC model); cancelled, it stops and leaves no files."""
+    released = start(operator.add, (1, 2), held=True)
+    released.release()
+    with pytest.warns(UserWarning, match="separate compile process failed"):
+        assert released.wait() is False
+    cancelled = start(operator.add, (1, 2), held=True)
+    cancelled.cancel()
+    assert cancelled._process.poll() is not None and not Path(cancelled._folder).exists()

@@ -17,7 +17,9 @@ code, by about 1e-15 relative at 14 of 300 points of a small multiphasic fit (wi
 fastmath on or off), and NUTS trajectories grow such differences, so the first fit of a model
 (empty caches) drew differently from every later run with the same seed. When the cache lacks
 the entry points, a fresh process (`pkpd.fit.precompile`) builds the same PyMC model from
-`build` and compiles it, and this one loads the result. Not covered: a process that compiled
+`build` and compiles it, and this one loads the result. `pkpd.fit.fit` starts that process
+first (`started`), so that it imports and builds the model while the fit compiles the solver
+kernel, then compiles beside the individual fits, loading the kernel from the cache. Not covered: a process that compiled
 pytensor's pieces itself before (a model built in Python, a PyMC model compiled directly) still
 draws as such a process does.
 """
@@ -26,12 +28,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numba
 import numpy as np
 from numba.core import sigutils
 from numba.core.ccallback import CFunc
+
+if TYPE_CHECKING:
+    from .precompile import Compiling
 
 #: the C signatures nutpie calls: logp(dim, x, gradient out, logp out, user data) and
 #: expand(dim, expanded, x, values out, user data)
@@ -49,7 +54,7 @@ FROM_CHILD = "compiled in a separate process, then loaded from the cache"
 HERE = "compiled in this process"
 
 
-def compile_model(pm_model, build: tuple[Callable, tuple] | None = None):
+def compile_model(pm_model, build: tuple[Callable, tuple] | None = None, started: Compiling | None = None):
     """(nutpie's compiled model, where its entry points came from): nutpie.compile_pymc_model(pm_model)
     (numba backend, support-point initialisation) with its C entry points cached on disk when the
     log density is cacheable.
@@ -58,7 +63,11 @@ def compile_model(pm_model, build: tuple[Callable, tuple] | None = None):
     same PyMC model in another process. When the entry points are not in the cache, that process
     compiles them and this one loads them (see the module's docstring: code compiled here would
     sample differently from every later run); without `build` (or when that process fails) they
-    are compiled here, and the fit says so."""
+    are compiled here, and the fit says so.
+
+    started: a compile process started earlier (`pkpd.fit.precompile.start`) on a PyMC model
+    that should compile to the same code: waited for when the cache lacks the entry points (and
+    `build` compiled after all if it did not fill them), stopped when they are there."""
     import nutpie
     from nutpie import compile_pymc as nc
     from pymc.initial_point import make_initial_point_fn
@@ -88,11 +97,17 @@ def compile_model(pm_model, build: tuple[Callable, tuple] | None = None):
     expand_c = _entry("expand", expand_fn, keys[1], n_dim, n_expanded,
                       [shared_var_keys[v] for v in expand_pt.get_shared()], shared_data, user_data.dtype)
     entries = (logp_c, expand_c)
-    elsewhere = False
-    if build is not None and not all(_in_cache(e) for e in entries):
-        from .precompile import compile_elsewhere
+    cached = all(_in_cache(e) for e in entries)
+    elsewhere = cached and started is not None and started.compiled()
+    if not cached:
+        if started is not None:
+            elsewhere = started.wait(warn=build is None) and all(_in_cache(e) for e in entries)
+        if not elsewhere and build is not None:
+            from .precompile import compile_elsewhere
 
-        elsewhere = compile_elsewhere(*build)
+            elsewhere = compile_elsewhere(*build)
+    if started is not None:
+        started.cancel()  # finished, or not needed
     for entry in entries:
         entry.compile()  # from the cache where it is there
     origin = (FROM_CHILD if elsewhere else FROM_CACHE) if all(e._cache_hits for e in entries) else HERE

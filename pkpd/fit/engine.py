@@ -14,7 +14,7 @@ import xarray as xr
 
 from ..data.cohort import Cohort
 from ..models import Model, load
-from ..simulate.compiled import Tolerances, predict_compiled
+from ..simulate.compiled import Design, Tolerances, predict_compiled
 from ..simulate.reduction import check_reduction
 from ..simulate.solve import predict_reference
 from .compile import compile_model
@@ -58,16 +58,24 @@ def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 100
                                   priors=priors, correlated=correlated, censoring=censoring, steps=steps,
                                   analytes=observed)
     started = time.perf_counter()
-    if individual is None:
-        # the parameters with variability: one without it is not determined by a subject alone
-        # (its value is shared), and starts from its typical value
-        individual = fit_individual(model, cohort, estimate=list(spec.iiv) or spec.estimated, steps=spec.steps,
-                                    starts=starts, seed=0 if seed is None else int(seed))
-    init = initial_values(spec, individual)
-    pm_model, pieces = build_pymc_model(spec, cohort, init)
-    t0 = time.perf_counter()
-    compiled, compiled_from = compile_model(pm_model, population_build(spec, cohort, init))
-    compile_s = time.perf_counter() - t0
+    early = _compile_beside(spec, cohort) if individual is None else None
+    try:
+        if early is not None:
+            _compile_solver(spec, cohort)
+            early.release()
+        if individual is None:
+            # the parameters with variability: one without it is not determined by a subject alone
+            # (its value is shared), and starts from its typical value
+            individual = fit_individual(model, cohort, estimate=list(spec.iiv) or spec.estimated,
+                                        steps=spec.steps, starts=starts, seed=0 if seed is None else int(seed))
+        init = initial_values(spec, individual)
+        pm_model, pieces = build_pymc_model(spec, cohort, init)
+        t0 = time.perf_counter()
+        compiled, compiled_from = compile_model(pm_model, population_build(spec, cohort, init), started=early)
+        compile_s = time.perf_counter() - t0
+    finally:
+        if early is not None:
+            early.cancel()
     rng_seed = int(np.random.SeedSequence(seed).generate_state(1)[0]) if seed is None else int(seed)
     t0 = time.perf_counter()
     tree = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=rng_seed,
@@ -95,6 +103,33 @@ def population_build(spec: PopulationSpec, cohort: Cohort, initial):
     if {s.module for s in spec.model.sources} != {m.name for m in spec.model.modules}:
         return None
     return population_model, (model_record(spec.model), spec_record(spec), cohort, initial)
+
+
+def _compile_beside(spec: PopulationSpec, cohort: Cohort):
+    """The sampler's model compiling in another process while the individual fits run (a
+    `pkpd.fit.precompile.Compiling`), or None on a single core or for a model built in Python.
+    Its compiled code does not depend on the individual fits: their results (initial values, the
+    random effects' centres and information) enter the sampler's model as data."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    build = population_build(spec, cohort, {})
+    if cores < 2 or build is None:
+        return None
+    from .precompile import start
+
+    return start(*build, held=True)
+
+
+def _compile_solver(spec: PopulationSpec, cohort: Cohort) -> None:
+    """Compile (or load) the model's solver kernel as the individual fits call it, so that the
+    sampler's compile process, held until then, loads it from the cache instead of compiling it
+    too (the kernel's types are the same in both: `pkpd.fit.op._read_only`)."""
+    try:
+        design = Design(spec.model, cohort)
+        P = np.tile([p.typical for p in spec.model.parameters], (len(design.subjects), 1))
+        with np.errstate(all="ignore"):
+            predict_compiled(design, P, spec.estimated, spec.steps)
+    except Exception:  # noqa: BLE001 - only a head start: the individual fits report what is wrong
+        pass
 
 
 def population_model(model_attrs: dict, spec_attrs: dict, cohort: Cohort, initial):

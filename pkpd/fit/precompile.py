@@ -5,8 +5,9 @@
 `compile_elsewhere(function, arguments)` writes `(function, arguments)` to a private temporary
 file, runs this module on it in a new interpreter (which calls `function(*arguments)` for the
 PyMC model and compiles it with `pkpd.fit.compile.compile_model`, filling the caches) and says
-whether that succeeded. Why a fit does not simply compile in its own process is explained in
-`pkpd.fit.compile`: code compiled in the sampling process draws differently from the same code
+whether that succeeded. `start` starts such a process and returns at once, so that a fit can
+compile its sampler's model while it computes its individual fits (`pkpd.fit.engine.fit`).
+Why a fit does not simply compile in its own process is explained in `pkpd.fit.compile`: code compiled in the sampling process draws differently from the same code
 loaded from the cache, so the first fit of a model would not be reproducible by any later run.
 The payload is written and read only by pkpd (pickle: module-level functions by name, data by value).
 """
@@ -15,51 +16,118 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
 
 #: the lines of a failed compile process's output kept in the warning
 _TAIL = 20
+#: the file, beside the payload, in which the process says where its entry points came from
+_ORIGIN = "origin.txt"
+#: the file, beside the payload, whose appearance lets a held process compile
+_GO = "go"
+
+
+class Compiling:
+    """A compile process started by `start`: `wait()` says whether it finished, `cancel()` stops it."""
+
+    def __init__(self, process: subprocess.Popen, folder: str):
+        self._process, self._folder = process, folder
+
+    def wait(self, warn: bool = True) -> bool:
+        """Wait for the process; True when it finished. A failure is a warning (the caller then
+        compiles in its own process) unless `warn` is false."""
+        code = self._process.wait()
+        output = Path(self._folder) / "output.txt"
+        tail = "\n".join(output.read_text(errors="replace").strip().splitlines()[-_TAIL:]) if output.exists() else ""
+        self._clean()
+        if code != 0 and warn:
+            warnings.warn(f"the separate compile process failed (exit status {code}); compiling here: a rerun with "
+                          f"the same seed may draw differently from this fit. Its output ended:\n{tail}",
+                          stacklevel=3)
+        return code == 0
+
+    def release(self) -> None:
+        """Let a process started `held` begin compiling."""
+        (Path(self._folder) / _GO).touch()
+
+    def compiled(self) -> bool:
+        """Whether the process has compiled the entry points (not found them in the cache)."""
+        from .compile import FROM_CACHE
+
+        try:
+            return (Path(self._folder) / _ORIGIN).read_text() != FROM_CACHE
+        except OSError:  # not done yet
+            return False
+
+    def cancel(self) -> None:
+        """Stop the process (its work is not needed) and remove its files."""
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._clean()
+
+    def _clean(self) -> None:
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def start(function: Callable, arguments: tuple, held: bool = False) -> Compiling | None:
+    """Start compiling the PyMC model `function(*arguments)` in a new Python process; None (with
+    a warning) when the model cannot be handed to one. `held`: the process imports and builds
+    the model, then waits for `Compiling.release()` before it compiles (so that it can load what
+    the caller compiles meanwhile, such as the model's solver kernel)."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    environment = {**os.environ,
+                   "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    folder = tempfile.mkdtemp(prefix="pkpd-compile-")
+    payload = Path(folder) / "model.pickle"
+    try:
+        payload.write_bytes(pickle.dumps((function, tuple(arguments))))
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        warnings.warn(f"the model could not be handed to a separate compile process ({exc}); compiling here: "
+                      "a rerun with the same seed may draw differently from this fit", stacklevel=3)
+        return None
+    with open(Path(folder) / "output.txt", "wb") as output:
+        held_by = [str(Path(folder) / _GO)] if held else []
+        process = subprocess.Popen([sys.executable, "-m", "pkpd.fit.precompile", str(payload), *held_by],
+                                   env=environment, stdout=output, stderr=subprocess.STDOUT)
+    return Compiling(process, folder)
 
 
 def compile_elsewhere(function: Callable, arguments: tuple) -> bool:
     """Compile the PyMC model `function(*arguments)` in a new Python process; True when it
     finished. A failure is a warning (the caller then compiles in its own process)."""
-    package_root = str(Path(__file__).resolve().parents[2])
-    environment = {**os.environ,
-                   "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
-    with tempfile.TemporaryDirectory(prefix="pkpd-compile-") as folder:
-        payload = Path(folder) / "model.pickle"
-        try:
-            payload.write_bytes(pickle.dumps((function, tuple(arguments))))
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            warnings.warn(f"the model could not be handed to a separate compile process ({exc}); compiling here: "
-                          "a rerun with the same seed may draw differently from this fit", stacklevel=3)
-            return False
-        done = subprocess.run([sys.executable, "-m", "pkpd.fit.precompile", str(payload)], env=environment,
-                              capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-_TAIL:])
-        warnings.warn(f"the separate compile process failed (exit status {done.returncode}); compiling here: a "
-                      f"rerun with the same seed may draw differently from this fit. Its output ended:\n{tail}",
-                      stacklevel=3)
-        return False
-    return True
+    process = start(function, arguments)
+    return process is not None and process.wait()
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m pkpd.fit.precompile PAYLOAD (written by pkpd.fit.precompile.compile_elsewhere)",
-              file=sys.stderr)
+    if len(argv) not in (1, 2):
+        print("usage: python -m pkpd.fit.precompile PAYLOAD [GO] (written by pkpd.fit.precompile.start; "
+              "GO: a file to wait for before compiling)", file=sys.stderr)
         return 2
     from .compile import compile_model
 
+    parent = os.getppid()
     function, arguments = pickle.loads(Path(argv[0]).read_bytes())
-    compile_model(function(*arguments))
+    pm_model = function(*arguments)
+    while len(argv) == 2 and not Path(argv[1]).exists():  # held: the caller is compiling what this loads
+        if os.getppid() != parent:  # the caller has gone
+            return 1
+        time.sleep(0.05)
+    _, origin = compile_model(pm_model)
+    # where the entry points came from, for `Compiling.compiled`: written when they are cached
+    Path(argv[0]).with_name(_ORIGIN).write_text(origin)
     return 0
 
 

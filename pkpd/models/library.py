@@ -82,7 +82,7 @@ def _resolve(item: str) -> tuple[Module, ModelSource]:
     item = item.strip()
     path_text, _, wanted = item.partition(".py:")
     if item.endswith(".py") or wanted:
-        path = Path(path_text if wanted else item[:-3]).with_suffix(".py")
+        path = Path(f"{path_text}.py" if wanted else item)  # not with_suffix: "model_v1.2.py" is that file
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist")
         modules = _modules_in_file(path, path.name)
