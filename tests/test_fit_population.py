@@ -425,3 +425,16 @@ def test_compiled_caches_follow_the_whole_source(tmp_path, monkeypatch):
         assert _cache.source_digest() != before
     finally:
         _cache.source_digest.cache_clear()
+
+
+def test_the_specification_record_names_interpolation_only_where_it_is_set():
+    """A fit records `interpolate` in its solver settings only when it is set, so that the
+    versions before it still read the run; the record reads back either way."""
+    from pkpd.fit.population import spec_from_record, spec_record
+
+    model = load("multiphasic")
+    spec = PopulationSpec.default(model)
+    plain = spec_record(spec)
+    assert "interpolate" not in plain["steps"] and spec_from_record(model, plain).steps == spec.steps
+    dense = spec_record(PopulationSpec.default(model, steps=Tolerances(interpolate=True)))
+    assert dense["steps"]["interpolate"] is True and spec_from_record(model, dense).steps.interpolate

@@ -69,14 +69,10 @@ def test_a_failed_compile_process_is_a_warning_naming_its_error():
         assert compile_elsewhere(lambda: None, ()) is False
 
 
-def test_a_held_compile_process_compiles_only_when_released_and_stops_when_cancelled():
-    """A fit starts its sampler's compile process beside the individual fits, held until its
-    own process has compiled the solver kernel: released, it goes on (here to the error of a
-    payload that is no PyMC model); cancelled, it stops and leaves no files."""
-    released = start(operator.add, (1, 2), held=True)
-    released.release()
-    with pytest.warns(UserWarning, match="separate compile process failed"):
-        assert released.wait() is False
-    cancelled = start(operator.add, (1, 2), held=True)
-    cancelled.cancel()
-    assert cancelled._process.poll() is not None and not Path(cancelled._folder).exists()
+def test_a_compile_process_started_beside_a_fit_is_stopped_when_not_needed():
+    """A fit starts its sampler's compile process at its beginning and stops it when the cache
+    turns out to hold the compiled model already: the process ends and leaves no files."""
+    started = start(operator.add, (1, 2))
+    started.cancel()
+    assert started._process.poll() is not None and not Path(started._folder).exists()
+    assert not started.compiled()

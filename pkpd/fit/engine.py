@@ -14,7 +14,7 @@ import xarray as xr
 
 from ..data.cohort import Cohort
 from ..models import Model, load
-from ..simulate.compiled import Design, Tolerances, predict_compiled
+from ..simulate.compiled import Tolerances, predict_compiled
 from ..simulate.reduction import check_reduction
 from ..simulate.solve import predict_reference
 from .compile import compile_model
@@ -60,9 +60,6 @@ def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 100
     started = time.perf_counter()
     early = _compile_beside(spec, cohort) if individual is None else None
     try:
-        if early is not None:
-            _compile_solver(spec, cohort)
-            early.release()
         if individual is None:
             # the parameters with variability: one without it is not determined by a subject alone
             # (its value is shared), and starts from its typical value
@@ -116,20 +113,7 @@ def _compile_beside(spec: PopulationSpec, cohort: Cohort):
         return None
     from .precompile import start
 
-    return start(*build, held=True)
-
-
-def _compile_solver(spec: PopulationSpec, cohort: Cohort) -> None:
-    """Compile (or load) the model's solver kernel as the individual fits call it, so that the
-    sampler's compile process, held until then, loads it from the cache instead of compiling it
-    too (the kernel's types are the same in both: `pkpd.fit.op._read_only`)."""
-    try:
-        design = Design(spec.model, cohort)
-        P = np.tile([p.typical for p in spec.model.parameters], (len(design.subjects), 1))
-        with np.errstate(all="ignore"):
-            predict_compiled(design, P, spec.estimated, spec.steps)
-    except Exception:  # noqa: BLE001 - only a head start: the individual fits report what is wrong
-        pass
+    return start(*build)
 
 
 def population_model(model_attrs: dict, spec_attrs: dict, cohort: Cohort, initial):

@@ -158,7 +158,9 @@ def spec_record(spec: PopulationSpec) -> dict:
     return {"iiv": list(spec.iiv), "fixed_effects": list(spec.fixed_effects),
             "covariates": [c.label + (f":{c.form}" if c.form != "auto" else "") for c in spec.covariates],
             "priors": priors, "correlated": spec.correlated, "censoring": spec.censoring,
-            "steps": {"solver": "adaptive", **asdict(spec.steps)}}
+            # `interpolate` only where it is set, so that the versions before it read the fit
+            "steps": {"solver": "adaptive",
+                      **{k: v for k, v in asdict(spec.steps).items() if k != "interpolate" or v}}}
 
 
 def spec_from_record(model: Model, record: dict) -> PopulationSpec:

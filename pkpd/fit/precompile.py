@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -29,8 +28,6 @@ from typing import Callable
 _TAIL = 20
 #: the file, beside the payload, in which the process says where its entry points came from
 _ORIGIN = "origin.txt"
-#: the file, beside the payload, whose appearance lets a held process compile
-_GO = "go"
 
 
 class Compiling:
@@ -51,10 +48,6 @@ class Compiling:
                           f"the same seed may draw differently from this fit. Its output ended:\n{tail}",
                           stacklevel=3)
         return code == 0
-
-    def release(self) -> None:
-        """Let a process started `held` begin compiling."""
-        (Path(self._folder) / _GO).touch()
 
     def compiled(self) -> bool:
         """Whether the process has compiled the entry points (not found them in the cache)."""
@@ -80,11 +73,9 @@ class Compiling:
         shutil.rmtree(self._folder, ignore_errors=True)
 
 
-def start(function: Callable, arguments: tuple, held: bool = False) -> Compiling | None:
+def start(function: Callable, arguments: tuple) -> Compiling | None:
     """Start compiling the PyMC model `function(*arguments)` in a new Python process; None (with
-    a warning) when the model cannot be handed to one. `held`: the process imports and builds
-    the model, then waits for `Compiling.release()` before it compiles (so that it can load what
-    the caller compiles meanwhile, such as the model's solver kernel)."""
+    a warning) when the model cannot be handed to one."""
     package_root = str(Path(__file__).resolve().parents[2])
     environment = {**os.environ,
                    "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
@@ -98,9 +89,8 @@ def start(function: Callable, arguments: tuple, held: bool = False) -> Compiling
                       "a rerun with the same seed may draw differently from this fit", stacklevel=3)
         return None
     with open(Path(folder) / "output.txt", "wb") as output:
-        held_by = [str(Path(folder) / _GO)] if held else []
-        process = subprocess.Popen([sys.executable, "-m", "pkpd.fit.precompile", str(payload), *held_by],
-                                   env=environment, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "-m", "pkpd.fit.precompile", str(payload)], env=environment,
+                                   stdout=output, stderr=subprocess.STDOUT)
     return Compiling(process, folder)
 
 
@@ -112,20 +102,14 @@ def compile_elsewhere(function: Callable, arguments: tuple) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (1, 2):
-        print("usage: python -m pkpd.fit.precompile PAYLOAD [GO] (written by pkpd.fit.precompile.start; "
-              "GO: a file to wait for before compiling)", file=sys.stderr)
+    if len(argv) != 1:
+        print("usage: python -m pkpd.fit.precompile PAYLOAD (written by pkpd.fit.precompile.start)",
+              file=sys.stderr)
         return 2
     from .compile import compile_model
 
-    parent = os.getppid()
     function, arguments = pickle.loads(Path(argv[0]).read_bytes())
-    pm_model = function(*arguments)
-    while len(argv) == 2 and not Path(argv[1]).exists():  # held: the caller is compiling what this loads
-        if os.getppid() != parent:  # the caller has gone
-            return 1
-        time.sleep(0.05)
-    _, origin = compile_model(pm_model)
+    _, origin = compile_model(function(*arguments))
     # where the entry points came from, for `Compiling.compiled`: written when they are cached
     Path(argv[0]).with_name(_ORIGIN).write_text(origin)
     return 0
