@@ -15,10 +15,12 @@ from pkpd.simulate import simulate
 
 @pytest.fixture(scope="module")
 def one_effect_fit():
-    """Eight subjects, variability on cmax only: the integral is one-dimensional."""
+    """Eight subjects, variability on cmax only: the integral is one-dimensional. 2 x (300 + 300):
+    with 2 x (150 + 150) one subject's integrated Pareto k ranged 0.66-0.94 over the importance
+    sampler's seeds (the posterior too short to judge it), with these draws 0.51-0.58."""
     model = load("multiphasic")
     cohort = simulate(model, ["3e8", "6e8"], n=4, seed=7)
-    return pkpd.fit(model, cohort, chains=2, draws=150, tune=150, seed=3, iiv=["cmax"], progress=False)
+    return pkpd.fit(model, cohort, chains=2, draws=300, tune=300, seed=3, iiv=["cmax"], progress=False)
 
 
 def test_importance_sampling_matches_gauss_hermite_quadrature(one_effect_fit):
@@ -46,7 +48,7 @@ def test_integration_makes_subject_level_pareto_k_reliable(one_effect_fit):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plain = az.loo(one_effect_fit.tree, var_name="y_subject", pointwise=True)
-    loo, integrated = integrated_loo(one_effect_fit, draws=150, samples=400)
+    loo, integrated = integrated_loo(one_effect_fit, draws=300, samples=400)
     k = np.asarray(loo.pareto_k)
     assert k.shape == (len(one_effect_fit.cohort.subject_ids),)
     assert np.mean(k > 0.7) <= np.mean(np.asarray(plain.pareto_k) > 0.7)

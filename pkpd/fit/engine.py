@@ -58,7 +58,7 @@ def fit(model: Model | str, cohort: Cohort, *, chains: int = 4, draws: int = 100
                                   priors=priors, correlated=correlated, censoring=censoring, steps=steps,
                                   analytes=observed)
     started = time.perf_counter()
-    early = _compile_beside(spec, cohort) if individual is None else None
+    early = _compile_beside(spec, cohort, cores) if individual is None else None
     try:
         if individual is None:
             # the parameters with variability: one without it is not determined by a subject alone
@@ -102,14 +102,16 @@ def population_build(spec: PopulationSpec, cohort: Cohort, initial):
     return population_model, (model_record(spec.model), spec_record(spec), cohort, initial)
 
 
-def _compile_beside(spec: PopulationSpec, cohort: Cohort):
+def _compile_beside(spec: PopulationSpec, cohort: Cohort, cores: int | None):
     """The sampler's model compiling in another process while the individual fits run (a
-    `pkpd.fit.precompile.Compiling`), or None on a single core or for a model built in Python.
-    Its compiled code does not depend on the individual fits: their results (initial values, the
-    random effects' centres and information) enter the sampler's model as data."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    `pkpd.fit.precompile.Compiling`), or None for a model built in Python and for a fit held to
+    one core (by the machine, or by its caller: a comparison's workers fit with cores=1, where a
+    second process would compete with the other workers). Its compiled code does not depend on
+    the individual fits: their results (initial values, the random effects' centres and
+    information) enter the sampler's model as data."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     build = population_build(spec, cohort, {})
-    if cores < 2 or build is None:
+    if min(available, cores or available) < 2 or build is None:
         return None
     from .precompile import start
 
