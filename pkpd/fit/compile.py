@@ -19,9 +19,9 @@ fastmath on or off), and NUTS trajectories grow such differences, so the first f
 the entry points, a fresh process (`pkpd.fit.precompile`) builds the same PyMC model from
 `build` and compiles it, and this one loads the result. `pkpd.fit.fit` starts that process at
 its beginning (`started`), so that it compiles beside the individual fits (on 2 cores the first
-fit of a small model took 87 s of wall time against 110 s when it compiled after them). Not covered: a process that compiled
-pytensor's pieces itself before (a model built in Python, a PyMC model compiled directly) still
-draws as such a process does.
+fit of a small model took 87 s of wall time against 110 s when it compiled after them). Not
+covered: a process that compiled pytensor's pieces itself before (a model built in Python, a
+PyMC model compiled directly) still draws as such a process does.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ file, runs this module on it in a new interpreter (which calls `function(*argume
 PyMC model and compiles it with `pkpd.fit.compile.compile_model`, filling the caches) and says
 whether that succeeded. `start` starts such a process and returns at once, so that a fit can
 compile its sampler's model while it computes its individual fits (`pkpd.fit.engine.fit`).
-Why a fit does not simply compile in its own process is explained in `pkpd.fit.compile`: code compiled in the sampling process draws differently from the same code
-loaded from the cache, so the first fit of a model would not be reproducible by any later run.
+Why a fit does not simply compile in its own process is explained in `pkpd.fit.compile`: code
+compiled in the sampling process draws differently from the same code loaded from the cache, so
+the first fit of a model would not be reproducible by any later run.
 The payload is written and read only by pkpd (pickle: module-level functions by name, data by value).
 """
 
