@@ -24,11 +24,11 @@ from functools import lru_cache
 import numba
 import numpy as np
 import pytensor.tensor as pt
+from numba.core.imputils import impl_ret_borrowed
+from numba.extending import intrinsic
 from pytensor.gradient import DisconnectedType, grad_undefined
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
-from numba.core.imputils import impl_ret_borrowed
-from numba.extending import intrinsic
 from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
 
 from .._cache import source_digest
