@@ -354,6 +354,24 @@ def test_likelihood_kernel_derivatives_match_finite_differences(code, m4):
     np.testing.assert_allclose(d_additive, fd_additive, rtol=1e-5, atol=1e-7)
 
 
+def test_the_sampler_calls_the_record_likelihood_the_individual_fits_compiled():
+    """record_terms is typed alike from Python (`pointwise`, the individual fits) and from the
+    sampler's log density (pytensor's writable arrays): it compiles once per pkpd version."""
+    from pkpd.fit import likelihood
+    from pkpd.fit.op import _log_likelihood
+
+    pred, y, lloq, censored, error, sigma, additive = _likelihood_case(2, seed=5)
+    n = len(pred)
+    from_python = likelihood.pointwise(pred, y, lloq, censored, error, sigma, additive)
+    signatures = set(likelihood.record_terms.signatures)
+    residual = np.array([sigma[0], additive[0]])
+    index_s, index_a = np.zeros(n, dtype=np.int64), np.ones(n, dtype=np.int64)
+    total, _, _ = _log_likelihood(pred.copy(), np.ones((n, 1)), np.zeros(n, dtype=np.int64), 1, index_s, index_a,
+                                  residual, y.copy(), np.nan_to_num(lloq), censored.copy(), error.copy(), False)
+    assert set(likelihood.record_terms.signatures) == signatures, "the sampler's likelihood compiles its own"
+    assert total == pytest.approx(from_python.sum(), rel=1e-12)  # the residual SDs are the same for every record
+
+
 @pytest.mark.parametrize("code", [0, 1, 2, 3, 4])
 def test_individual_fit_residual_derivatives_match_finite_differences(code):
     from pkpd.fit import likelihood

@@ -14,6 +14,7 @@ import operator
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,38 @@ def test_a_compile_process_started_beside_a_fit_is_stopped_when_not_needed():
     started.cancel()
     assert started._process.poll() is not None and not Path(started._folder).exists()
     assert not started.compiled()
+
+
+KILLED_FIT = """
+import time
+from pkpd.fit.precompile import start
+started = start(time.sleep, (120,))  # stands in for a compile that takes two minutes
+print(started._process.pid, started._folder, flush=True)
+time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie waiting to be reaped has stopped
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_a_killed_fit_leaves_no_compile_process_or_files():
+    """A fit killed (SIGKILL, no clean-up of its own) while its compile process runs: the
+    compile process notices that its parent is gone, removes its folder and exits."""
+    fit = subprocess.Popen([sys.executable, "-c", KILLED_FIT], stdout=subprocess.PIPE, text=True)
+    child, folder = fit.stdout.readline().split()
+    child = int(child)
+    time.sleep(3)  # the compile process is running its payload
+    assert _running(child) and Path(folder).exists()
+    fit.kill()
+    fit.wait()
+    deadline = time.monotonic() + 20
+    while (_running(child) or Path(folder).exists()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(child), "the compile process outlived the fit that started it"
+    assert not Path(folder).exists(), f"the compile process left {folder}"

@@ -130,9 +130,17 @@ def pointwise(pred, y, lloq, censored, error, sigma, additive, m4: bool = False)
     y, lloq, sigma, additive = _per_record(n, *(np.asarray(a, dtype=float) for a in (y, lloq, sigma, additive)))
     censored, error = _per_record(n, np.asarray(censored, dtype=np.int64), np.asarray(error, dtype=np.int64))
     out, d_pred, d_sigma, d_additive = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
-    record_terms(np.ascontiguousarray(pred), y, np.nan_to_num(lloq), censored, error, sigma, additive, bool(m4),
-                 out, d_pred, d_sigma, d_additive)
+    inputs = (_read_only(a) for a in (pred, y, np.nan_to_num(lloq), censored, error, sigma, additive))
+    record_terms(*inputs, bool(m4), out, d_pred, d_sigma, d_additive)
     return out
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A read-only, C-contiguous view of `array`: record_terms' inputs are typed read-only wherever
+    it is called (the sampler's log density: `pkpd.fit.op._read_only`), so it compiles once."""
+    view = np.ascontiguousarray(array).view()
+    view.flags.writeable = False
+    return view
 
 
 def standardise(pred, y, lloq, error, sigma, additive):

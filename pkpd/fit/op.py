@@ -161,7 +161,10 @@ def _log_likelihood(pred, jac, subject_index, n_subjects, index_s, index_a, resi
         if index_a[j] >= 0:
             a[j] = residual[index_a[j]]
     out, d_pred, d_sigma, d_additive = np.empty(n), np.empty(n), np.empty(n), np.empty(n)
-    record_terms(pred, y, lloq, censored, error, s, a, m4, out, d_pred, d_sigma, d_additive)
+    # typed as `likelihood.pointwise` calls it (inputs read-only, m4 a plain bool), so that
+    # record_terms compiles once for the individual fits and the sampler
+    record_terms(_read_only(pred), _read_only(y), _read_only(lloq), _read_only(censored), _read_only(error),
+                 _read_only(s), _read_only(a), m4 == True, out, d_pred, d_sigma, d_additive)  # noqa: E712
     grad_theta = np.zeros((n_subjects, jac.shape[1]))
     grad_residual = np.zeros(residual.shape[0])
     for j in range(n):

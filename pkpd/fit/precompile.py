@@ -21,6 +21,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -29,6 +31,10 @@ from typing import Callable
 _TAIL = 20
 #: the file, beside the payload, in which the process says where its entry points came from
 _ORIGIN = "origin.txt"
+#: how often (seconds) the process checks that the fit that started it is still running
+_PARENT_POLL_S = 0.5
+#: the environment variable that names the process that started the compile process
+_PARENT = "PKPD_COMPILE_PARENT"
 
 
 class Compiling:
@@ -78,7 +84,7 @@ def start(function: Callable, arguments: tuple) -> Compiling | None:
     """Start compiling the PyMC model `function(*arguments)` in a new Python process; None (with
     a warning) when the model cannot be handed to one."""
     package_root = str(Path(__file__).resolve().parents[2])
-    environment = {**os.environ,
+    environment = {**os.environ, _PARENT: str(os.getpid()),
                    "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
     folder = tempfile.mkdtemp(prefix="pkpd-compile-")
     payload = Path(folder) / "model.pickle"
@@ -109,11 +115,26 @@ def main(argv: list[str]) -> int:
         return 2
     from .compile import compile_model
 
+    # the parent's pid as the starter saw it: it may already be gone when this line runs
+    _stop_when_orphaned(int(os.environ.get(_PARENT) or os.getppid()), Path(argv[0]).parent)
     function, arguments = pickle.loads(Path(argv[0]).read_bytes())
     _, origin = compile_model(function(*arguments))
     # where the entry points came from, for `Compiling.compiled`: written when they are cached
     Path(argv[0]).with_name(_ORIGIN).write_text(origin)
     return 0
+
+
+def _stop_when_orphaned(parent: int, folder: Path) -> None:
+    """Exit, removing `folder`, once the process that started this one is gone: a fit killed
+    while its compile process runs leaves no process or files behind (the caches stay sound,
+    as numba and pytensor replace their files whole)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        shutil.rmtree(folder, ignore_errors=True)
+        os._exit(1)  # at once: nothing in this process is wanted any more
+
+    threading.Thread(target=watch, name="pkpd-compile-orphan-watch", daemon=True).start()
 
 
 if __name__ == "__main__":
