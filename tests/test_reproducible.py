@@ -46,12 +46,17 @@ def _fit_in_a_new_process(environment: dict) -> dict:
 
 def test_the_first_fit_with_empty_caches_draws_what_every_rerun_draws(tmp_path):
     flags = [f for f in os.environ.get("PYTENSOR_FLAGS", "").split(",") if f and "compiledir" not in f]
-    environment = {**os.environ, "PYTENSOR_FLAGS": ",".join(flags + [f"base_compiledir={tmp_path / 'pytensor'}"])}
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    environment = {**os.environ, "PYTENSOR_FLAGS": ",".join(flags + [f"base_compiledir={tmp_path / 'pytensor'}"]),
+                   "TMPDIR": str(temporary)}
     first = _fit_in_a_new_process(environment)   # the sampler's log density compiles afresh
     second = _fit_in_a_new_process(environment)  # and is loaded from the cache
     assert first["compiled"] == FROM_CHILD
     assert second["compiled"] == FROM_CACHE
     assert first["mu"] == second["mu"]  # bit for bit
+    # neither the compile process's folder nor pytensor's generated source is left behind
+    assert not list(temporary.iterdir())
 
 
 def test_a_model_built_in_python_cannot_be_compiled_elsewhere():

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numba
@@ -68,6 +69,7 @@ def compile_model(pm_model, build: tuple[Callable, tuple] | None = None, started
     started: a compile process started earlier (`pkpd.fit.precompile.start`) on a PyMC model
     that should compile to the same code: waited for when the cache lacks the entry points (and
     `build` compiled after all if it did not fill them), stopped when they are there."""
+    keep_generated_source_together()
     import nutpie
     from nutpie import compile_pymc as nc
     from pymc.initial_point import make_initial_point_fn
@@ -118,6 +120,21 @@ def compile_model(pm_model, build: tuple[Callable, tuple] | None = None, started
         compiled_logp_func=logp_c, compiled_expand_func=expand_c, initial_point_func=initial,
         shared_data=shared_data, shared_var_keys=shared_var_keys, user_data=user_data, n_expanded=n_expanded,
         shape_info=shape_info, logp_func=logp_pt, expand_func=expand_pt, reparameterized_names=reparameterized), origin
+
+
+def keep_generated_source_together() -> None:
+    """Have pytensor keep the Python source it generates for numba in one folder beside its
+    compiled code (`generated_src_dir`), unless the user chose one. Left unset, pytensor writes one
+    new file per generated function to the system's temporary folder and never removes it: a few
+    dozen per fit, thousands a day for a comparison. In the folder they are named by content,
+    reused, and pruned when unused for a month."""
+    from pytensor import config
+
+    try:
+        if not config.generated_src_dir:
+            config.generated_src_dir = str(Path(config.base_compiledir) / "generated_src")
+    except AttributeError:  # a pytensor without the option
+        pass
 
 
 def _in_cache(entry: CFunc) -> bool:
