@@ -181,3 +181,18 @@ def test_the_toxicity_model_is_fitted_to_graded_records_and_recovers_the_truth(t
     unit_free = simulate_trials(run, BOIN(max_n=6), ["1e8", "3e8"], toxicity=replace(prior, unit="pg/mL"), trials=10,
                                 draws=20)
     assert "transgene cmax (copies/ug)" in unit_free.settings["toxicity"]
+
+
+def test_the_toxicity_model_fitted_to_other_records_loads_its_sampler_from_the_cache():
+    """The adverse-event records are the sampler's data, not constants compiled into it: a trial
+    simulated on a new cohort's records does not compile the toxicity model again."""
+    from pkpd.fit.compile import FROM_CACHE, compile_model
+    from pkpd.trial.toxicity_fit import ordered_logistic
+
+    rng = np.random.default_rng(4)
+    settings = (np.array([0.0, -2.0]), np.array([1.5, 1.5]), (1.0, 2.0))
+    first = (*settings, rng.normal(size=30), rng.integers(0, 3, 30))
+    compile_model(ordered_logistic(*first), (ordered_logistic, first))
+    other = (*settings, rng.normal(size=47), rng.integers(0, 3, 47))
+    _, origin = compile_model(ordered_logistic(*other), (ordered_logistic, other))
+    assert origin == FROM_CACHE

@@ -55,14 +55,20 @@ def toxicity_data(toxicity: ToxicityModel, cohort) -> tuple[pd.DataFrame, list[s
 def ordered_logistic(means: np.ndarray, sds: np.ndarray, slope: tuple[float, float], x: np.ndarray,
                      grade: np.ndarray):
     """The PyMC model: P(grade >= g) = logistic(slope x + a_g) = logistic(eta - c_{g-1}) with
-    increasing cutpoints c = -a, priors Normal(means, sds) on a and Normal(*slope) on the slope."""
+    increasing cutpoints c = -a, priors Normal(means, sds) on a and Normal(*slope) on the slope.
+    The signals and grades are data, not constants of the compiled code, so that the same
+    toxicity model fitted to other adverse-event records loads its sampler from the cache."""
     import pymc as pm
 
     with pm.Model() as model:
+        signal = pm.Data("signal", np.asarray(x, dtype=float))
+        observed = pm.Data("grade_observed", np.asarray(grade, dtype="int64"))
         cutpoints = pm.Normal("cutpoints", mu=-means, sigma=sds, shape=len(means),
                               transform=pm.distributions.transforms.ordered, initval=-means)
         slope_ = pm.Normal("slope", mu=slope[0], sigma=slope[1])
-        pm.OrderedLogistic("grade", eta=slope_ * x, cutpoints=cutpoints, observed=grade)
+        # compute_p=False: no per-subject probabilities among the draws (they would also size the
+        # sampler's output by the number of subjects, and so its compiled entry points)
+        pm.OrderedLogistic("grade", eta=slope_ * signal, cutpoints=cutpoints, observed=observed, compute_p=False)
     return model
 
 
